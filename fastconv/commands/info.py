@@ -1,0 +1,81 @@
+"""``fastconv info``: backends, threads, OpenMP, BLAS and library versions."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+NAME = "info"
+HELP = "show backends (and why any is unavailable), threads, OpenMP, BLAS and versions"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the same facts as JSON")
+
+
+def collect() -> dict:
+    """Everything ``fastconv info`` prints, as a dict."""
+    import numpy as np
+
+    import fastconv
+    from fastconv import kernels
+    from fastconv.kernels import _threads
+
+    info: dict = {
+        "fastconv": fastconv.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "backends": kernels.available_backends(),
+        "unavailable": kernels.backend_errors(),
+        "default_backend": kernels.get_default_backend(),
+        "threads": kernels.get_num_threads(),
+        "cpus": _threads.cpu_count(),
+    }
+    try:
+        from fastconv.kernels import _openmp
+
+        info["openmp"] = (
+            f"yes (OpenMP {_openmp.openmp_version()}, {_openmp.get_max_threads()} threads)"
+            if _openmp.openmp_enabled()
+            else "no: Cython kernels were compiled without OpenMP and run serially"
+        )
+    except ImportError as exc:
+        info["openmp"] = f"unknown: Cython extensions not built ({exc})"
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = "not installed"
+    try:
+        import Cython
+
+        info["cython"] = Cython.__version__
+    except ImportError:
+        info["cython"] = "not installed (only needed to build)"
+    info["blas"] = [
+        f"{d.get('internal_api')} {d.get('version')} ({d.get('threading_layer', '?')}, "
+        f"{d.get('num_threads')} threads, arch {d.get('architecture', '?')})"
+        for d in _threads.blas_info()
+        if d.get("user_api") == "blas"
+    ]
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key == "unavailable":
+            for name, why in value.items():
+                print(f"{'unavailable':<16} {name}: {why}")
+            continue
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        print(f"{key:<16} {value}")
+    return 0

@@ -1,0 +1,204 @@
+"""Argument normalisation and shape arithmetic: the one place where they live.
+
+Every backend receives a :class:`Conv2dGeometry` or :class:`Pool2dGeometry` that was built
+here, so no backend ever recomputes an output size or re-parses ``stride=2`` vs ``(2, 2)``.
+
+Output size (PyTorch's convention, floor mode)::
+
+    Ho = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1
+    Wo = floor((W + 2*pw - dw*(S - 1) - 1) / sw) + 1
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+IntOrPair = int | tuple[int, int]
+
+
+def normalize_pair(value: object, name: str, *, minimum: int) -> tuple[int, int]:
+    """Turn ``value`` (an int or a pair of ints) into ``(int, int)``, each >= ``minimum``.
+
+    Raises ``TypeError`` for anything that is not an integer (floats, strings, bools,
+    ``None``) and ``ValueError`` for wrong lengths or values below ``minimum``; the message
+    names the argument, what was expected and what was given.
+    """
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name}: expected an int or a pair of ints, got a sequence of length {len(value)}: {value!r}"
+            )
+        items = tuple(value)
+    else:
+        items = (value, value)
+    out = []
+    for item in items:
+        # bool is an int subclass; `stride=True` is almost surely a bug, so reject it.
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise TypeError(
+                f"{name}: expected an int or a pair of ints, got {value!r} ({type(item).__name__})"
+            )
+        item = int(item)
+        if item < minimum:
+            kind = "positive" if minimum == 1 else f">= {minimum}"
+            raise ValueError(f"{name}: expected {kind} integers, got {value!r}")
+        out.append(item)
+    return out[0], out[1]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution / pooling along one axis (floor mode)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class Conv2dGeometry:
+    """Every size a conv2d kernel needs, validated and normalised.
+
+    x: (n, c, h, w); weight: (k, c, r, s); y: (n, k, ho, wo).
+    stride (sh, sw), padding (ph, pw), dilation (dh, dw).
+    """
+
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    ho: int
+    wo: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.c, self.r, self.s)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.k, self.ho, self.wo)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOP (multiply + add counted as 2): 2*N*K*Ho*Wo*C*R*S. Backward is twice this."""
+        return 2 * self.n * self.k * self.ho * self.wo * self.c * self.r * self.s
+
+
+def conv2d_geometry(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Conv2dGeometry:
+    """Validate a conv2d problem and compute its output size.
+
+    ``x_shape`` is (N, C, H, W), ``w_shape`` is (K, C, R, S). N may be 0 (an empty batch);
+    every other size must be positive.
+    """
+    sh, sw = normalize_pair(stride, "stride", minimum=1)
+    ph, pw = normalize_pair(padding, "padding", minimum=0)
+    dh, dw = normalize_pair(dilation, "dilation", minimum=1)
+    if len(x_shape) != 4:
+        raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"weight: expected a 4-d array (K, C, R, S), got shape {tuple(w_shape)}")
+    n, c, h, w = (int(v) for v in x_shape)
+    k, cw, r, s = (int(v) for v in w_shape)
+    _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
+    _require_positive("weight", (k, cw, r, s), ("K", "C", "R", "S"), w_shape)
+    if cw != c:
+        raise ValueError(
+            f"weight: expected {c} input channels to match x of shape {tuple(x_shape)}, "
+            f"got weight of shape {tuple(w_shape)} with {cw}"
+        )
+    eff_r, eff_s = dh * (r - 1) + 1, dw * (s - 1) + 1
+    if eff_r > h + 2 * ph or eff_s > w + 2 * pw:
+        raise ValueError(
+            f"weight: kernel {r}x{s} with dilation ({dh}, {dw}) spans {eff_r}x{eff_s}, larger than the "
+            f"padded input {h + 2 * ph}x{w + 2 * pw} (x {h}x{w}, padding ({ph}, {pw}))"
+        )
+    ho = conv_output_size(h, r, sh, ph, dh)
+    wo = conv_output_size(w, s, sw, pw, dw)
+    return Conv2dGeometry(n, c, h, w, k, r, s, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+@dataclass(frozen=True)
+class Pool2dGeometry:
+    """Every size a pooling kernel needs: x (n, c, h, w) -> y (n, c, ho, wo).
+
+    window (kh, kw), stride (sh, sw), padding (ph, pw) with ph <= kh // 2 and pw <= kw // 2,
+    which guarantees every window holds at least one real (non-padding) input element.
+    """
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    ho: int
+    wo: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.ho, self.wo)
+
+
+def pool2d_geometry(
+    x_shape: tuple[int, ...],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+) -> Pool2dGeometry:
+    """Validate a pooling problem and compute its output size.
+
+    ``stride=None`` means stride = kernel_size (PyTorch's default). Padding may be at most half
+    the window (PyTorch's rule), so a window never lies entirely in the padding.
+    """
+    kh, kw = normalize_pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = (kh, kw) if stride is None else normalize_pair(stride, "stride", minimum=1)
+    ph, pw = normalize_pair(padding, "padding", minimum=0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(
+            f"padding: expected at most half the kernel size ({kh // 2}, {kw // 2}) for kernel "
+            f"({kh}, {kw}), got ({ph}, {pw})"
+        )
+    if len(x_shape) != 4:
+        raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
+    n, c, h, w = (int(v) for v in x_shape)
+    _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ValueError(
+            f"kernel_size: window ({kh}, {kw}) is larger than the padded input "
+            f"{h + 2 * ph}x{w + 2 * pw} (x {h}x{w}, padding ({ph}, {pw}))"
+        )
+    ho = conv_output_size(h, kh, sh, ph, 1)
+    wo = conv_output_size(w, kw, sw, pw, 1)
+    return Pool2dGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo)
+
+
+def _require_positive(name: str, sizes: tuple[int, ...], labels: tuple[str, ...], shape) -> None:
+    for size, label in zip(sizes, labels):
+        if size <= 0:
+            raise ValueError(
+                f"{name}: expected a positive size for {label}, got shape {tuple(shape)}"
+            )

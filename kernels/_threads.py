@@ -1,0 +1,93 @@
+"""One thread setting for every backend: Numba, OpenMP (Cython) and BLAS (numpy).
+
+Backends are compared on equal cores only if one number governs all three runtimes.
+The setting comes from :func:`set_num_threads`, else ``FASTCONV_NUM_THREADS``, else the
+number of cores this process may run on. BLAS is limited through ``threadpoolctl``; the
+Numba and Cython backends register a hook here when they are imported and also read
+:func:`get_num_threads` on each call, so the order of imports does not matter.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+_hooks: list[Callable[[int], None]] = []
+_num_threads: int | None = None
+_blas_limiter = None
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (respects taskset / cgroups affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _parse_env() -> int | None:
+    raw = os.environ.get("FASTCONV_NUM_THREADS")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"FASTCONV_NUM_THREADS: expected a positive integer, got {raw!r}") from None
+    if n < 1:
+        raise ValueError(f"FASTCONV_NUM_THREADS: expected a positive integer, got {raw!r}")
+    return n
+
+
+def get_num_threads() -> int:
+    """The thread count every backend uses (>= 1)."""
+    global _num_threads
+    if _num_threads is None:
+        env = _parse_env()
+        if env is not None:
+            set_num_threads(env)
+        else:
+            _num_threads = cpu_count()
+    return _num_threads  # type: ignore[return-value]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in Numba, OpenMP and BLAS alike.
+
+    Raises ``TypeError``/``ValueError`` when ``n`` is not a positive int. Numba cannot use more
+    threads than it was started with (the core count); it is capped there silently.
+    """
+    global _num_threads, _blas_limiter
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected a positive int, got {n!r} ({type(n).__name__})")
+    if n < 1:
+        raise ValueError(f"n: expected a positive int, got {n}")
+    _num_threads = n
+    try:
+        import threadpoolctl
+
+        _blas_limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        pass
+    try:  # OpenMP: one runtime per process, shared by every Cython extension
+        from . import _openmp
+
+        _openmp.set_num_threads(n)
+    except ImportError:  # the Cython extensions were not built
+        pass
+    for hook in _hooks:
+        hook(n)
+
+
+def register_thread_hook(hook: Callable[[int], None]) -> None:
+    """Called by a backend at import: ``hook(n)`` now and on every later change."""
+    _hooks.append(hook)
+    hook(get_num_threads())
+
+
+def blas_info() -> list[dict]:
+    """What threadpoolctl sees: BLAS / OpenMP libraries loaded, their versions and threads."""
+    try:
+        import threadpoolctl
+    except ImportError:  # pragma: no cover
+        return []
+    return threadpoolctl.threadpool_info()

@@ -1,0 +1,190 @@
+"""Backend ``python``: the naive reference, one output element at a time.
+
+Read this file first. Every other backend computes exactly these sums, only faster. The loops
+here follow the mathematical definition as literally as possible:
+
+* conv forward: for every output element, walk the C x R x S window and accumulate.
+* conv backward: every forward multiply-add ``y += x * w`` contributes ``dy * w`` to ``dx``
+  and ``dy * x`` to ``dw``; we replay the same loops and scatter those contributions.
+* pooling: walk each window; skip positions that fall into the zero padding.
+
+Arrays arrive already validated by ``fastconv.kernels`` (C-contiguous, one float dtype) with
+a geometry object ``g`` that holds every size, so there are no checks here. Accumulation is
+done in Python floats (float64), then stored in the array's dtype: this is the most accurate
+backend, which is what a reference should be.
+
+Speed: each multiply-add costs an interpreted loop iteration plus several numpy scalar
+indexings (~100 ns each), i.e. roughly 10 million FLOP/s, thousands of times below the
+hardware. That gap is what the other backends close.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._geometry import Conv2dGeometry, Pool2dGeometry
+
+NAME = "python"
+DESCRIPTION = "naive nested Python loops (the reference)"
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) = bias + sum over (c, r, s) of x[window] * w."""
+    y = np.zeros(g.y_shape, dtype=x.dtype)
+    for n in range(g.n):
+        for k in range(g.k):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    acc = 0.0 if b is None else float(b[k])
+                    for c in range(g.c):
+                        for r in range(g.r):
+                            # Row of the input this tap reads; it may lie in the padding.
+                            h = i * g.sh - g.ph + r * g.dh
+                            if h < 0 or h >= g.h:
+                                continue  # zero padding contributes nothing
+                            for s in range(g.s):
+                                ww = j * g.sw - g.pw + s * g.dw
+                                if ww < 0 or ww >= g.w:
+                                    continue
+                                acc += float(x[n, c, h, ww]) * float(w[k, c, r, s])
+                    y[n, k, i, j] = acc
+    return y
+
+
+def conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Replay the forward loops; each tap ``y[n,k,i,j] += x[n,c,h,ww] * w[k,c,r,s]`` sends
+    ``dy[n,k,i,j] * w[k,c,r,s]`` to ``dx[n,c,h,ww]`` and ``dy[n,k,i,j] * x[n,c,h,ww]`` to
+    ``dw[k,c,r,s]``. Returns dx (N,C,H,W) or None, dw (K,C,R,S), db (K,)."""
+    # Accumulate in float64 whatever the input dtype, then cast once at the end.
+    dx = np.zeros(g.x_shape, dtype=np.float64) if need_dx else None
+    dw = np.zeros(g.w_shape, dtype=np.float64)
+    db = np.zeros((g.k,), dtype=np.float64)
+    for n in range(g.n):
+        for k in range(g.k):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    grad = float(dy[n, k, i, j])
+                    db[k] += grad  # the bias is added to every output element of channel k
+                    for c in range(g.c):
+                        for r in range(g.r):
+                            h = i * g.sh - g.ph + r * g.dh
+                            if h < 0 or h >= g.h:
+                                continue
+                            for s in range(g.s):
+                                ww = j * g.sw - g.pw + s * g.dw
+                                if ww < 0 or ww >= g.w:
+                                    continue
+                                dw[k, c, r, s] += grad * float(x[n, c, h, ww])
+                                if dx is not None:
+                                    dx[n, c, h, ww] += grad * float(w[k, c, r, s])
+    dtype = x.dtype
+    return (None if dx is None else dx.astype(dtype)), dw.astype(dtype), db.astype(dtype)
+
+
+def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """y (N,C,Ho,Wo): the max of each window; argmax: flat index h*W + w of the winner.
+
+    The first maximum in row-major window order wins a tie (we only replace on a strictly
+    greater value). NaN beats any number, and the first NaN wins, so NaN propagates.
+    """
+    y = np.empty(g.y_shape, dtype=x.dtype)
+    argmax = np.empty(g.y_shape, dtype=np.int64)
+    for n in range(g.n):
+        for c in range(g.c):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    best = -math.inf
+                    best_idx = -1
+                    for r in range(g.kh):
+                        h = i * g.sh - g.ph + r
+                        if h < 0 or h >= g.h:
+                            continue  # padding never wins
+                        for s in range(g.kw):
+                            ww = j * g.sw - g.pw + s
+                            if ww < 0 or ww >= g.w:
+                                continue
+                            v = float(x[n, c, h, ww])
+                            # best_idx < 0: the first real element always takes the lead, even -inf.
+                            if best_idx < 0 or v > best or (math.isnan(v) and not math.isnan(best)):
+                                best = v
+                                best_idx = h * g.w + ww
+                    y[n, c, i, j] = best
+                    argmax[n, c, i, j] = best_idx
+    return y, argmax
+
+
+def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): each dy element goes to its window's winner; overlapping windows add up."""
+    dx = np.zeros(g.x_shape, dtype=np.float64)
+    for n in range(g.n):
+        for c in range(g.c):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    idx = int(argmax[n, c, i, j])
+                    h, ww = divmod(idx, g.w)
+                    dx[n, c, h, ww] += float(dy[n, c, i, j])
+    return dx.astype(dy.dtype)
+
+
+def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """y (N,C,Ho,Wo) = window sum / (kh*kw); padded zeros count in the divisor."""
+    y = np.empty(g.y_shape, dtype=x.dtype)
+    divisor = g.kh * g.kw
+    for n in range(g.n):
+        for c in range(g.c):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    acc = 0.0
+                    for r in range(g.kh):
+                        h = i * g.sh - g.ph + r
+                        if h < 0 or h >= g.h:
+                            continue
+                        for s in range(g.kw):
+                            ww = j * g.sw - g.pw + s
+                            if 0 <= ww < g.w:
+                                acc += float(x[n, c, h, ww])
+                    y[n, c, i, j] = acc / divisor
+    return y
+
+
+def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): each dy element is shared equally (1/(kh*kw)) by its window's real inputs."""
+    dx = np.zeros(g.x_shape, dtype=np.float64)
+    divisor = g.kh * g.kw
+    for n in range(g.n):
+        for c in range(g.c):
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    share = float(dy[n, c, i, j]) / divisor
+                    for r in range(g.kh):
+                        h = i * g.sh - g.ph + r
+                        if h < 0 or h >= g.h:
+                            continue
+                        for s in range(g.kw):
+                            ww = j * g.sw - g.pw + s
+                            if 0 <= ww < g.w:
+                                dx[n, c, h, ww] += share
+    return dx.astype(dy.dtype)
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """y = x where x > 0, else 0; NaN stays NaN (``x != x`` is the NaN test)."""
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+    for i in range(flat.size):
+        v = float(flat[i])
+        y[i] = v if (v > 0.0 or v != v) else 0.0
+    return y.reshape(x.shape)
+
+
+def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0, like PyTorch)."""
+    fdy, fx = dy.reshape(-1), x.reshape(-1)
+    dx = np.empty_like(fdy)
+    for i in range(fdy.size):
+        dx[i] = fdy[i] if fx[i] > 0.0 else 0.0
+    return dx.reshape(x.shape)
