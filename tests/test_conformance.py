@@ -1,0 +1,398 @@
+"""The conformance suite: every registered backend against the python reference, against
+numerical gradients (float64), under property tests, and float32 vs float64.
+
+Parameterised over ``fastconv.kernels.available_backends()`` (see conftest.py), so a backend
+registered later is covered without editing this file. Tolerances: see kernel_oracles.py.
+"""
+
+from __future__ import annotations
+
+import fastconv.kernels as K
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_oracles import (
+    assert_gradient,
+    assert_within,
+    conv_bounds,
+    distinct_values,
+    numerical_gradient,
+    scipy_conv_oracle,
+)
+
+# (x shape, w shape, stride, padding, dilation): odd sizes, non-square, batch 1, channels 1,
+# asymmetric pairs, kernel == padded input, 1x1 kernels, the catnet 3x3/pad-1 pattern.
+CONV_CASES = [
+    ((2, 3, 7, 9), (4, 3, 3, 3), 1, 1, 1),
+    ((1, 1, 5, 5), (1, 1, 5, 5), 1, 0, 1),
+    ((3, 2, 8, 6), (2, 2, 1, 1), 2, 0, 1),
+    ((2, 4, 9, 7), (3, 4, 3, 2), (2, 3), (1, 0), (2, 1)),
+    ((1, 5, 6, 11), (2, 5, 2, 4), 3, 2, 2),
+    ((2, 2, 4, 4), (3, 2, 3, 3), 1, 2, 1),
+    ((4, 3, 10, 10), (5, 3, 4, 4), 2, 1, 1),
+    ((1, 2, 3, 12), (2, 2, 3, 5), (1, 2), (0, 2), 1),
+]
+
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, None, 0),
+    ((1, 2, 7, 9), 3, 2, 1),
+    ((3, 1, 5, 6), (2, 3), (1, 2), (1, 1)),
+    ((2, 2, 9, 5), 3, 1, 0),
+    ((1, 4, 6, 6), (3, 3), 3, 1),
+    ((2, 1, 4, 7), (1, 2), None, (0, 1)),
+    ((1, 2, 5, 5), 5, 1, 2),
+]
+
+
+def _rand(rng, shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------- the reference itself
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES)
+def test_python_reference_matches_independent_scipy_oracle(rng, xs, ws, stride, padding, dilation):
+    """The reference is checked too: against scipy.signal.correlate with a dilated kernel."""
+    x, w, b = _rand(rng, xs), _rand(rng, ws), _rand(rng, (ws[0],))
+    y = K.conv2d_forward(x, w, b, stride, padding, dilation, backend="python")
+    np.testing.assert_allclose(y, scipy_conv_oracle(x, w, b, stride, padding, dilation), rtol=1e-12, atol=1e-12)
+
+
+def test_python_reference_pooling_by_hand():
+    """A 1x1x4x4 input worked out by hand: ties, padding and the divisor."""
+    x = np.array([[1, 3, 3, 0], [2, 0, -1, -1], [5, 5, 4, 4], [5, 1, 4, 9]], dtype=np.float64)[None, None]
+    y, idx = K.max_pool2d_forward(x, 2, backend="python")
+    np.testing.assert_array_equal(y[0, 0], [[3, 3], [5, 9]])
+    # Window (0,0): 3 at (0,1) wins. Window (1,0): four 5s tie -> first in row-major order, (2,0) = 8.
+    np.testing.assert_array_equal(idx[0, 0], [[1, 2], [8, 15]])
+    a = K.avg_pool2d_forward(x, 3, 1, 1, backend="python")
+    # Top-left window covers padding + x[0:2, 0:2] = 1+3+2+0 = 6, divided by 9 (padding counts).
+    assert a[0, 0, 0, 0] == pytest.approx(6 / 9)
+
+
+# --------------------------------------------------------------------------- agreement with reference
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv_matches_reference_float64(fast_backend, rng, xs, ws, stride, padding, dilation, with_bias):
+    x, w = _rand(rng, xs), _rand(rng, ws)
+    b = _rand(rng, (ws[0],)) if with_bias else None
+    y_ref = K.conv2d_forward(x, w, b, stride, padding, dilation, backend="python")
+    dy = _rand(rng, y_ref.shape)
+    refs = K.conv2d_backward(dy, x, w, stride, padding, dilation, backend="python")
+    y = K.conv2d_forward(x, w, b, stride, padding, dilation, backend=fast_backend)
+    got = K.conv2d_backward(dy, x, w, stride, padding, dilation, backend=fast_backend)
+    bounds = conv_bounds(x, w, b, dy, stride, padding, dilation, np.float64, two_sided=True)
+    assert y.dtype == np.float64
+    assert_within(y, y_ref, bounds[0], "y")
+    for name, a, r, bound in zip(("dx", "dw", "db"), got, refs, bounds[1:]):
+        assert a.dtype == np.float64
+        assert_within(a, r, bound, name)
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES[:4])
+def test_conv_backward_without_dx(backend, rng, xs, ws, stride, padding, dilation):
+    x, w = _rand(rng, xs), _rand(rng, ws)
+    dy = _rand(rng, K.conv2d_geometry(xs, ws, stride, padding, dilation).y_shape)
+    full = K.conv2d_backward(dy, x, w, stride, padding, dilation, backend=backend)
+    dx, dw, db = K.conv2d_backward(dy, x, w, stride, padding, dilation, need_dx=False, backend=backend)
+    assert dx is None
+    np.testing.assert_array_equal(dw, full[1])
+    np.testing.assert_array_equal(db, full[2])
+
+
+@pytest.mark.parametrize("xs, k, s, p", POOL_CASES)
+def test_pooling_matches_reference_float64(fast_backend, rng, xs, k, s, p):
+    x = _rand(rng, xs)
+    y_ref, idx_ref = K.max_pool2d_forward(x, k, s, p, backend="python")
+    y, idx = K.max_pool2d_forward(x, k, s, p, backend=fast_backend)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    assert idx.dtype == np.int64
+    dy = _rand(rng, y.shape)
+    dx_ref = K.max_pool2d_backward(dy, idx_ref, xs, backend="python")
+    dx = K.max_pool2d_backward(dy, idx, xs, backend=fast_backend)
+    # Overlapping windows add several dy into one dx: only the summation order may differ.
+    assert_within(dx, dx_ref, 4 * 2 * 2.0**-53 * K.max_pool2d_backward(np.abs(dy), idx, xs), "maxpool dx")
+    a_ref = K.avg_pool2d_forward(x, k, s, p, backend="python")
+    a = K.avg_pool2d_forward(x, k, s, p, backend=fast_backend)
+    g = K.pool2d_geometry(xs, k, s, p)
+    assert_within(a, a_ref, 2 * (g.kh * g.kw + 1) * 2.0**-53 * K.avg_pool2d_forward(np.abs(x), k, s, p), "avg y")
+    da_ref = K.avg_pool2d_backward(dy, xs, k, s, p, backend="python")
+    da = K.avg_pool2d_backward(dy, xs, k, s, p, backend=fast_backend)
+    scale = K.avg_pool2d_backward(np.abs(dy), xs, k, s, p, backend="python")
+    assert_within(da, da_ref, 2 * (g.kh * g.kw + 1) * 2.0**-53 * scale, "avg dx")
+
+
+def test_relu_matches_reference(fast_backend, rng):
+    x = _rand(rng, (2, 3, 5, 7))
+    x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
+    dy = _rand(rng, x.shape)
+    np.testing.assert_array_equal(K.relu_forward(x, backend=fast_backend), K.relu_forward(x, backend="python"))
+    np.testing.assert_array_equal(
+        K.relu_backward(dy, x, backend=fast_backend), K.relu_backward(dy, x, backend="python")
+    )
+
+
+def test_relu_semantics(backend):
+    x = np.array([-2.0, -0.0, 0.0, 1e-300, 3.0, np.inf, -np.inf, np.nan])
+    y = K.relu_forward(x, backend=backend)
+    np.testing.assert_array_equal(y, [0, 0, 0, 1e-300, 3.0, np.inf, 0, np.nan])
+    dx = K.relu_backward(np.full_like(x, 2.0), x, backend=backend)
+    np.testing.assert_array_equal(dx, [0, 0, 0, 2, 2, 2, 0, 0])
+
+
+# --------------------------------------------------------------------------- numerical gradients
+
+
+@pytest.mark.parametrize(
+    "xs, ws, stride, padding, dilation",
+    [((2, 2, 5, 4), (3, 2, 2, 3), 1, 1, 1), ((1, 3, 6, 7), (2, 3, 3, 2), (2, 1), (1, 2), (1, 2))],
+)
+def test_conv_gradients_numerically(backend, rng, xs, ws, stride, padding, dilation):
+    x, w, b = _rand(rng, xs), _rand(rng, ws), _rand(rng, (ws[0],))
+    y = K.conv2d_forward(x, w, b, stride, padding, dilation, backend=backend)
+    gy = _rand(rng, y.shape)
+
+    def loss() -> float:
+        return float(np.sum(K.conv2d_forward(x, w, b, stride, padding, dilation, backend=backend) * gy))
+
+    dx, dw, db = K.conv2d_backward(gy, x, w, stride, padding, dilation, backend=backend)
+    assert_gradient(dx, numerical_gradient(loss, x), "dx")
+    assert_gradient(dw, numerical_gradient(loss, w), "dw")
+    assert_gradient(db, numerical_gradient(loss, b), "db")
+
+
+@pytest.mark.parametrize("xs, k, s, p", [((2, 2, 5, 6), 2, 1, 1), ((1, 2, 7, 5), (3, 2), (2, 1), (1, 0))])
+def test_pool_gradients_numerically(backend, rng, xs, k, s, p):
+    x = distinct_values(rng, xs)
+    y, idx = K.max_pool2d_forward(x, k, s, p, backend=backend)
+    gy = _rand(rng, y.shape)
+
+    def max_loss() -> float:
+        return float(np.sum(K.max_pool2d_forward(x, k, s, p, backend=backend)[0] * gy))
+
+    def avg_loss() -> float:
+        return float(np.sum(K.avg_pool2d_forward(x, k, s, p, backend=backend) * gy))
+
+    assert_gradient(K.max_pool2d_backward(gy, idx, xs, backend=backend), numerical_gradient(max_loss, x), "max dx")
+    assert_gradient(
+        K.avg_pool2d_backward(gy, xs, k, s, p, backend=backend), numerical_gradient(avg_loss, x), "avg dx"
+    )
+
+
+def test_relu_gradient_numerically(backend, rng):
+    x = distinct_values(rng, (2, 3, 4, 5))  # no value within 1e-3 of the kink at 0
+    gy = _rand(rng, x.shape)
+
+    def loss() -> float:
+        return float(np.sum(K.relu_forward(x, backend=backend) * gy))
+
+    assert_gradient(K.relu_backward(gy, x, backend=backend), numerical_gradient(loss, x), "relu dx")
+
+
+# --------------------------------------------------------------------------- float32 vs float64
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES[:5])
+def test_conv_float32_agrees_with_float64(backend, rng, xs, ws, stride, padding, dilation):
+    x32, w32, b32 = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, (ws[0],), np.float32)
+    x64, w64, b64 = x32.astype(np.float64), w32.astype(np.float64), b32.astype(np.float64)
+    y64 = K.conv2d_forward(x64, w64, b64, stride, padding, dilation, backend="python")
+    dy32 = _rand(rng, y64.shape, np.float32)
+    g64 = K.conv2d_backward(dy32.astype(np.float64), x64, w64, stride, padding, dilation, backend="python")
+    y32 = K.conv2d_forward(x32, w32, b32, stride, padding, dilation, backend=backend)
+    g32 = K.conv2d_backward(dy32, x32, w32, stride, padding, dilation, backend=backend)
+    bounds = conv_bounds(x64, w64, b64, dy32, stride, padding, dilation, np.float32, two_sided=False)
+    assert y32.dtype == np.float32 and all(a.dtype == np.float32 for a in g32)
+    assert_within(y32, y64, bounds[0], "float32 y")
+    for name, a, r, bound in zip(("dx", "dw", "db"), g32, g64, bounds[1:]):
+        assert_within(a, r, bound, f"float32 {name}")
+
+
+@pytest.mark.parametrize("xs, k, s, p", POOL_CASES[:4])
+def test_pool_float32_agrees_with_float64(backend, rng, xs, k, s, p):
+    x32 = _rand(rng, xs, np.float32)
+    x64 = x32.astype(np.float64)
+    y32, i32 = K.max_pool2d_forward(x32, k, s, p, backend=backend)
+    y64, i64 = K.max_pool2d_forward(x64, k, s, p, backend="python")
+    assert y32.dtype == np.float32
+    np.testing.assert_array_equal(y32, y64)  # a max is exact: no rounding at all
+    np.testing.assert_array_equal(i32, i64)
+    a32 = K.avg_pool2d_forward(x32, k, s, p, backend=backend)
+    a64 = K.avg_pool2d_forward(x64, k, s, p, backend="python")
+    g = K.pool2d_geometry(xs, k, s, p)
+    assert a32.dtype == np.float32
+    assert_within(a32, a64, (g.kh * g.kw + 1) * 2.0**-24 * K.avg_pool2d_forward(np.abs(x64), k, s, p), "avg")
+
+
+# --------------------------------------------------------------------------- ties, NaN, inf
+
+
+def test_max_pool_ties_give_identical_gradients_across_backends(backend, rng):
+    """Heavy ties (values from {0, 1, 2}), overlapping windows and padding: every backend must
+    pick the same winners as the reference, hence produce bit-identical gradients."""
+    x = rng.integers(0, 3, size=(2, 3, 9, 8)).astype(np.float64)
+    x[0, 0] = 0.0  # a plane of all-equal values: the first real position wins everywhere
+    for k, s, p in [(2, None, 0), (3, 1, 1), ((3, 2), (2, 1), (1, 1))]:
+        y_ref, idx_ref = K.max_pool2d_forward(x, k, s, p, backend="python")
+        y, idx = K.max_pool2d_forward(x, k, s, p, backend=backend)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+        dy = rng.integers(-3, 4, size=y.shape).astype(np.float64)  # integer grads: sums are exact
+        np.testing.assert_array_equal(
+            K.max_pool2d_backward(dy, idx, x.shape, backend=backend),
+            K.max_pool2d_backward(dy, idx_ref, x.shape, backend="python"),
+        )
+
+
+def test_max_pool_padding_never_wins_even_against_minus_inf(backend):
+    x = np.full((1, 1, 3, 3), -np.inf)
+    y, idx = K.max_pool2d_forward(x, 3, 1, 1, backend=backend)
+    assert np.all(y == -np.inf)
+    # Each window's first real element (row-major) wins: for output (i, j) that is
+    # (max(i-1, 0), max(j-1, 0)).
+    expected = np.array([[max(i - 1, 0) * 3 + max(j - 1, 0) for j in range(3)] for i in range(3)])
+    np.testing.assert_array_equal(idx[0, 0], expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_propagate(backend, dtype):
+    x = np.ones((1, 2, 6, 6), dtype)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 4, 4] = np.inf
+    w = np.ones((1, 2, 3, 3), dtype)
+    y = K.conv2d_forward(x, w, None, 1, 0, 1, backend=backend)
+    # Output (i, j) reads rows i..i+2, cols j..j+2: NaN exactly where (1,1) is inside.
+    nan_mask = np.zeros((4, 4), bool)
+    nan_mask[0:2, 0:2] = True
+    np.testing.assert_array_equal(np.isnan(y[0, 0]), nan_mask)
+    inf_only = (~nan_mask) & np.pad(np.ones((2, 2), bool), ((2, 0), (2, 0)))
+    assert np.all(np.isposinf(y[0, 0][inf_only]))
+    assert np.all(np.isfinite(y[0, 0][~nan_mask & ~inf_only]))
+    my, idx = K.max_pool2d_forward(x, 2, backend=backend)
+    assert np.isnan(my[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1 * 6 + 1  # NaN wins its window
+    assert np.isposinf(my[0, 1, 2, 2])
+    assert np.isnan(K.avg_pool2d_forward(x, 2, backend=backend)[0, 0, 0, 0])
+    r = K.relu_forward(x, backend=backend)
+    assert np.isnan(r[0, 0, 1, 1]) and np.isposinf(r[0, 1, 4, 4])
+
+
+# --------------------------------------------------------------------------- property tests
+
+_conv_problem = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 4),
+        "c": st.integers(1, 5),
+        "k": st.integers(1, 5),
+        "r": st.integers(1, 5),
+        "s": st.integers(1, 5),
+        "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        "padding": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "extra_h": st.integers(0, 4),
+        "extra_w": st.integers(0, 5),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+def _conv_arrays(p):
+    rng = np.random.default_rng(p["seed"])
+    # Smallest input the (dilated) kernel fits in, plus a random margin: H != W in general.
+    h = max(1, p["dilation"][0] * (p["r"] - 1) + 1 - 2 * p["padding"][0]) + p["extra_h"]
+    w = max(1, p["dilation"][1] * (p["s"] - 1) + 1 - 2 * p["padding"][1]) + p["extra_w"]
+    x = rng.standard_normal((p["n"], p["c"], h, w))
+    wt = rng.standard_normal((p["k"], p["c"], p["r"], p["s"]))
+    b = rng.standard_normal(p["k"])
+    return rng, x, wt, b
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=_conv_problem)
+def test_property_conv_matches_reference(fast_backend, p):
+    rng, x, w, b = _conv_arrays(p)
+    args = (p["stride"], p["padding"], p["dilation"])
+    y_ref = K.conv2d_forward(x, w, b, *args, backend="python")
+    dy = rng.standard_normal(y_ref.shape)
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    bounds = conv_bounds(x, w, b, dy, *args, np.float64, two_sided=True)
+    assert_within(K.conv2d_forward(x, w, b, *args, backend=fast_backend), y_ref, bounds[0], "y")
+    for name, a, r, bound in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=fast_backend), refs,
+                                 bounds[1:]):
+        assert_within(a, r, bound, name)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=_conv_problem)
+def test_property_conv_gradient_directional(backend, p):
+    """<grad, v> equals the directional central difference along random v (cheaper than
+    per-element differences, and exact up to rounding because conv is bilinear)."""
+    rng, x, w, b = _conv_arrays(p)
+    args = (p["stride"], p["padding"], p["dilation"])
+    gy = rng.standard_normal(K.conv2d_geometry(x.shape, w.shape, *args).y_shape)
+    dx, dw, db = K.conv2d_backward(gy, x, w, *args, backend=backend)
+    vx, vw, vb = rng.standard_normal(x.shape), rng.standard_normal(w.shape), rng.standard_normal(b.shape)
+    eps = 1e-5
+
+    def loss(t: float) -> float:
+        return float(np.sum(K.conv2d_forward(x + t * vx, w + t * vw, b + t * vb, *args, backend=backend) * gy))
+
+    numeric = (loss(eps) - loss(-eps)) / (2 * eps)
+    analytic = float(np.sum(dx * vx) + np.sum(dw * vw) + np.sum(db * vb))
+    # The loss is quadratic in t (x and w both move): central differences are then exact, so the
+    # only error is rounding of loss(+-eps), about u * sum|terms| / eps.
+    scale = float(np.sum(np.abs(gy) * K.conv2d_forward(np.abs(x) + np.abs(vx), np.abs(w) + np.abs(vw),
+                                                       np.abs(b) + np.abs(vb), *args, backend="numpy")))
+    assert abs(numeric - analytic) <= 1e-9 * scale / eps + 1e-9
+
+
+_pool_problem = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 4),
+        "c": st.integers(1, 5),
+        "kh": st.integers(1, 5),
+        "kw": st.integers(1, 5),
+        "stride": st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
+        "pfrac": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        "extra_h": st.integers(0, 5),
+        "extra_w": st.integers(0, 6),
+        "ties": st.booleans(),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=_pool_problem)
+def test_property_pooling_matches_reference(fast_backend, p):
+    rng = np.random.default_rng(p["seed"])
+    ph, pw = min(p["pfrac"][0], p["kh"] // 2), min(p["pfrac"][1], p["kw"] // 2)
+    h = max(1, p["kh"] - 2 * ph) + p["extra_h"]
+    w = max(1, p["kw"] - 2 * pw) + p["extra_w"]
+    shape = (p["n"], p["c"], h, w)
+    x = rng.integers(-2, 3, shape).astype(np.float64) if p["ties"] else rng.standard_normal(shape)
+    args = ((p["kh"], p["kw"]), p["stride"], (ph, pw))
+    y_ref, i_ref = K.max_pool2d_forward(x, *args, backend="python")
+    y, idx = K.max_pool2d_forward(x, *args, backend=fast_backend)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, i_ref)
+    dy = rng.integers(-4, 5, y.shape).astype(np.float64)  # integers: every summation order is exact
+    np.testing.assert_array_equal(
+        K.max_pool2d_backward(dy, idx, shape, backend=fast_backend),
+        K.max_pool2d_backward(dy, i_ref, shape, backend="python"),
+    )
+    n_win = p["kh"] * p["kw"]
+    scale = (n_win + 1) * 2 * 2.0**-53
+    assert_within(
+        K.avg_pool2d_forward(x, *args, backend=fast_backend),
+        K.avg_pool2d_forward(x, *args, backend="python"),
+        scale * K.avg_pool2d_forward(np.abs(x), *args, backend="python"),
+        "avg y",
+    )
+    assert_within(K.avg_pool2d_backward(dy, shape, *args, backend=fast_backend),
+                  K.avg_pool2d_backward(dy, shape, *args, backend="python"),
+                  scale * K.avg_pool2d_backward(np.abs(dy), shape, *args, backend="python"), "avg dx")
