@@ -1,0 +1,638 @@
+"""Layers: parameters, forward and backward passes over numpy arrays (NCHW).
+
+Every layer keeps what its backward pass needs from the *last* forward call (its "cache"),
+accumulates parameter gradients into ``Parameter.grad`` (``+=``, so gradients of several
+backward calls add up until ``zero_grad``) and returns the gradient with respect to its input.
+Convolution, pooling and ReLU arithmetic goes through :mod:`fastconv.kernels` (which validates
+arguments once and dispatches to a backend); layers never loop over pixels.
+
+Shapes given to :meth:`Layer.output_shape` and :meth:`Layer.flops` are *per sample*, without the
+batch dimension: ``(C, H, W)`` for image layers, ``(F,)`` for :class:`Linear`.
+
+Initialisation (documented choice):
+
+* :class:`Conv2d`: He / Kaiming normal for ReLU networks, ``w ~ N(0, 2 / fan_in)`` with
+  ``fan_in = C * R * S`` and zero bias (``init="he_normal"``, the default). Every conv in
+  catnet feeds a ReLU, which is what this scaling is derived for: it keeps the activation
+  variance constant with depth. ``init="torch"`` gives PyTorch's default instead
+  (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias).
+* :class:`Linear`: PyTorch's default ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` for weight
+  and bias (``init="torch"``, the default): the classifier head feeds a sigmoid/softmax, where
+  small initial logits are wanted. ``init="he_normal"`` is available.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .kernels import IntOrPair, conv2d_geometry, normalize_pair, pool2d_geometry
+
+__all__ = [
+    "LAYER_TYPES",
+    "AvgPool2d",
+    "BatchNorm2d",
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "Linear",
+    "MaxPool2d",
+    "Parameter",
+    "ReLU",
+    "as_rng",
+    "register_layer",
+]
+
+RngLike = np.random.Generator | int | np.random.SeedSequence | None
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    ``data``: the values (float32 or float64 ndarray). ``grad``: same shape and dtype, zero
+    initialised, accumulated by backward passes. ``name``: ``"weight"`` inside a layer,
+    ``"0.weight"`` once a :class:`~fastconv.model.Sequential` owns the layer. ``decay``:
+    whether weight decay applies (False for biases and normalisation parameters).
+    """
+
+    __slots__ = ("data", "decay", "grad", "name")
+
+    def __init__(self, data: np.ndarray, name: str = "", decay: bool = True) -> None:
+        self.data = data
+        self.grad = np.zeros_like(data)
+        self.name = name
+        self.decay = bool(decay)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype}, decay={self.decay})"
+
+
+def as_rng(rng: RngLike) -> np.random.Generator:
+    """A Generator from a Generator (used as is), an int seed, a SeedSequence, or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, np.random.SeedSequence):
+        return np.random.default_rng(rng)
+    if isinstance(rng, bool) or not isinstance(rng, numbers.Integral):
+        raise TypeError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
+    return np.random.default_rng(int(rng))
+
+
+def _float_dtype(dtype: object) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _pair_config(pair: tuple[int, int]) -> int | list[int]:
+    """JSON form of a normalised pair: an int when both sides agree (the common case)."""
+    return pair[0] if pair[0] == pair[1] else [pair[0], pair[1]]
+
+
+def _image_shape(layer: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"{layer}: expected a per-sample input shape (C, H, W), got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+class Layer:
+    """Base class. Subclasses implement forward/backward and, when they hold state, declare it.
+
+    Attributes: ``training`` (train vs eval behaviour, e.g. dropout), ``backend`` (kernel
+    backend name; None = ``fastconv.kernels`` default), ``requires_input_grad`` (False lets a
+    first layer skip computing the gradient of its input; :class:`Sequential` sets it).
+    """
+
+    #: attribute names of Parameters (may be None, e.g. ``bias=False``), in state_dict order
+    _param_names: tuple[str, ...] = ()
+    #: attribute names of non-trainable arrays saved in state_dict (e.g. running statistics)
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.training = True
+        self.backend: str | None = None
+        self.requires_input_grad = True
+
+    # --- computation -------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    # --- state ---------------------------------------------------------------------------
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        out = []
+        for name in self._param_names:
+            p = getattr(self, name)
+            if p is not None:
+                out.append((name, p))
+        return out
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trainable state that belongs in a checkpoint (the live arrays, not copies)."""
+        return {name: getattr(self, name) for name in self._buffer_names}
+
+    def train(self, mode: bool = True) -> Layer:
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Layer:
+        return self.train(False)
+
+    def astype(self, dtype: object) -> Layer:
+        """Convert parameters and buffers to float32/float64 in place (gradients are reset)."""
+        dt = _float_dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dt)
+            p.grad = np.zeros_like(p.data)
+        for name in self._buffer_names:
+            setattr(self, name, getattr(self, name).astype(dt))
+        if hasattr(self, "dtype"):
+            self.dtype = dt
+        return self
+
+    # --- description ---------------------------------------------------------------------
+    def config(self) -> dict:
+        """JSON-able constructor arguments: ``type(self)(**layer.config())`` rebuilds the architecture."""
+        return {}
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (no batch dimension)."""
+        return tuple(int(v) for v in input_shape)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """Forward floating-point operations per sample (a multiply-add counts 2)."""
+        return 0
+
+    def __repr__(self) -> str:
+        # Show only the arguments that differ from the constructor defaults, like PyTorch does.
+        params = inspect.signature(type(self).__init__).parameters
+        parts = []
+        for key, value in self.config().items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if default is inspect.Parameter.empty:
+                parts.append(repr(value))
+            elif value != default and not (key == "dtype" and np.dtype(value) == np.dtype(default)):
+                parts.append(f"{key}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _need_cache(self, cache: object) -> None:
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward (no cached input)")
+
+
+class Conv2d(Layer):
+    """2-d convolution (cross-correlation), PyTorch's ``nn.Conv2d`` arguments.
+
+    x: (N, in_channels, H, W) -> y: (N, out_channels, Ho, Wo), same float dtype as the weights.
+    weight: (out_channels, in_channels, R, S); bias: (out_channels,) or None.
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        bias: bool = True,
+        *,
+        backend: str | None = None,
+        dtype: object = np.float32,
+        rng: RngLike = None,
+        init: str = "he_normal",
+    ) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.kernel_size = normalize_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = normalize_pair(stride, "stride", minimum=1)
+        self.padding = normalize_pair(padding, "padding", minimum=0)
+        self.dilation = normalize_pair(dilation, "dilation", minimum=1)
+        self.backend = backend
+        self.dtype = _float_dtype(dtype)
+        gen = as_rng(rng)
+        r, s = self.kernel_size
+        fan_in = self.in_channels * r * s
+        shape = (self.out_channels, self.in_channels, r, s)
+        if init == "he_normal":
+            w = gen.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+            b = np.zeros(self.out_channels)
+        elif init == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+            w = gen.uniform(-bound, bound, shape)
+            b = gen.uniform(-bound, bound, self.out_channels)
+        else:
+            raise ValueError(f"init: expected 'he_normal' or 'torch', got {init!r}")
+        self.weight = Parameter(w.astype(self.dtype), "weight")
+        self.bias = Parameter(b.astype(self.dtype), "bias", decay=False) if bias else None
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, C, H, W) -> (N, K, Ho, Wo)."""
+        self._x = x
+        return K.conv2d_forward(
+            x,
+            self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.stride,
+            self.padding,
+            self.dilation,
+            backend=self.backend,
+        )
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """dy: (N, K, Ho, Wo) -> dx (N, C, H, W), or None when ``requires_input_grad`` is False."""
+        self._need_cache(self._x)
+        dx, dw, db = K.conv2d_backward(
+            dy,
+            self._x,
+            self.weight.data,
+            self.stride,
+            self.padding,
+            self.dilation,
+            need_dx=self.requires_input_grad,
+            backend=self.backend,
+        )
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def _geometry(self, input_shape: Sequence[int]) -> K.Conv2dGeometry:
+        c, h, w = _image_shape("Conv2d", input_shape)
+        return conv2d_geometry((1, c, h, w), self.weight.shape, self.stride, self.padding, self.dilation)
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        g = self._geometry(input_shape)
+        return (g.k, g.ho, g.wo)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """2*K*Ho*Wo*C*R*S per image (DESIGN.md); the bias add is not counted."""
+        return self._geometry(input_shape).flops
+
+    def config(self) -> dict:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": _pair_config(self.kernel_size),
+            "stride": _pair_config(self.stride),
+            "padding": _pair_config(self.padding),
+            "dilation": _pair_config(self.dilation),
+            "bias": self.bias is not None,
+            "dtype": self.dtype.name,
+        }
+
+
+class ReLU(Layer):
+    """y = max(x, 0) elementwise, any shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._x = x
+        return K.relu_forward(x, backend=self.backend)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._x)
+        return K.relu_backward(dy, self._x, backend=self.backend)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """One comparison per element."""
+        return math.prod(int(v) for v in input_shape)
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
+        super().__init__()
+        self.kernel_size = normalize_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else normalize_pair(stride, "stride", minimum=1)
+        self.padding = normalize_pair(padding, "padding", minimum=0)
+        # Validates padding <= kernel/2 now rather than at the first forward call.
+        pool2d_geometry((1, 1, self.kernel_size[0], self.kernel_size[1]), self.kernel_size, self.stride, self.padding)
+        self._input_shape: tuple[int, ...] | None = None
+
+    def _geometry(self, input_shape: Sequence[int]) -> K.Pool2dGeometry:
+        c, h, w = _image_shape(type(self).__name__, input_shape)
+        return pool2d_geometry((1, c, h, w), self.kernel_size, self.stride, self.padding)
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        g = self._geometry(input_shape)
+        return (g.c, g.ho, g.wo)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """One comparison (max) or addition (average) per window element: C*Ho*Wo*kh*kw."""
+        g = self._geometry(input_shape)
+        return g.c * g.ho * g.wo * g.kh * g.kw
+
+    def config(self) -> dict:
+        return {
+            "kernel_size": _pair_config(self.kernel_size),
+            "stride": _pair_config(self.stride),
+            "padding": _pair_config(self.padding),
+        }
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (PyTorch ``nn.MaxPool2d``): x (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
+        super().__init__(kernel_size, stride, padding)
+        self._argmax: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y, self._argmax = K.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        self._input_shape = x.shape
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._argmax)
+        return K.max_pool2d_backward(dy, self._argmax, self._input_shape, backend=self.backend)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling (PyTorch ``nn.AvgPool2d``, count_include_pad=True): (N, C, H, W) -> (N, C, Ho, Wo)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._input_shape = x.shape
+        return K.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._input_shape)
+        return K.avg_pool2d_backward(
+            dy, self._input_shape, self.kernel_size, self.stride, self.padding, backend=self.backend
+        )
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...), like PyTorch's ``nn.Flatten()`` (start_dim=1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._input_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._input_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._input_shape)
+        return dy.reshape(self._input_shape)
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        return (math.prod(int(v) for v in input_shape),)
+
+
+class Linear(Layer):
+    """Fully connected layer, PyTorch layout: y = x @ weight.T + bias.
+
+    x: (N, in_features) -> y: (N, out_features); weight: (out_features, in_features); bias: (out_features,).
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: object = np.float32,
+        rng: RngLike = None,
+        init: str = "torch",
+    ) -> None:
+        super().__init__()
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        self.dtype = _float_dtype(dtype)
+        gen = as_rng(rng)
+        shape = (self.out_features, self.in_features)
+        if init == "torch":
+            bound = 1.0 / math.sqrt(self.in_features)
+            w = gen.uniform(-bound, bound, shape)
+            b = gen.uniform(-bound, bound, self.out_features)
+        elif init == "he_normal":
+            w = gen.standard_normal(shape) * math.sqrt(2.0 / self.in_features)
+            b = np.zeros(self.out_features)
+        else:
+            raise ValueError(f"init: expected 'torch' or 'he_normal', got {init!r}")
+        self.weight = Parameter(w.astype(self.dtype), "weight")
+        self.bias = Parameter(b.astype(self.dtype), "bias", decay=False) if bias else None
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.in_features:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {shape}")
+        if x.dtype != self.weight.data.dtype:
+            raise TypeError(
+                f"Linear: expected input dtype {self.weight.data.dtype} (the weights' dtype), got {x.dtype}"
+            )
+        self._x = x
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        self._need_cache(self._x)
+        self.weight.grad += dy.T @ self._x
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        return dy @ self.weight.data if self.requires_input_grad else None
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        shape = tuple(int(v) for v in input_shape)
+        if shape != (self.in_features,):
+            raise ValueError(f"Linear: expected a per-sample input shape ({self.in_features},), got {shape}")
+        return (self.out_features,)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """2*in_features*out_features per sample (the bias add is not counted, as for Conv2d)."""
+        self.output_shape(input_shape)
+        return 2 * self.in_features * self.out_features
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "dtype": self.dtype.name,
+        }
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale the
+    survivors by ``1 / (1 - p)`` so the expected output equals the input; identity in eval mode.
+
+    Any shape, float32/float64. ``seed`` (int, Generator or None) makes the masks reproducible;
+    :meth:`reseed` restarts the stream.
+    """
+
+    def __init__(self, p: float = 0.5, seed: RngLike = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.seed = seed if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) else None
+        self.rng = as_rng(seed)
+        self._mask: np.ndarray | None = None
+        self._passthrough = False
+
+    def reseed(self, seed: RngLike) -> None:
+        self.rng = as_rng(seed)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0.0:
+            self._mask, self._passthrough = None, True
+            return x
+        # rng.random draws in [0, 1): an element survives when its draw is >= p.
+        mask = (self.rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype)
+        if self.p < 1.0:
+            mask *= x.dtype.type(1.0 / (1.0 - self.p))
+        self._mask, self._passthrough = mask, False
+        return x * mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._passthrough:
+            return dy
+        self._need_cache(self._mask)
+        return dy * self._mask
+
+    def config(self) -> dict:
+        return {"p": self.p, "seed": self.seed}
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel, PyTorch's ``nn.BatchNorm2d`` semantics.
+
+    x: (N, C, H, W) -> same shape. Training: normalise with the batch mean and biased variance,
+    and update ``running = (1 - momentum) * running + momentum * batch_stat`` (the running
+    variance uses the unbiased batch variance, as PyTorch does). Eval: normalise with the running
+    statistics. ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are exempt from weight decay.
+    """
+
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype: object = np.float32
+    ) -> None:
+        super().__init__()
+        self.num_features = _positive_int("num_features", num_features)
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.ones(self.num_features, self.dtype), "weight", decay=False)
+        self.bias = Parameter(np.zeros(self.num_features, self.dtype), "bias", decay=False)
+        self.running_mean = np.zeros(self.num_features, self.dtype)
+        self.running_var = np.ones(self.num_features, self.dtype)
+        self._cache: tuple[np.ndarray, np.ndarray, bool] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.num_features:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"BatchNorm2d: expected input of shape (N, {self.num_features}, H, W), got {shape}")
+        if x.dtype != self.weight.data.dtype:
+            raise TypeError(f"BatchNorm2d: expected input dtype {self.weight.data.dtype}, got {x.dtype}")
+        if self.training:
+            m = x.shape[0] * x.shape[2] * x.shape[3]
+            if m <= 1:
+                raise ValueError(
+                    f"BatchNorm2d: expected more than 1 value per channel when training, got input shape {x.shape}"
+                )
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            mom = self.momentum
+            self.running_mean *= 1.0 - mom
+            self.running_mean += mom * mean
+            self.running_var *= 1.0 - mom
+            self.running_var += (mom * m / (m - 1)) * var
+        else:
+            mean, var = self.running_mean, self.running_var
+        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        xhat = (x - mean.reshape(1, -1, 1, 1)) * invstd.reshape(1, -1, 1, 1)
+        self._cache = (xhat, invstd, self.training)
+        return xhat * self.weight.data.reshape(1, -1, 1, 1) + self.bias.data.reshape(1, -1, 1, 1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._cache)
+        xhat, invstd, training = self._cache
+        self.weight.grad += (dy * xhat).sum(axis=(0, 2, 3))
+        self.bias.grad += dy.sum(axis=(0, 2, 3))
+        scale = (self.weight.data * invstd).reshape(1, -1, 1, 1)
+        if not training:
+            return dy * scale  # running statistics are constants
+        # The batch mean and variance depend on x: subtract their contributions.
+        m = dy.shape[0] * dy.shape[2] * dy.shape[3]
+        mean_dy = dy.sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1) / m
+        mean_dy_xhat = (dy * xhat).sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1) / m
+        return scale * (dy - mean_dy - xhat * mean_dy_xhat)
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = _image_shape("BatchNorm2d", input_shape)
+        if c != self.num_features:
+            raise ValueError(f"BatchNorm2d: expected {self.num_features} channels, got input shape {(c, h, w)}")
+        return (c, h, w)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """2 per element (a folded scale and shift, as at inference)."""
+        return 2 * math.prod(self.output_shape(input_shape))
+
+    def config(self) -> dict:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum, "dtype": self.dtype.name}
+
+
+#: layer class name -> class; what :func:`fastconv.load` may instantiate from a model file.
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear, Dropout, BatchNorm2d)
+}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Make a custom Layer subclass loadable from model files (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer: expected a Layer subclass, got {cls!r}")
+    LAYER_TYPES[cls.__name__] = cls
+    return cls

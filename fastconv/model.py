@@ -1,0 +1,427 @@
+"""Sequential models: forward/backward through a list of layers, checkpoints in one ``.npz``.
+
+Model file format (``format_version`` 1), a numpy ``.npz`` archive read with ``allow_pickle=False``:
+
+===================  ===========================================================================
+key                  content
+===================  ===========================================================================
+``format_version``   int64 scalar, currently 1
+``architecture``     0-d unicode array: JSON list of ``{"type": <layer class>, "config": {...}}``
+``metadata``         0-d unicode array: JSON object chosen by the caller (normalisation mean/std,
+                     class names, image size, training history summary, ...)
+``state/<name>``     one float array per state_dict entry, e.g. ``state/0.weight``
+===================  ===========================================================================
+
+Files are written atomically: into a temporary file in the destination folder, flushed to disk,
+then renamed over the destination with ``os.replace``, so a crash never leaves a half-written
+model where a good one used to be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import kernels as K
+from .layers import LAYER_TYPES, Layer, Parameter
+
+__all__ = ["FORMAT_VERSION", "Sequential", "load", "load_with_metadata", "read_model_file"]
+
+FORMAT_VERSION = 1
+_STATE_PREFIX = "state/"
+PathLike = str | os.PathLike
+
+
+class Sequential:
+    """A chain of layers: ``y = layers[-1](...layers[1](layers[0](x)))``.
+
+    ``forward(x)``: x is an array the first layer accepts (NCHW images for catnet); float input
+    of the other precision is cast to the model's dtype. ``backward(dlogits)`` runs the chain in
+    reverse, accumulates every parameter's ``.grad`` and returns the input gradient when
+    ``need_input_grad=True`` (by default the first layer skips it: a third of a conv's backward work).
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, expected a fastconv Layer")
+        self.layers: list[Layer] = list(layers)
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters():
+                p.name = f"{i}.{name}"
+        self.training = True
+
+    # --- container protocol ----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    # --- computation -------------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the parameters (float32 unless converted with :meth:`astype`)."""
+        params = self.parameters()
+        return params[0].data.dtype if params else np.dtype(np.float32)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, ...) input batch -> output of the last layer (logits for catnet: (N, 1))."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Eval-mode forward over ``x`` in batches (restores the previous mode). Returns the stacked outputs."""
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        if not outs:
+            return np.zeros((0, *self.output_shape(x.shape[1:])), self.dtype)
+        return np.concatenate(outs, axis=0)
+
+    def backward(self, dlogits: np.ndarray, *, need_input_grad: bool = False) -> np.ndarray | None:
+        """Backpropagate ``dlogits`` (shape of the last forward output) through every layer.
+
+        Parameter gradients are *accumulated* (call :meth:`zero_grad` between steps). Returns
+        dx, the gradient with respect to the last forward input, or None unless ``need_input_grad``.
+        """
+        if not self.layers:
+            return dlogits if need_input_grad else None
+        self.layers[0].requires_input_grad = bool(need_input_grad)
+        dy: np.ndarray | None = dlogits
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy if need_input_grad else None
+
+    # --- parameters and modes ------------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(p.name, p) for p in self.parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    def set_backend(self, name: str | None) -> Sequential:
+        """Run every layer on kernel backend ``name`` (None = the process default). Validated now."""
+        if name is not None:
+            K.get_backend(name)  # unknown or unavailable -> clear ValueError here, not mid-training
+        for layer in self.layers:
+            layer.backend = name
+        return self
+
+    def astype(self, dtype: object) -> Sequential:
+        """Convert every parameter and buffer to float32/float64 in place; gradients are reset."""
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def reseed(self, seed: int | None) -> Sequential:
+        """Restart the random streams of stochastic layers (dropout) from ``seed``, reproducibly."""
+        stochastic = [layer for layer in self.layers if hasattr(layer, "reseed")]
+        for layer, child in zip(stochastic, np.random.SeedSequence(seed).spawn(len(stochastic))):
+            layer.reseed(child)
+        return self
+
+    # --- description -------------------------------------------------------------------
+    def _per_sample_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        shape = tuple(int(v) for v in input_shape)
+        # No layer takes a 4-d per-sample input, so a 4-d shape must be NCHW with a batch size.
+        return shape[1:] if len(shape) == 4 else shape
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape such as (3, 64, 64)."""
+        shape = self._per_sample_shape(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """Forward FLOP per sample (see each layer's ``flops``)."""
+        return sum(row[3] for row in self._summary_rows(input_shape))
+
+    def _summary_rows(self, input_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...], int, int]]:
+        shape = self._per_sample_shape(input_shape)
+        rows = []
+        for i, layer in enumerate(self.layers):
+            try:
+                out = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer!r}) cannot take input shape {shape}: {exc}") from exc
+            params = sum(p.size for p in layer.parameters())
+            rows.append((f"{i}: {layer!r}", out, params, layer.flops(shape)))
+            shape = out
+        return rows
+
+    def summary(self, input_shape: Sequence[int]) -> str:
+        """A table with one row per layer: output shape, parameter count, forward FLOP per image; and totals.
+
+        ``input_shape`` is per sample, e.g. ``(3, 64, 64)`` (a leading batch size is ignored).
+        """
+        rows = self._summary_rows(input_shape)
+        header = ("layer", "output shape", "params", "FLOPs/image")
+        cells = [(name, str(out), f"{p:,}", f"{f:,}") for name, out, p, f in rows]
+        widths = [max(len(header[j]), *(len(c[j]) for c in cells)) if cells else len(header[j]) for j in range(4)]
+
+        def fmt(c: Sequence[str]) -> str:
+            return f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]:>{widths[2]}}  {c[3]:>{widths[3]}}"
+
+        total_params = sum(r[2] for r in rows)
+        total_flops = sum(r[3] for r in rows)
+        rule = "-" * len(fmt(header))
+        lines = [f"input: {self._per_sample_shape(input_shape)} per image, dtype {self.dtype}", rule, fmt(header), rule]
+        lines += [fmt(c) for c in cells]
+        lines += [
+            rule,
+            f"total parameters: {total_params:,}",
+            f"forward FLOPs per image: {total_flops:,} ({total_flops / 1e6:.2f} MFLOP; a multiply-add counts 2)",
+        ]
+        return "\n".join(lines)
+
+    def architecture(self) -> list[dict]:
+        """JSON-able description: ``[{"type": "Conv2d", "config": {...}}, ...]``."""
+        return [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers]
+
+    @classmethod
+    def from_architecture(cls, architecture: object) -> Sequential:
+        """Build a model (freshly initialised) from :meth:`architecture` output; ValueError on anything unknown."""
+        if not isinstance(architecture, list):
+            raise ValueError(f"architecture: expected a list of layers, got {type(architecture).__name__}")
+        layers = []
+        for i, entry in enumerate(architecture):
+            if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+                raise ValueError(f"architecture: layer {i} is not a {{'type': ..., 'config': ...}} object: {entry!r}")
+            kind = entry["type"]
+            if kind not in LAYER_TYPES:
+                raise ValueError(f"architecture: layer {i} has unknown type {kind!r}; known: {sorted(LAYER_TYPES)}")
+            config = entry.get("config", {})
+            if not isinstance(config, dict):
+                raise ValueError(f"architecture: layer {i} ({kind}) config is not an object: {config!r}")
+            try:
+                layers.append(LAYER_TYPES[kind](**config))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"architecture: layer {i} ({kind}) has an invalid config {config}: {exc}") from exc
+        return cls(*layers)
+
+    # --- state ---------------------------------------------------------------------------
+    def _state_entries(self) -> list[tuple[str, np.ndarray]]:
+        """(state key, live array) for every parameter and buffer, in layer order."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters():
+                out.append((f"{i}.{name}", p.data))
+            for name, arr in layer.buffers().items():
+                out.append((f"{i}.{name}", arr))
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer (e.g. BatchNorm running statistics), keyed ``"<layer>.<name>"``."""
+        return {key: arr.copy() for key, arr in self._state_entries()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy ``state`` into the model's arrays (cast to the model's dtype).
+
+        Raises ValueError listing missing and unexpected keys (when ``strict``) and any shape
+        mismatch (always). Nothing is modified unless every check passes.
+        """
+        entries = self._state_entries()
+        expected = {key for key, _ in entries}
+        missing = [key for key, _ in entries if key not in state]
+        unexpected = [key for key in state if key not in expected]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        for key, arr in entries:
+            if key not in state:
+                continue
+            value = state[key]
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+                problems.append(f"{key}: expected a numeric array, got {getattr(value, 'dtype', type(value).__name__)}")
+            elif value.shape != arr.shape:
+                problems.append(f"{key}: shape mismatch, model has {arr.shape}, state has {value.shape}")
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        for key, arr in entries:
+            if key in state:
+                np.copyto(arr, state[key], casting="unsafe")
+
+    def save(self, path: PathLike, metadata: dict | None = None) -> Path:
+        """Write architecture, weights and ``metadata`` (JSON-able; numpy arrays/scalars are converted
+        to lists/numbers) to ``path`` as one .npz, atomically. Returns the path."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+            "architecture": np.array(json.dumps(self.architecture())),
+            "metadata": np.array(json.dumps(metadata or {}, default=_json_default)),
+        }
+        for key, arr in self.state_dict().items():
+            arrays[_STATE_PREFIX + key] = arr
+        atomic_savez(path, arrays)
+        return path
+
+    def load_weights(self, path: PathLike, strict: bool = True) -> dict:
+        """Load the weights of a model file into this model; the file's architecture must equal ours.
+
+        Returns the file's metadata. ValueError (naming the file) on another architecture or a bad file.
+        """
+        architecture, state, metadata = read_model_file(path)
+        if architecture != self.architecture():
+            raise ValueError(
+                f"{path}: model file holds a different architecture than this model\n"
+                f"  file:  {_describe(architecture)}\n  model: {_describe(self.architecture())}"
+            )
+        try:
+            self.load_state_dict(state, strict=strict)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return metadata
+
+
+def _describe(architecture: list[dict]) -> str:
+    return " -> ".join(
+        f"{e.get('type')}({', '.join(f'{k}={v}' for k, v in e.get('config', {}).items() if k != 'dtype')})"
+        for e in architecture
+    )
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"metadata: {type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_savez(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez ``arrays`` to ``path`` via a temporary file in the same folder and os.replace.
+
+    On any error the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """Read and check a model file: returns (architecture, state dict, metadata).
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
+    that is not a complete fastconv model file (not an npz, truncated, pickled objects, missing
+    or unreadable entries, unsupported format version, bad JSON).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise ValueError("a single .npy array, not an .npz archive")
+        with archive:
+            contents = {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a fastconv model file ({_reason(exc)})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable fastconv model file, corrupt or truncated ({exc})") from exc
+
+    for key in ("format_version", "architecture", "metadata"):
+        if key not in contents:
+            raise ValueError(f"{path}: not a fastconv model file (no {key!r} entry; has {sorted(contents)[:8]})")
+    version = contents["format_version"]
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise ValueError(f"{path}: format_version is not an integer scalar")
+    if int(version) != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model file format_version {int(version)} is not supported (this fastconv reads {FORMAT_VERSION})"
+        )
+    architecture = _json_entry(path, contents, "architecture")
+    metadata = _json_entry(path, contents, "metadata")
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: metadata is not a JSON object")
+    state = {key[len(_STATE_PREFIX) :]: arr for key, arr in contents.items() if key.startswith(_STATE_PREFIX)}
+    return architecture, state, metadata
+
+
+def _reason(exc: ValueError) -> str:
+    msg = str(exc)
+    if "pickle" in msg.lower():
+        return f"it contains pickled Python objects, which are never loaded: {msg}"
+    return msg
+
+
+def _json_entry(path: Path, contents: dict[str, np.ndarray], key: str) -> object:
+    value = contents[key]
+    if value.shape != () or value.dtype.kind != "U":
+        raise ValueError(f"{path}: {key} entry is not a JSON string (dtype {value.dtype}, shape {value.shape})")
+    try:
+        return json.loads(str(value))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: {key} entry is not valid JSON ({exc})") from exc
+
+
+def load_with_metadata(path: PathLike, *, backend: str | None = None) -> tuple[Sequential, dict]:
+    """Rebuild the model stored in ``path`` and return ``(model, metadata)``; the model is in eval mode."""
+    architecture, state, metadata = read_model_file(path)
+    try:
+        model = Sequential.from_architecture(architecture)
+        model.load_state_dict(state, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    model.set_backend(backend)
+    return model.eval(), metadata
+
+
+def load(path: PathLike, *, backend: str | None = None) -> Sequential:
+    """Rebuild the model stored in ``path`` by :meth:`Sequential.save` (eval mode). See the module docstring."""
+    return load_with_metadata(path, backend=backend)[0]

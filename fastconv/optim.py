@@ -1,0 +1,254 @@
+"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules, with PyTorch's update rules.
+
+Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad``; per-parameter
+state (momentum buffers, Adam moments) and one scratch array are allocated once, so a step
+allocates no arrays. Weight decay skips parameters whose ``decay`` flag is False (biases and
+normalisation parameters). ``optimizer.lr`` may be changed at any time (schedules do).
+
+Update rules, for a parameter p with gradient g at step t = 1, 2, ... (wd = weight_decay):
+
+* SGD: ``g += wd * p``; with momentum m: ``b = g`` at t = 1, else ``b = m * b + g``;
+  ``d = g + m * b`` (Nesterov) or ``d = b``; ``p -= lr * d``.
+* Adam: ``g += wd * p`` (L2 in the gradient); ``m1 = b1 * m1 + (1 - b1) * g``;
+  ``m2 = b2 * m2 + (1 - b2) * g^2``; ``p -= lr / (1 - b1^t) * m1 / (sqrt(m2) / sqrt(1 - b2^t) + eps)``.
+* AdamW: ``p *= 1 - lr * wd`` (decoupled), then Adam with no L2 term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from .layers import Parameter
+
+__all__ = ["SGD", "Adam", "AdamW", "CosineSchedule", "Optimizer", "StepSchedule"]
+
+
+class Optimizer:
+    """Base class: holds the parameter list, ``lr`` and ``weight_decay``; ``step`` is per subclass."""
+
+    def __init__(self, params: Iterable[Parameter], lr: float, weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params: expected at least one Parameter, got an empty list")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"params: expected fastconv Parameters, got {type(p).__name__}")
+        if not lr >= 0:
+            raise ValueError(f"lr: expected a non-negative learning rate, got {lr!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.steps = 0
+        # One scratch array per parameter: the step's arithmetic is done with out= into it.
+        self._scratch = [np.empty_like(p.data) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad.fill(0)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _decay(self, p: Parameter) -> float:
+        return self.weight_decay if p.decay else 0.0
+
+    def _l2_grad(self, p: Parameter, out: np.ndarray) -> np.ndarray:
+        """out = grad + wd * p (L2 regularisation folded into the gradient)."""
+        wd = self._decay(p)
+        if wd:
+            np.multiply(p.data, wd, out=out)
+            out += p.grad
+        else:
+            np.copyto(out, p.grad)
+        return out
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay (PyTorch's rule)."""
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr, weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("nesterov: requires momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self._buf = [np.zeros_like(p.data) for p in self.params] if self.momentum else []
+
+    def step(self) -> None:
+        self.steps += 1
+        m, lr = self.momentum, self.lr
+        for i, p in enumerate(self.params):
+            g = self._l2_grad(p, self._scratch[i])
+            if m:
+                buf = self._buf[i]
+                if self.steps == 1:
+                    np.copyto(buf, g)
+                else:
+                    buf *= m
+                    buf += g
+                if self.nesterov:
+                    # p -= lr * (g + m * buf), done as two in-place subtractions.
+                    g *= lr
+                    p.data -= g
+                    np.multiply(buf, lr * m, out=g)
+                    p.data -= g
+                    continue
+                np.multiply(buf, lr, out=g)
+                p.data -= g
+            else:
+                g *= lr
+                p.data -= g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's bias correction; ``weight_decay`` adds ``wd * p`` to the gradient."""
+
+    decoupled = False
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr, weight_decay)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        self.betas = (float(b1), float(b2))
+        self.eps = float(eps)
+        self._m = [np.zeros_like(p.data) for p in self.params]
+        self._v = [np.zeros_like(p.data) for p in self.params]
+        self._denom = [np.empty_like(p.data) for p in self.params]
+
+    def step(self) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        lr, t = self.lr, self.steps
+        step_size = lr / (1.0 - b1**t)
+        sqrt_bc2 = math.sqrt(1.0 - b2**t)
+        for i, p in enumerate(self.params):
+            g = self._scratch[i]
+            if self.decoupled:
+                wd = self._decay(p)
+                if wd:
+                    p.data *= 1.0 - lr * wd
+                np.copyto(g, p.grad)
+            else:
+                self._l2_grad(p, g)
+            m, v, denom = self._m[i], self._v[i], self._denom[i]
+            m *= b1
+            np.multiply(g, 1.0 - b1, out=denom)  # denom is free scratch until below
+            m += denom
+            np.multiply(g, g, out=g)
+            g *= 1.0 - b2
+            v *= b2
+            v += g
+            np.sqrt(v, out=denom)
+            denom /= sqrt_bc2
+            denom += self.eps
+            np.divide(m, denom, out=g)
+            g *= step_size
+            p.data -= g
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch ``AdamW``, default ``weight_decay=1e-2``)."""
+
+    decoupled = True
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+class _Schedule:
+    """Base: remembers the optimizer's initial lr as ``base_lr`` and sets ``optimizer.lr`` for each step."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, step: int) -> float:
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    def step(self) -> float:
+        """Advance one step and set (and return) the learning rate for the next optimizer step."""
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+        return self.optimizer.lr
+
+
+class CosineSchedule(_Schedule):
+    """Linear warm-up then cosine decay from the optimizer's lr to ``min_lr`` over ``total_steps``.
+
+    ``lr(t) = base * (t + 1) / warmup_steps`` for t < warmup_steps, then
+    ``min_lr + (base - min_lr) * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2``,
+    held at ``min_lr`` after ``total_steps``. t counts ``step()`` calls; call it once per
+    optimizer step (or once per epoch, with ``total_steps`` in epochs).
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> None:
+        if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(
+                f"total_steps, warmup_steps: expected 0 <= warmup <= total and total > 0, got {total_steps}, "
+                f"{warmup_steps}"
+            )
+        if min_lr < 0:
+            raise ValueError(f"min_lr: expected >= 0, got {min_lr!r}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.min_lr = float(min_lr)
+        super().__init__(optimizer)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        span = self.total_steps - self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / span) if span else 1.0
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class StepSchedule(_Schedule):
+    """``lr(t) = base * gamma ** (t // step_size)`` (PyTorch ``StepLR``)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        if step_size <= 0:
+            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
+        if not gamma > 0:
+            raise ValueError(f"gamma: expected a positive number, got {gamma!r}")
+        self.step_size = int(step_size)
+        self.gamma = float(gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * self.gamma ** (step // self.step_size)
