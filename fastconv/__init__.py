@@ -15,15 +15,52 @@ from .kernels import (
     set_default_backend,
     set_num_threads,
 )
+from .layers import (
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2d,
+    Parameter,
+    ReLU,
+)
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss
+from .model import Sequential, load, load_with_metadata
+from .optim import SGD, Adam, AdamW, CosineSchedule, StepSchedule
+from .zoo import catnet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "AvgPool2d",
+    "BCEWithLogitsLoss",
+    "BatchNorm2d",
+    "Conv2d",
+    "CosineSchedule",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "Linear",
+    "MaxPool2d",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "StepSchedule",
     "__version__",
     "available_backends",
+    "catnet",
     "get_default_backend",
     "get_num_threads",
     "kernels",
+    "load",
+    "load_with_metadata",
     "set_default_backend",
     "set_num_threads",
 ]
