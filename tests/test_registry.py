@@ -8,12 +8,12 @@ import subprocess
 import sys
 import types
 
+import fastconv.kernels as K
 import numpy as np
 import pytest
+from fastconv.kernels import _registry, _threads
 
 import fastconv
-import fastconv.kernels as K
-from fastconv.kernels import _registry, _threads
 
 
 def test_reference_backends_always_available():
