@@ -1,0 +1,214 @@
+"""Backend ``cython``: compiled kernels (kernels/cython_*.pyx) with typed memoryviews, nogil, OpenMP.
+
+This module is the thin Python layer: it allocates outputs and per-thread scratch buffers,
+picks the thread count, and calls the compiled kernels. The arithmetic lives in
+
+* ``cython_conv.pyx``  conv2d forward/backward: per-tile im2col + SciPy ``cython_blas`` GEMM,
+  tiles distributed over OpenMP threads, each calling a single-threaded GEMM;
+* ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
+* ``cython_relu.pyx``  ReLU forward/backward over the flat array.
+
+Safety: the compiled kernels run with bounds checks off, which is safe only because
+``fastconv.kernels`` has validated every shape, dtype and layout before calling us. This layer
+adds the two guarantees the compiled code needs beyond that: every geometry value fits
+comfortably in 64-bit index arithmetic (otherwise the exact Python reference computes the
+result), and every GEMM size fits BLAS's 32-bit ``int`` (otherwise a clear ValueError).
+
+Threads: ``fastconv.kernels.get_num_threads()`` is read on each call and passed explicitly to
+every ``prange``. Each OpenMP thread calls BLAS on its own tile, so SciPy's OpenBLAS must be
+single-threaded (two threads each spawning BLAS threads would oversubscribe the cores); a
+thread hook keeps it at 1. numpy's own BLAS (a different library) is not touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from . import _openmp, cython_conv, cython_pool, cython_relu, python_backend
+from ._geometry import Conv2dGeometry, Pool2dGeometry
+from ._threads import get_num_threads, register_thread_hook
+
+NAME = "cython"
+DESCRIPTION = (
+    "Cython: typed memoryviews, nogil, OpenMP prange; conv = per-tile im2col + SciPy cython_blas GEMM"
+    + ("" if _openmp.openmp_enabled() else " (built without OpenMP: serial)")
+)
+
+# Geometry values at or above this are outside what the compiled index arithmetic is proven
+# safe for (products like i*stride + r*dilation stay below 2**62 only if every term does);
+# such absurd-but-valid problems (e.g. padding 10**30 with stride 10**30) go to the reference.
+_INDEX_LIMIT = 2**60
+# BLAS takes sizes and leading dimensions as 32-bit C ints.
+_BLAS_INT_MAX = 2**31 - 1
+# Scratch per thread per tile: ~256 KiB of float32, so the column tile and the GEMM's packed
+# panels stay in the 1 MiB L2 (measured: larger tiles are slower, smaller ones pay per-call cost).
+_TILE_ELEMENTS = 65536
+
+
+def _scipy_blas_controllers() -> list:
+    """threadpoolctl controllers of the BLAS library SciPy's cython_blas calls (not numpy's)."""
+    try:
+        import scipy
+        import threadpoolctl
+    except ImportError:  # pragma: no cover - scipy is a dependency of this backend
+        return []
+    scipy_dir = os.path.dirname(scipy.__file__)
+    # wheels vendor it next to the package (scipy.libs/); conda/system builds link a shared
+    # BLAS that numpy uses too, and limiting that one would slow numpy down: leave it alone.
+    roots = (scipy_dir + ".libs" + os.sep, scipy_dir + os.sep)
+    ctl = threadpoolctl.ThreadpoolController()
+    return [lib for lib in ctl.lib_controllers if lib.filepath and lib.filepath.startswith(roots)]
+
+
+_blas_libs = _scipy_blas_controllers()
+
+
+def _single_threaded_blas(_n: int) -> None:
+    # Runs at import and after every fastconv.set_num_threads (which sets all BLAS to n first).
+    for lib in _blas_libs:
+        lib.set_num_threads(1)
+
+
+register_thread_hook(_single_threaded_blas)
+
+
+def _threads(tasks: int) -> int:
+    """OpenMP threads for a loop of ``tasks`` independent tasks (1 when built without OpenMP)."""
+    if not _openmp.openmp_enabled():
+        return 1
+    return max(1, min(get_num_threads(), tasks))
+
+
+def _normalized_conv(g: Conv2dGeometry) -> Conv2dGeometry | None:
+    """g with irrelevant stride/dilation set to 1, or None when it exceeds _INDEX_LIMIT.
+
+    A stride does not matter when there is one output along that axis (only i = 0 exists), and
+    a dilation does not matter for a kernel of size 1; resetting them keeps huge-but-irrelevant
+    values (stride=10**30) on the compiled path without any risk of overflow.
+    """
+    g = dataclasses.replace(
+        g,
+        sh=1 if g.ho == 1 else g.sh,
+        sw=1 if g.wo == 1 else g.sw,
+        dh=1 if g.r == 1 else g.dh,
+        dw=1 if g.s == 1 else g.dw,
+    )
+    values = (g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.h + 2 * g.ph, g.w + 2 * g.pw)
+    return g if max(values) < _INDEX_LIMIT else None
+
+
+def _normalized_pool(g: Pool2dGeometry) -> Pool2dGeometry | None:
+    """Pooling version of :func:`_normalized_conv`."""
+    g = dataclasses.replace(g, sh=1 if g.ho == 1 else g.sh, sw=1 if g.wo == 1 else g.sw)
+    values = (g.sh, g.sw, g.kh, g.kw, g.h + 2 * g.ph, g.w + 2 * g.pw)
+    return g if max(values) < _INDEX_LIMIT else None
+
+
+def _check_blas_sizes(g: Conv2dGeometry) -> None:
+    crs = g.c * g.r * g.s
+    sizes = {"K": g.k, "C*R*S": crs, "Ho*Wo": g.ho * g.wo, "H*W": g.h * g.w}
+    too_big = {name: v for name, v in sizes.items() if v > _BLAS_INT_MAX}
+    if too_big:
+        raise ValueError(
+            f"conv2d (cython backend): {too_big} exceed the 32-bit BLAS limit {_BLAS_INT_MAX}; "
+            "use backend='numpy' or split the input"
+        )
+
+
+def _tile(g: Conv2dGeometry) -> int:
+    """Output pixels per task: fills ~_TILE_ELEMENTS of im2col scratch, at most one image."""
+    return max(1, min(g.ho * g.wo, _TILE_ELEMENTS // (g.c * g.r * g.s)))
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,C,R,S), b (K,) or None; one float dtype."""
+    gn = _normalized_conv(g)
+    if gn is None:
+        return python_backend.conv2d_forward(x, w, b, g)
+    _check_blas_sizes(gn)
+    tile = _tile(gn)
+    ntiles = -(-(gn.ho * gn.wo) // tile)
+    nt = _threads(gn.n * ntiles)
+    buf = np.empty((nt, gn.c * gn.r * gn.s * tile), x.dtype)
+    y = np.empty(gn.y_shape, x.dtype)
+    bias = np.empty(0, x.dtype) if b is None else b
+    cython_conv.conv2d_forward(x, w, bias, y, buf, gn, tile, b is not None, nt)
+    return y
+
+
+def conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx (N,C,H,W) or None, dw (K,C,R,S), db (K,)) for dy (N,K,Ho,Wo); one float dtype."""
+    gn = _normalized_conv(g)
+    if gn is None:
+        return python_backend.conv2d_backward(dy, x, w, g, need_dx)
+    _check_blas_sizes(gn)
+    dtype = x.dtype
+    crs = gn.c * gn.r * gn.s
+    tile = _tile(gn)
+    nt = _threads(gn.n)
+    buf = np.empty((nt, crs * tile), dtype)
+    dbuf = np.empty((nt, crs * tile if need_dx else 0), dtype)
+    dx = np.empty(gn.x_shape if need_dx else (0, 0, 0, 0), dtype)
+    dw_part = np.zeros((nt, gn.k * crs), dtype)
+    db_part = np.zeros((nt, gn.k), np.float64)
+    cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, gn, tile, need_dx, nt)
+    dw = dw_part.sum(axis=0, dtype=dtype).reshape(gn.w_shape)
+    db = db_part.sum(axis=0).astype(dtype)
+    return (dx if need_dx else None), dw, db
+
+
+def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(y, argmax int64) both (N,C,Ho,Wo); argmax = flat h*W + w, first max / first NaN wins."""
+    gn = _normalized_pool(g)
+    if gn is None:
+        return python_backend.max_pool2d_forward(x, g)
+    y = np.empty(gn.y_shape, x.dtype)
+    argmax = np.empty(gn.y_shape, np.int64)
+    cython_pool.max_pool2d_forward(x, y, argmax, gn, _threads(gn.n * gn.c))
+    return y, argmax
+
+
+def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): dy scattered (added) to the argmax positions of each plane."""
+    dx = np.empty(g.x_shape, dy.dtype)
+    cython_pool.max_pool2d_backward(dy, argmax, dx, g, _threads(g.n * g.c))
+    return dx
+
+
+def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """y (N,C,Ho,Wo) = window sum / (kh*kw), padding counted as zeros."""
+    gn = _normalized_pool(g)
+    if gn is None:
+        return python_backend.avg_pool2d_forward(x, g)
+    y = np.empty(gn.y_shape, x.dtype)
+    cython_pool.avg_pool2d_forward(x, y, gn, _threads(gn.n * gn.c))
+    return y
+
+
+def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): each dy element spread as dy/(kh*kw) over its window's real inputs."""
+    gn = _normalized_pool(g)
+    if gn is None:
+        return python_backend.avg_pool2d_backward(dy, g)
+    dx = np.empty(gn.x_shape, dy.dtype)
+    cython_pool.avg_pool2d_backward(dy, dx, gn, _threads(gn.n * gn.c))
+    return dx
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """y = max(x, 0), any shape; NaN stays NaN."""
+    y = np.empty_like(x)
+    cython_relu.relu_forward(x.reshape(-1), y.reshape(-1), _threads(x.size))
+    return y
+
+
+def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dx = dy where x > 0 else 0, any shape."""
+    dx = np.empty_like(x)
+    cython_relu.relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _threads(x.size))
+    return dx
