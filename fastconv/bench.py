@@ -425,10 +425,13 @@ class KernelCatnet:
     layer and the loss are numpy, identical for every backend.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], backend: str, lr: float = STEP_LR, seed: int = 0) -> None:
+    def __init__(
+        self, params: dict[str, np.ndarray], backend: str, lr: float = STEP_LR, seed: int = 0, dropout: bool = True
+    ) -> None:
         self.params = params
         self.backend = backend
         self.lr = lr
+        self.dropout = dropout
         self._rng = np.random.default_rng(seed + 2)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -442,7 +445,7 @@ class KernelCatnet:
             caches.append((a, z, r.shape, argmax))
             a = out
         feats = a.reshape(a.shape[0], -1)
-        keep = (self._rng.random(feats.shape) >= 0.5).astype(feats.dtype) * 2  # inverted dropout
+        keep = (self._rng.random(feats.shape) >= 0.5).astype(feats.dtype) * 2 if self.dropout else 1  # inverted
         h = feats * keep
         logit = h @ p["fc.weight"][0] + p["fc.bias"][0]
         # mean BCE-with-logits, written in the overflow-free form max(l,0) - l*y + log(1+exp(-|l|))
@@ -481,20 +484,23 @@ def make_catnet_step(
     dtype: np.dtype | type = np.float32,
     seed: int = 0,
     impl: str = "kernels",
+    dropout: bool = True,
 ) -> StepCase:
     """The catnet-step benchmark body. ``impl``: ``"kernels"`` (:class:`KernelCatnet` on backend
     ``engine``), ``"model"`` (the fastconv model API: zoo.catnet + BCEWithLogitsLoss + SGD), or
     ``engine="torch"`` (the same network with torch autograd and torch.optim.SGD). All start from
-    :func:`catnet_params` with ``seed`` and train on :func:`catnet_batch`; learning rate STEP_LR."""
+    :func:`catnet_params` with ``seed`` and train on :func:`catnet_batch`; learning rate STEP_LR.
+    ``dropout=False`` leaves out the Dropout(0.5) layer, which makes the three implementations
+    compute the same numbers (their dropout masks come from different generators)."""
     x, y = catnet_batch(batch, image_size, dtype, seed)
     params = catnet_params(image_size, dtype, seed)
     if engine == "torch":
-        return _torch_step(params, x, y, batch)
+        return _torch_step(params, x, y, batch, dropout)
     if impl == "model":
-        return _model_step(engine, params, x, y, batch, image_size)
+        return _model_step(engine, params, x, y, batch, image_size, dropout)
     if impl != "kernels":
         raise ValueError(f"impl: expected 'kernels' or 'model', got {impl!r}")
-    net = KernelCatnet(params, engine, seed=seed)
+    net = KernelCatnet(params, engine, seed=seed, dropout=dropout)
     return StepCase(engine, "kernels", batch, lambda: net.step(x, y), lambda: net.params)
 
 
@@ -508,25 +514,24 @@ def model_api_available() -> str | None:
     return None
 
 
-def _model_step(backend: str, params: dict[str, np.ndarray], x, y, batch: int, image_size: int) -> StepCase:
+def _model_step(backend: str, params: dict[str, np.ndarray], x, y, batch: int, image_size: int, dropout: bool):
     why = model_api_available()
     if why:
         raise RuntimeError(why)
     from fastconv import losses, optim, zoo
 
-    model = zoo.catnet(image_size=image_size, backend=backend)
+    model = zoo.catnet(image_size=image_size, backend=backend, dtype=x.dtype, dropout=0.5 if dropout else 0.0)
     _load_catnet_params(model, params)
     model.train()
     loss_fn = losses.BCEWithLogitsLoss()
     opt = optim.SGD(model.parameters(), lr=STEP_LR)
 
     def step() -> float:
-        logits = model.forward(x)
-        loss = loss_fn.forward(logits.reshape(y.shape), y)
-        model.backward(loss_fn.backward().reshape(logits.shape))
+        model.zero_grad()
+        loss = loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
         opt.step()
-        opt.zero_grad()
-        return float(loss)
+        return loss
 
     return StepCase(backend, "model", batch, step, lambda: _catnet_params_of(model))
 
@@ -552,7 +557,7 @@ def _catnet_params_of(model) -> dict[str, np.ndarray]:
     return out
 
 
-def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int) -> StepCase:
+def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int, dropout: bool):
     import torch
     from torch import nn
 
@@ -560,7 +565,7 @@ def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, bat
     for (c, k), pool in zip(CATNET_CONVS, CATNET_POOL_AFTER):
         layers += [nn.Conv2d(c, k, 3, padding=1), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
     fc = nn.Linear(params["fc.weight"].shape[1], 1)
-    layers += [nn.Flatten(), nn.Dropout(0.5), fc]
+    layers += [nn.Flatten(), *([nn.Dropout(0.5)] if dropout else []), fc]
     net = nn.Sequential(*layers).to(torch.from_numpy(x).dtype)
     convs = [m for m in net if isinstance(m, nn.Conv2d)] + [fc]
     names = [f"conv{i}" for i in range(1, len(CATNET_CONVS) + 1)] + ["fc"]
@@ -578,7 +583,7 @@ def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, bat
         loss = loss_fn(net(tx)[:, 0], ty)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def current() -> dict[str, np.ndarray]:
         out = {}
@@ -1192,3 +1197,146 @@ def _save_fig(fig, path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# docs/ladder.md: generated sections
+# --------------------------------------------------------------------------------------------
+
+_SECTION = re.compile(r"<!-- (bench|code):(\S+?)((?: [^>]*?)?) -->(.*?)<!-- /\1:\2 -->", re.S)
+
+
+def fill_docs(md_path: str | os.PathLike, report: dict[str, Any], root: str | os.PathLike | None = None) -> int:
+    """Regenerate every marked section of the markdown file ``md_path`` in place (atomically).
+
+    Sections are ``<!-- bench:WHAT options -->...<!-- /bench:WHAT -->`` (numbers from ``report``:
+    ``machine``, ``table kernel=K``, ``step``, ``compile``, ``best_gflops``,
+    ``value kernel=K workload=W engine=E field=F``) and ``<!-- code:PATH::NAME from=RE to=RE -->
+    ...<!-- /code:PATH::NAME -->`` (the definition of NAME quoted from the real source file PATH,
+    relative to ``root``, default the repository root; optionally only the lines from the first
+    match of ``from`` to the first later match of ``to``). Returns the number of sections filled.
+    """
+    import shlex
+
+    path = Path(md_path)
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    text = path.read_text(encoding="utf-8")
+    count = 0
+
+    def replace_section(m: re.Match) -> str:
+        nonlocal count
+        kind, what, raw = m.group(1), m.group(2), m.group(3)
+        opts = dict(item.split("=", 1) for item in shlex.split(raw))
+        body = _bench_section(what, opts, report) if kind == "bench" else _code_section(root, what, opts)
+        count += 1
+        inline = "\n" not in m.group(4)
+        sep = "" if inline else "\n"
+        return f"<!-- {kind}:{what}{raw} -->{sep}{body}{sep}<!-- /{kind}:{what} -->"
+
+    atomic_write_text(path, _SECTION.sub(replace_section, text))
+    return count
+
+
+def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> str:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    star = "\\*"  # a literal asterisk in markdown
+    if what == "machine":
+        return (
+            f"Measured {report['created']} on {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
+            f"{m['threads']} threads, BLAS {'; '.join(m['blas'])}; {versions}. {report['dtype']}, "
+            f"`fastconv bench` {report['mode']} mode, median of up to {report['repeats']} interleaved "
+            f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']})."
+        )
+    if what == "best_gflops":
+        best = [
+            r["gflops"]
+            for r in report["results"]
+            if r["kernel"] == "conv_fwd" and r["gflops"] and r["engine"] != "torch"
+        ]
+        return f"{max(best):.0f}" if best else "n/a"
+    if what == "value":
+        r = next(
+            (
+                r
+                for r in report["results"]
+                if r["kernel"] == opts["kernel"] and r["workload"] == opts["workload"] and r["engine"] == opts["engine"]
+            ),
+            None,
+        )
+        value = None if r is None else r.get(opts["field"])
+        if value is None:
+            return "n/a"
+        return _fmt_x(value) if opts["field"].startswith("vs_") else f"{value:.{int(opts.get('digits', 1))}f}"
+    if what == "table":
+        rows = [r for r in report["results"] if r["kernel"] == opts["kernel"]]
+        lines = ["| workload | engine | ms | GFLOP/s | % peak | GB/s | vs python | vs numpy |", "|" + " --- |" * 8]
+        for wl in dict.fromkeys(r["workload"] for r in rows):
+            group = {r["engine"]: r for r in rows if r["workload"] == wl}
+            for engine in engine_order(group):
+                r = group[engine]
+                lines.append(
+                    f"| {r['label']} | {engine} | {_fmt_ms(r['ms'])}{star if r['scaled'] else ''} | "
+                    f"{_fmt(r['gflops'], '.2f')} | {_fmt(r['pct_peak'], '.1f')} | {_fmt(r['gbps'], '.1f')} | "
+                    f"{_fmt_x(r['vs_python'])} | {_fmt_x(r['vs_numpy'])} |"
+                )
+        if any(r["scaled"] for r in rows):
+            lines += ["", "\\* naive python timed on 1 image and multiplied by the batch size (scaled per image)."]
+        return "\n".join(lines)
+    if what == "step":
+        lines = ["| implementation | engine | ms per step | images/s | vs numpy |", "|" + " --- |" * 5]
+        for s in report["catnet_step"]:
+            lines.append(
+                f"| {s['impl']} | {s['engine']} | {_fmt_ms(s['ms'])}{star if s['scaled'] else ''} | "
+                f"{s['images_per_s']:.1f} | {_fmt_x(s['vs_numpy'])} |"
+            )
+        return "\n".join(lines)
+    if what == "compile":
+        c = report.get("compile", {}).get("numba")
+        if not c or "error" in c:
+            return "Numba compile time: not measured in this report (run with `--full` or `--compile-time`)."
+        return (
+            f"Numba cold compile: {c['cold_compile_s']:.1f} s; loading the same kernels from a warm cache: "
+            f"{c['warm_load_s']:.2f} s (import of fastconv.kernels + numba: {c['warm_import_s']:.2f} s). "
+            f"Method: {c['method']}."
+        )
+    raise ValueError(f"docs: unknown generated section 'bench:{what}'")
+
+
+def quote_source(path: Path, name: str, start: str | None = None, stop: str | None = None) -> str:
+    """The definition of ``name`` (``def``/``cdef``/``cpdef``/``class``, with decorators) in the
+    file ``path`` (.py or .pyx), dedented; optionally only from the first line matching regex
+    ``start`` to the first later line matching ``stop``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    head = re.compile(rf"^(\s*)(?:async\s+)?(?:c?p?def|class)\b[^\n]*?\b{re.escape(name)}\s*[(\[:]")
+    i, m = next(((i, head.match(ln)) for i, ln in enumerate(lines) if head.match(ln)), (None, None))
+    if m is None:
+        raise ValueError(f"docs: no definition of {name!r} in {path}")
+    indent = len(m.group(1))
+    first = i
+    while first > 0 and lines[first - 1].strip().startswith("@"):
+        first -= 1
+    end = i + 1
+    while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+        end += 1
+    body = lines[first:end]
+    while body and not body[-1].strip():
+        body.pop()
+    if start:
+        j = next((k for k, ln in enumerate(body) if re.search(start, ln)), None)
+        if j is None:
+            raise ValueError(f"docs: {path}::{name}: no line matches from={start!r}")
+        k = next((k for k in range(j, len(body)) if stop and re.search(stop, body[k])), len(body) - 1)
+        body = body[j : k + 1]
+    width = min(len(ln) - len(ln.lstrip()) for ln in body if ln.strip())
+    return "\n".join(ln[width:] for ln in body)
+
+
+def _code_section(root: Path, what: str, opts: dict[str, str]) -> str:
+    file, _, name = what.partition("::")
+    path = root / file
+    if not path.is_file():
+        return f"*({file} is not in this checkout)*"
+    lang = "cython" if path.suffix == ".pyx" else "python"
+    snippet = quote_source(path, name, opts.get("from"), opts.get("to"))
+    return f"From `{file}`, `{name}`:\n\n```{lang}\n{snippet}\n```"
