@@ -1,0 +1,369 @@
+"""Layers: backward passes vs central differences (float64, every backend), forward semantics
+against explicit formulas, shapes, initialisation, dropout and batch-norm behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from kernel_oracles import assert_gradient, distinct_values, numerical_gradient
+
+import fastconv.layers as L
+from fastconv.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+
+
+def check_layer_gradients(layer: L.Layer, x: np.ndarray, rng: np.random.Generator, rtol: float = 1e-6) -> None:
+    """Analytic dx and parameter grads of loss = sum(layer(x) * dy) vs central differences."""
+    dy = rng.standard_normal(layer.forward(x).shape)
+    for p in layer.parameters():
+        p.zero_grad()
+    dx = layer.backward(dy)
+
+    def loss() -> float:
+        return float(np.sum(layer.forward(x) * dy))
+
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    assert_gradient(dx, numerical_gradient(loss, x), f"{layer!r} dx", rtol)
+    for p in layer.parameters():
+        assert_gradient(p.grad, numerical_gradient(loss, p.data), f"{layer!r} {p.name}", rtol)
+
+
+CONV_CASES = [
+    # (x shape, out channels, kernel, stride, padding, dilation, bias)
+    ((2, 3, 5, 5), 2, 3, 1, 1, 1, True),
+    ((1, 2, 6, 5), 3, 3, 2, 0, 1, True),
+    ((2, 2, 5, 6), 2, (2, 3), (1, 2), (1, 0), 1, False),
+    ((1, 1, 7, 7), 2, 3, 1, 2, 2, True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"x{c[0]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-b{c[6]}")
+def test_conv2d_gradients(backend, rng, case):
+    shape, k, ks, stride, pad, dil, bias = case
+    layer = Conv2d(shape[1], k, ks, stride, pad, dil, bias, backend=backend, dtype=np.float64, rng=rng, init="torch")
+    check_layer_gradients(layer, rng.standard_normal(shape), rng)
+
+
+def test_conv2d_first_layer_skips_input_gradient_but_keeps_weight_gradients(rng):
+    layer = Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=rng)
+    x, dy = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((2, 3, 5, 5))
+    layer.forward(x)
+    layer.backward(dy)
+    full_dw = layer.weight.grad.copy()
+    layer.weight.zero_grad()
+    layer.requires_input_grad = False
+    assert layer.backward(dy) is None
+    np.testing.assert_array_equal(layer.weight.grad, full_dw)
+
+
+def test_backward_accumulates_parameter_gradients(rng):
+    layer = Linear(4, 3, dtype=np.float64, rng=rng)
+    x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    layer.forward(x)
+    layer.backward(dy)
+    once = layer.weight.grad.copy()
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-15)
+    np.testing.assert_allclose(once, dy.T @ x, rtol=1e-12)
+
+
+def test_relu_gradients(backend, rng):
+    layer = ReLU()
+    layer.backend = backend
+    check_layer_gradients(layer, distinct_values(rng, (2, 3, 4, 4)), rng)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
+def test_maxpool_gradients(backend, rng, kernel, stride, padding):
+    layer = MaxPool2d(kernel, stride, padding)
+    layer.backend = backend
+    check_layer_gradients(layer, distinct_values(rng, (2, 2, 5, 6)), rng)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
+def test_avgpool_gradients(backend, rng, kernel, stride, padding):
+    layer = AvgPool2d(kernel, stride, padding)
+    layer.backend = backend
+    check_layer_gradients(layer, rng.standard_normal((2, 2, 5, 6)), rng)
+
+
+def test_flatten_and_linear_gradients(rng):
+    check_layer_gradients(Flatten(), rng.standard_normal((3, 2, 2, 3)), rng)
+    check_layer_gradients(Linear(6, 4, dtype=np.float64, rng=rng), rng.standard_normal((3, 6)), rng)
+    check_layer_gradients(Linear(6, 2, bias=False, dtype=np.float64, rng=rng), rng.standard_normal((1, 6)), rng)
+
+
+def test_dropout_gradient_uses_the_forward_mask(rng):
+    layer = Dropout(0.4, seed=1)
+    x = rng.standard_normal((4, 50))
+    y = layer.forward(x)
+    dy = rng.standard_normal(x.shape)
+    dx = layer.backward(dy)
+    # y = x * mask, so dx = dy * mask = dy * y / x exactly where x != 0.
+    np.testing.assert_allclose(dx, dy * y / x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradients(rng, training):
+    layer = BatchNorm2d(3, dtype=np.float64)
+    layer.weight.data[:] = rng.uniform(0.5, 2.0, 3)
+    layer.bias.data[:] = rng.standard_normal(3)
+    layer.running_mean[:] = rng.standard_normal(3)
+    layer.running_var[:] = rng.uniform(0.5, 2.0, 3)
+    layer.train(training)
+    # Smooth but not linear: central differences carry an O(eps^2) truncation error, hence rtol 1e-5.
+    check_layer_gradients(layer, rng.standard_normal((4, 3, 3, 2)) * 2 + 1, rng, rtol=1e-5)
+
+
+# --- forward semantics ------------------------------------------------------------------
+
+
+def test_linear_forward_is_x_times_weight_transposed_plus_bias(rng):
+    layer = Linear(3, 2, dtype=np.float64, rng=rng)
+    layer.weight.data[:] = [[1, 2, 3], [-1, 0, 0.5]]
+    layer.bias.data[:] = [10, -10]
+    y = layer.forward(np.array([[1.0, 1.0, 1.0], [2.0, 0.0, -2.0]]))
+    np.testing.assert_allclose(y, [[16.0, -10.5], [6.0, -13.0]])
+
+
+def test_linear_rejects_wrong_shape_and_dtype(rng):
+    layer = Linear(3, 2, rng=rng)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3\)"):
+        layer.forward(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        layer.forward(np.zeros((2, 3), np.float64))
+
+
+def test_conv2d_forward_matches_hand_computed_values():
+    layer = Conv2d(1, 1, 2, bias=True, dtype=np.float64, rng=0)
+    layer.weight.data[:] = [[[[1, 2], [3, 4]]]]
+    layer.bias.data[:] = [0.5]
+    x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+    # y[i, j] = x[i,j] + 2 x[i,j+1] + 3 x[i+1,j] + 4 x[i+1,j+1] + 0.5
+    np.testing.assert_allclose(layer.forward(x)[0, 0], [[27.5, 37.5], [57.5, 67.5]])
+
+
+@pytest.mark.parametrize(
+    "layer,in_shape",
+    [
+        (Conv2d(3, 4, 3, stride=2, padding=1), (3, 9, 8)),
+        (Conv2d(2, 5, (3, 1), dilation=(2, 1)), (2, 8, 4)),
+        (MaxPool2d(3, 2, 1), (2, 7, 6)),
+        (AvgPool2d((2, 3)), (2, 7, 6)),
+        (ReLU(), (2, 3, 3)),
+        (Flatten(), (2, 3, 4)),
+        (Linear(5, 3), (5,)),
+        (Dropout(0.3), (4, 2, 2)),
+        (BatchNorm2d(2), (2, 3, 3)),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, L.Layer) else str(v),
+)
+def test_output_shape_matches_forward(layer, in_shape):
+    x = np.random.default_rng(0).standard_normal((2, *in_shape)).astype(np.float32)
+    assert layer.forward(x).shape[1:] == layer.output_shape(in_shape)
+
+
+def test_layers_use_their_backend(monkeypatch, rng):
+    """Every kernel op of a layer is dispatched with the layer's backend attribute."""
+    seen = []
+
+    def spy(op):
+        real = getattr(L.K, op)
+
+        def wrapper(*args, **kwargs):
+            seen.append((op, kwargs["backend"]))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for op in ("conv2d_forward", "max_pool2d_forward", "relu_forward"):
+        monkeypatch.setattr(L.K, op, spy(op))
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    for layer in (Conv2d(2, 2, 3, backend="python", rng=0), MaxPool2d(2), ReLU()):
+        layer.backend = "python"
+        layer.forward(x)
+    assert seen == [("conv2d_forward", "python"), ("max_pool2d_forward", "python"), ("relu_forward", "python")]
+
+
+def test_backward_before_forward_is_a_clear_error():
+    for layer in (Conv2d(1, 1, 1, rng=0), ReLU(), MaxPool2d(2), AvgPool2d(2), Flatten(), Linear(2, 2, rng=0)):
+        with pytest.raises(RuntimeError, match="before forward"):
+            layer.backward(np.zeros((1, 1, 1, 1), np.float32))
+
+
+# --- construction, initialisation, config ---------------------------------------------
+
+
+def test_conv2d_he_normal_init_statistics():
+    layer = Conv2d(64, 64, 3, rng=0)
+    fan_in = 64 * 9
+    w = layer.weight.data
+    assert w.dtype == np.float32 and w.shape == (64, 64, 3, 3)
+    # 36864 samples: the sample std is within ~0.4% of the truth (1 sigma); 2% is a 5-sigma margin.
+    assert abs(w.std() / math.sqrt(2 / fan_in) - 1) < 0.02
+    assert abs(w.mean()) < 5 * math.sqrt(2 / fan_in) / math.sqrt(w.size)
+    np.testing.assert_array_equal(layer.bias.data, 0)
+
+
+def test_torch_style_init_bounds_and_seeding():
+    a, b = Linear(100, 50, rng=3), Linear(100, 50, rng=3)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    assert np.abs(a.weight.data).max() <= 0.1 and np.abs(a.weight.data).max() > 0.09
+    assert not np.array_equal(a.weight.data, Linear(100, 50, rng=4).weight.data)
+    with pytest.raises(ValueError, match="init"):
+        Conv2d(1, 1, 1, init="xavier")
+
+
+def test_parameters_flags_and_names():
+    conv = Conv2d(2, 3, 3, rng=0)
+    assert [(p.name, p.decay) for p in conv.parameters()] == [("weight", True), ("bias", False)]
+    assert [p.name for p in Conv2d(2, 3, 3, bias=False, rng=0).parameters()] == ["weight"]
+    bn = BatchNorm2d(4)
+    assert [(p.name, p.decay) for p in bn.parameters()] == [("weight", False), ("bias", False)]
+    assert sorted(bn.buffers()) == ["running_mean", "running_var"]
+    for p in conv.parameters() + bn.parameters():
+        assert p.grad.shape == p.data.shape and not p.grad.any()
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(1, 2), dilation=2, bias=False, dtype=np.float64, rng=0),
+        MaxPool2d(3, 2, 1),
+        AvgPool2d((2, 3), padding=(1, 1)),
+        Linear(7, 2, bias=False, rng=0),
+        Dropout(0.25, seed=4),
+        BatchNorm2d(5, eps=1e-3, momentum=0.2, dtype=np.float64),
+        ReLU(),
+        Flatten(),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_config_is_json_and_rebuilds_the_same_layer(layer):
+    config = json.loads(json.dumps(layer.config()))
+    rebuilt = type(layer)(**config)
+    assert rebuilt.config() == layer.config()
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in layer.parameters()]
+    assert all(p.data.dtype == q.data.dtype for p, q in zip(rebuilt.parameters(), layer.parameters()))
+
+
+@pytest.mark.parametrize(
+    "make,error",
+    [
+        (lambda: Conv2d(0, 1, 3), ValueError),
+        (lambda: Conv2d(1, 1, 0), ValueError),
+        (lambda: Conv2d(1, 1, 3, dtype=np.int32), TypeError),
+        (lambda: MaxPool2d(2, padding=2), ValueError),
+        (lambda: Linear(3, -1), ValueError),
+        (lambda: Dropout(1.5), ValueError),
+        (lambda: BatchNorm2d(2, eps=0), ValueError),
+    ],
+)
+def test_bad_constructor_arguments_are_rejected(make, error):
+    with pytest.raises(error):
+        make()
+
+
+def test_astype_converts_parameters_and_buffers():
+    bn = BatchNorm2d(2).astype(np.float64)
+    assert bn.weight.data.dtype == bn.weight.grad.dtype == bn.running_var.dtype == np.float64
+    assert bn.dtype == np.float64
+
+
+# --- dropout ------------------------------------------------------------------------------
+
+
+def test_dropout_is_reproducible_with_a_seed_and_differs_across_seeds():
+    x = np.ones((8, 100), np.float32)
+    a, b, c = Dropout(0.5, seed=7), Dropout(0.5, seed=7), Dropout(0.5, seed=8)
+    ya, yb = a.forward(x), b.forward(x)
+    np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(ya, c.forward(x))
+    assert not np.array_equal(ya, a.forward(x))  # a fresh mask on every call
+    a.reseed(7)
+    np.testing.assert_array_equal(a.forward(x), ya)
+
+
+def test_dropout_eval_mode_is_the_identity():
+    layer = Dropout(0.9, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    y = layer.forward(x)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(layer.backward(x), x)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_inverted_scaling_statistics(p):
+    n = 200_000
+    y = Dropout(p, seed=11).forward(np.ones(n, np.float64))
+    dropped = float(np.mean(y == 0))
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped - p) < 5 * sigma
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - p), rtol=1e-15)
+    # Inverted dropout keeps the expectation: mean(y) ~ 1 within 5 standard errors.
+    assert abs(y.mean() - 1) < 5 * math.sqrt(p / (1 - p) / n)
+
+
+def test_dropout_extremes_and_dtype():
+    x = np.full((3, 4), 2.0, np.float32)
+    np.testing.assert_array_equal(Dropout(0.0, seed=0).forward(x), x)
+    y = Dropout(1.0, seed=0).forward(x)
+    assert y.dtype == np.float32 and not y.any() and np.isfinite(y).all()
+
+
+# --- batch norm -----------------------------------------------------------------------
+
+
+def test_batchnorm_training_normalises_and_updates_running_statistics(rng):
+    bn = BatchNorm2d(2, momentum=0.1, dtype=np.float64)
+    x = rng.standard_normal((4, 2, 3, 3)) * np.array([3.0, 0.5]).reshape(1, 2, 1, 1) + np.array([1.0, -2.0]).reshape(
+        1, 2, 1, 1
+    )
+    y = bn.forward(x)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    # Normalised with the biased variance: per-channel variance of y is var / (var + eps).
+    var = x.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), var / (var + 1e-5), rtol=1e-12)
+    m = 4 * 3 * 3
+    np.testing.assert_allclose(bn.running_mean, 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * var * m / (m - 1), rtol=1e-12)
+
+
+def test_batchnorm_eval_uses_running_statistics(rng):
+    bn = BatchNorm2d(2, eps=1e-3, dtype=np.float64)
+    bn.running_mean[:] = [1.0, -1.0]
+    bn.running_var[:] = [4.0, 0.25]
+    bn.weight.data[:] = [2.0, 3.0]
+    bn.bias.data[:] = [0.5, 0.0]
+    bn.eval()
+    x = rng.standard_normal((3, 2, 2, 2))
+    y = bn.forward(x)
+    expected = (x - np.array([1.0, -1.0]).reshape(1, 2, 1, 1)) / np.sqrt(
+        np.array([4.0, 0.25]).reshape(1, 2, 1, 1) + 1e-3
+    ) * np.array([2.0, 3.0]).reshape(1, 2, 1, 1) + np.array([0.5, 0.0]).reshape(1, 2, 1, 1)
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    np.testing.assert_array_equal(bn.running_mean, [1.0, -1.0])  # eval never updates them
+
+
+def test_batchnorm_rejects_single_value_per_channel_in_training():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm2d(2).forward(np.zeros((1, 2, 1, 1), np.float32))
+    BatchNorm2d(2).eval().forward(np.zeros((1, 2, 1, 1), np.float32))  # fine in eval mode
+
+
+def test_batchnorm_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((5, 3, 4, 4))
+    ours = BatchNorm2d(3, momentum=0.3, dtype=np.float64)
+    ref = torch.nn.BatchNorm2d(3, momentum=0.3).double()
+    for _ in range(2):
+        y = ours.forward(x)
+        yt = ref(torch.from_numpy(x))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=1e-12)
+    ours.eval()
+    ref.eval()
+    np.testing.assert_allclose(ours.forward(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
