@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 test: $(STAMP)  ## lint + the whole test suite (conformance, safety, model, data, CLI)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 bench: $(STAMP)  ## quick benchmark report (< 1 minute)
 	$(BIN)/fastconv bench
@@ -37,7 +37,7 @@ bench-full: $(STAMP)
 	$(BIN)/fastconv bench --full --compare torch
 
 benchmarks: $(STAMP)  ## pytest-benchmark suites, backends side by side
-	$(BIN)/python -m pytest benchmarks/ --benchmark-only
+	$(BIN)/pytest benchmarks/ --benchmark-only
 
 docs: $(STAMP)  ## regenerate the measured numbers and charts of docs/ladder.md
 	$(BIN)/fastconv bench --full --compare torch --json docs/bench.json --plot docs/img --docs docs/ladder.md

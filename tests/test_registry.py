@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,10 +23,14 @@ def test_reference_backends_always_available():
         assert all(callable(getattr(module, f)) for f in K.BACKEND_FUNCTIONS)
 
 
-def test_no_top_level_kernels_package():
-    """PyPI has an unrelated package called `kernels`: ours lives only at fastconv.kernels."""
+def test_no_top_level_kernels_package(tmp_path):
+    """PyPI has an unrelated package called `kernels`: ours lives only at fastconv.kernels.
+
+    Run from an empty folder, so the source tree's own kernels/ folder is not on sys.path."""
     assert fastconv.kernels.__name__ == "fastconv.kernels"
-    assert importlib.util.find_spec("kernels") is None
+    code = "import importlib.util, fastconv.kernels; print(importlib.util.find_spec('kernels'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
 
 
 def test_unknown_and_wrong_type_backend_names():
