@@ -304,11 +304,9 @@ class Sequential:
         Returns the file's metadata. ValueError (naming the file) on another architecture or a bad file.
         """
         architecture, state, metadata = read_model_file(path)
-        if architecture != self.architecture():
-            raise ValueError(
-                f"{path}: model file holds a different architecture than this model\n"
-                f"  file:  {_describe(architecture)}\n  model: {_describe(self.architecture())}"
-            )
+        difference = _architecture_difference(architecture, self.architecture())
+        if difference:
+            raise ValueError(f"{path}: model file holds a different architecture than this model: {difference}")
         try:
             self.load_state_dict(state, strict=strict)
         except ValueError as exc:
@@ -316,11 +314,27 @@ class Sequential:
         return metadata
 
 
-def _describe(architecture: list[dict]) -> str:
-    return " -> ".join(
-        f"{e.get('type')}({', '.join(f'{k}={v}' for k, v in e.get('config', {}).items() if k != 'dtype')})"
-        for e in architecture
-    )
+# Config keys that do not change what a layer computes or which weights it holds.
+_RUNTIME_KEYS = ("dtype", "seed")
+
+
+def _describe(entry: dict) -> str:
+    config = entry.get("config", {}) if isinstance(entry, dict) else {}
+    args = ", ".join(f"{k}={v}" for k, v in config.items() if k not in _RUNTIME_KEYS)
+    kind = entry.get("type") if isinstance(entry, dict) else repr(entry)
+    return f"{kind}({args})"
+
+
+def _architecture_difference(theirs: object, ours: list[dict]) -> str:
+    """'' when the architectures match (ignoring dtype and seeds), else the first difference in one line."""
+    if not isinstance(theirs, list):
+        return f"the file's architecture is not a list of layers ({type(theirs).__name__})"
+    for i, (a, b) in enumerate(zip(theirs, ours)):
+        if _describe(a) != _describe(b):
+            return f"layer {i} is {_describe(a)} in the file but {_describe(b)} in this model"
+    if len(theirs) != len(ours):
+        return f"the file has {len(theirs)} layers, this model has {len(ours)}"
+    return ""
 
 
 def _json_default(obj: object) -> object:
@@ -364,6 +378,8 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: not a fastconv model file (the file is empty)")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
