@@ -1,0 +1,76 @@
+"""``fastconv evaluate``: accuracy, precision, recall, F1 and confusion matrix of a model file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "evaluate"
+HELP = "accuracy, precision, recall, F1 and confusion matrix of a model on catvnoncat's test split or a folder"
+DESCRIPTION = (
+    "Evaluate a model file written by 'fastconv train' (default: the bundled pretrained catnet). "
+    "--data defaults to the catvnoncat test split (50 images; never used by training). With --data "
+    "pointing at a class-folder tree, every image is evaluated ('--split all'), or only the validation "
+    "part that the model's training run held out ('--split val', recomputed from the seed and "
+    "validation fraction stored in the model file)."
+)
+
+SPLITS = ("auto", "test", "train", "val", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="model file; default: the bundled fastconv/weights/catnet.npz")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="catvnoncat folder or a class-folder tree; default: catvnoncat (FASTCONV_DATA, "
+                        "the user cache, or a download)")
+    parser.add_argument("--split", choices=SPLITS, default="auto",
+                        help="which images: auto = 'test' for catvnoncat, 'all' for a folder; 'train'/'val' "
+                        "re-create the training run's split from the model file")
+    parser.add_argument("--backend", default=None, help="kernel backend; default: the fastest available")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastconv.data import train_val_split
+    from fastconv.metrics import classification_report
+    from fastconv.train import BUNDLED_MODEL, Classifier, load_dataset
+
+    model_path = args.model or BUNDLED_MODEL
+    clf = Classifier.load(model_path, backend=args.backend)
+    data = load_dataset(args.data, None if args.data is None else clf.image_size)
+    for path, reason in data.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if list(data.classes) != list(clf.classes):
+        raise ValueError(
+            f"the data's classes {data.classes} differ from the model's {list(clf.classes)} ({model_path})"
+        )
+    split = args.split
+    if split == "auto":
+        split = "test" if data.kind == "catvnoncat" else "all"
+    if split == "test":
+        if data.x_test is None:
+            raise ValueError("--split test needs catvnoncat; for a folder use --split all or --split val")
+        x, y = data.x_test, data.y_test
+    elif split == "all":
+        x, y = data.x, data.y
+    else:
+        cfg = clf.metadata.get("config", {})
+        frac, seed = float(cfg.get("val_fraction", 0.0)), int(cfg.get("seed", 0))
+        if frac <= 0:
+            raise ValueError(f"{model_path} was trained without a validation split; use --split all or test")
+        x_tr, y_tr, x_va, y_va = train_val_split(data.x, data.y, val_fraction=frac, seed=seed)
+        x, y = (x_va, y_va) if split == "val" else (x_tr, y_tr)
+    where = f"{data.name} {split} split" if split != "all" else data.name
+    pred = clf.predict(x, batch_size=args.batch_size)
+    report = classification_report(y, pred, clf.classes)
+    if args.json:
+        doc = {"model": str(model_path), "data": where, "tta": clf.tta, **report.to_dict()}
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"model: {model_path} (image size {clf.image_size}, test-time flip {'on' if clf.tta else 'off'})")
+    print(f"data: {where}, {len(y)} images")
+    print(report.format())
+    return 0

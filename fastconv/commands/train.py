@@ -1,0 +1,183 @@
+"""``fastconv train``: train catnet on catvnoncat (default) or on a class-folder tree."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+NAME = "train"
+HELP = "train catnet on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
+DESCRIPTION = (
+    "Train catnet (DESIGN.md) with the recipe of docs/training.md: AdamW, cosine learning rate with "
+    "warm-up, flip+shift augmentation, dropout, a stratified validation split evaluated every epoch "
+    "(the checkpoint with the best validation accuracy is kept), test-time flip averaging. The test "
+    "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
+    "With --data pointing at a folder with one subfolder per class (e.g. cat/ and not-cat/) the same "
+    "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastconv.train import LARGE_DATASET, LARGE_DATASET_EPOCHS, TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="catvnoncat folder (or one of its .h5 files), or a class-folder tree of images; "
+        "default: catvnoncat found via FASTCONV_DATA or the user cache, downloaded if absent",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="resize folder images to SxS (catvnoncat is 64x64); default 64",
+    )
+    parser.add_argument(
+        "--out",
+        default="runs/catnet",
+        metavar="DIR",
+        help="output folder for model.npz, history.json, history.csv, curves.png",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"passes over the training split; default {d.epochs}, or {LARGE_DATASET_EPOCHS} "
+        f"for datasets of more than {LARGE_DATASET} images",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seeds initialisation, dropout, shuffling, augmentation and the validation split",
+    )
+    parser.add_argument(
+        "--backend", default=None, help="kernel backend (see 'fastconv info'); default: the fastest available"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS; default: all cores")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warm-up)")
+    parser.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=d.warmup_epochs,
+        help="linear warm-up epochs before the cosine decay (capped at epochs/5 for short runs)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="stratified fraction of the training images held out for validation (0 = none)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many epochs without a better validation score (0 = never)",
+    )
+    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--width", type=int, default=d.width, help="channels of catnet's first conv (16 in DESIGN.md)")
+    parser.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation, pixels")
+    parser.add_argument("--max-rotation", type=float, default=d.max_rotation, help="random rotation, degrees")
+    parser.add_argument("--scale", type=float, default=d.scale, help="random zoom in [1-scale, 1+scale]")
+    parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    parser.add_argument(
+        "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    import fastconv
+    from fastconv.train import (
+        LARGE_DATASET,
+        LARGE_DATASET_EPOCHS,
+        TrainConfig,
+        TrainingDiverged,
+        load_dataset,
+        train_classifier,
+    )
+
+    if args.threads is not None:
+        fastconv.set_num_threads(args.threads)
+    backend = args.backend or fastconv.get_default_backend()
+    if backend not in fastconv.available_backends():
+        raise ValueError(f"--backend {backend}: not available here (available: {fastconv.available_backends()})")
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    data = load_dataset(args.data, args.image_size)
+    for path, reason in data.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    n = len(data.y)
+    counts = ", ".join(f"{c} {int((data.y == i).sum())}" for i, c in enumerate(data.classes))
+    say(
+        f"data: {data.name}: {n} images {data.x.shape[2]}x{data.x.shape[3]} ({counts}), "
+        f"loaded in {time.perf_counter() - t0:.1f} s"
+    )
+
+    epochs = args.epochs if args.epochs is not None else (LARGE_DATASET_EPOCHS if n > LARGE_DATASET else None)
+    config = TrainConfig(
+        **({"epochs": epochs} if epochs is not None else {}),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        seed=args.seed,
+        hflip=not args.no_flip,
+        max_shift=args.max_shift,
+        max_rotation=args.max_rotation,
+        scale=args.scale,
+        dropout=args.dropout,
+        width=args.width,
+        label_smoothing=args.label_smoothing,
+        tta=not args.no_tta,
+        backend=backend,
+    )
+    config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
+    say(
+        f"training catnet: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+        f"backend {backend}, {fastconv.get_num_threads()} threads, seed {config.seed} -> {args.out}"
+    )
+    out = Path(args.out)
+    try:
+        _, result = train_classifier(
+            data.x,
+            data.y,
+            data.classes,
+            config,
+            out_dir=out,
+            dataset=data.name,
+            progress=False if args.quiet else None,
+            log=None if args.quiet else print,
+        )
+    except TrainingDiverged as exc:
+        print(f"fastconv train: {exc}", file=sys.stderr)
+        return 1
+    best = result.history[result.best_epoch - 1] if result.best_epoch else None
+    if result.message:
+        say(result.message)
+    line = f"done in {result.seconds:.1f} s: best epoch {result.best_epoch}"
+    if best is not None and config.val_fraction > 0:
+        line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
+    print(line)
+    print(f"wrote {out / 'model.npz'}, {out / 'history.json'}, {out / 'history.csv'}, {out / 'curves.png'}")
+    evaluate_hint = f"fastconv evaluate --model {out / 'model.npz'}"
+    if data.kind == "folder":
+        evaluate_hint += f" --data {data.name} --image-size {data.x.shape[2]}"
+    print(f"next: {evaluate_hint}")
+    return 0

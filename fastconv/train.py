@@ -1,0 +1,728 @@
+"""Training loop and inference for image classifiers built from :mod:`fastconv` layers.
+
+* :class:`TrainConfig` holds every training hyperparameter with the defaults that
+  ``fastconv train`` uses (how they were chosen: ``docs/training.md``).
+* :func:`fit` trains a model on preloaded float32 images (N, C, H, W) in [0, 1]: seeded
+  mini-batches, augmentation per batch, normalisation, AdamW (or SGD/Adam), a cosine learning
+  rate with warm-up, validation every epoch, the best checkpoint saved atomically, early stopping,
+  history as JSON and CSV, curves as PNG, and a clean stop on a non-finite loss.
+* :func:`train_classifier` is what ``fastconv train`` runs: split, fit normaliser, build catnet,
+  :func:`fit`.
+* :class:`Classifier` loads a model file written here (weights + normalisation + class names +
+  image size + test-time-augmentation flag) and predicts probabilities.
+
+Reproducibility: one ``seed`` drives the model initialisation, dropout masks, shuffling,
+augmentation and the validation split, so the same seed, data, backend and thread count give the
+same history.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+
+__all__ = [
+    "Classifier",
+    "FitResult",
+    "TrainConfig",
+    "TrainingDiverged",
+    "fit",
+    "predict_logits",
+    "train_classifier",
+]
+
+#: the pretrained catnet shipped with the package (see docs/training.md for the command that made it)
+BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "catnet.npz"
+
+MODEL_FILE = "model.npz"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+CURVES_PNG = "curves.png"
+
+#: per-epoch history columns, in CSV order
+#: datasets with more images than this train for LARGE_DATASET_EPOCHS by default (``fastconv train``)
+LARGE_DATASET = 2000
+LARGE_DATASET_EPOCHS = 10
+
+HISTORY_FIELDS: tuple[str, ...] = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "seconds",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (the defaults are those of ``fastconv train``).
+
+    Epochs count passes over the training split. ``warmup_epochs`` of linear warm-up precede a
+    cosine decay to ``min_lr`` at the last epoch. ``patience`` epochs without a better validation
+    score stop the run early (0 = never). ``monitor``: ``"val_accuracy"`` (ties broken by the
+    lower validation loss) or ``"val_loss"``. ``tta``: average the predictions on the image and
+    its horizontal mirror at evaluation time (stored in the model file).
+    """
+
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.05
+    warmup_epochs: int = 5
+    min_lr: float = 0.0
+    val_fraction: float = 0.2
+    patience: int = 0
+    monitor: str = "val_accuracy"
+    seed: int = 0
+    hflip: bool = True
+    max_shift: int = 4
+    max_rotation: float = 0.0  # degrees
+    scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
+    dropout: float = 0.5
+    width: int = 16
+    batchnorm: bool = False
+    label_smoothing: float = 0.0
+    tta: bool = True
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("warmup_epochs", "patience", "max_shift", "seed", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.scale < 1.0 or not self.max_rotation >= 0:
+            raise ValueError(
+                f"scale must be in [0, 1) and max_rotation >= 0, got {self.scale!r}, {self.max_rotation!r}"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise ValueError(f"optimizer: expected 'adamw', 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.monitor not in ("val_accuracy", "val_loss"):
+            raise ValueError(f"monitor: expected 'val_accuracy' or 'val_loss', got {self.monitor!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; ``result`` holds the history up to that point.
+
+    The best checkpoint saved before the divergence (if any) is left untouched.
+    """
+
+    def __init__(self, message: str, result: FitResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns. ``history``: one dict per finished epoch (``HISTORY_FIELDS``)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based; 0 = no checkpoint
+    best_score: float = float("nan")
+    stopped: str = "completed"  # completed | early_stopping | diverged
+    message: str = ""
+    seconds: float = 0.0
+    checkpoint: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``,
+    so a reader never sees a half-written file and a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # Split by sign so that exp never overflows.
+    out = np.empty_like(z, dtype=np.float64)
+    z = z.astype(np.float64)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def logits_to_proba(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities float64 (N, C) from logits (N, 1) (binary: [1 - p, p]) or (N, C)."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected shape (N, outputs), got {logits.shape}")
+    if logits.shape[1] == 1:
+        p = _sigmoid(logits[:, 0])
+        return np.stack([1.0 - p, p], axis=1)
+    return _softmax(logits)
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+    """Logits of ``model`` in eval mode for normalised inputs x (N, C, H, W), in batches.
+
+    With ``tta`` the result averages the logits of each image and its horizontal mirror.
+    Returns float (N, outputs). The model's train/eval mode is restored afterwards.
+    """
+    was_training = _is_training(model)
+    model.eval()
+    try:
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = np.ascontiguousarray(x[i : i + batch_size])
+            out = np.asarray(model(xb), dtype=np.float64)
+            if tta:
+                out = 0.5 * (out + np.asarray(model(np.ascontiguousarray(xb[..., ::-1])), dtype=np.float64))
+            outs.append(out)
+        if not outs:
+            return np.zeros((0, _num_outputs(model)), dtype=np.float64)
+        return np.concatenate(outs)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _is_training(model) -> bool:
+    return bool(getattr(model, "training", any(getattr(layer, "training", False) for layer in model.layers)))
+
+
+def _num_outputs(model) -> int:
+    for layer in reversed(model.layers):
+        if hasattr(layer, "out_features"):
+            return int(layer.out_features)
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _make_optimizer(model, config: TrainConfig):
+    from . import optim
+
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _make_loss(num_outputs: int):
+    from . import losses
+
+    return losses.BCEWithLogitsLoss() if num_outputs == 1 else losses.CrossEntropyLoss()
+
+
+def _targets(y: np.ndarray, num_outputs: int, smoothing: float, dtype) -> np.ndarray:
+    """Loss targets: float (N, 1) for a binary (one-logit) model, int64 (N,) otherwise."""
+    if num_outputs == 1:
+        t = y.astype(dtype).reshape(-1, 1)
+        if smoothing:
+            t = t * (1.0 - smoothing) + 0.5 * smoothing
+        return t
+    return y.astype(np.int64)
+
+
+def _predicted(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(np.int64)
+    return logits.argmax(axis=1).astype(np.int64)
+
+
+def _progress(total: int, enabled: bool | None):
+    """A tqdm bar on stderr: ``enabled=None`` shows it only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    disable = (not enabled) if enabled is not None else not sys.stderr.isatty()
+    return tqdm(total=total, unit="batch", file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False)
+
+
+def _score(record: dict, monitor: str) -> tuple[float, float]:
+    """Larger is better; accuracy ties are broken by the lower validation loss."""
+    if monitor == "val_loss":
+        return (-record["val_loss"], 0.0)
+    return (record["val_accuracy"], -record["val_loss"])
+
+
+def fit(
+    model,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: TrainConfig | None = None,
+    *,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    metadata: dict | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (a :class:`~fastconv.model.Sequential`) in place.
+
+    x_train: float32 (N, C, H, W) raw images in [0, 1]; y_train: int64 (N,) class indices.
+    ``transform`` (e.g. a fitted :class:`~fastconv.data.Normalizer`) maps a batch of raw
+    images to model inputs, after augmentation. x_val/y_val (raw, same layout) are evaluated
+    after every epoch; without them the last epoch is "best".
+
+    With ``out_dir``: ``model.npz`` (best checkpoint by ``config.monitor``, written atomically
+    with ``metadata`` plus the epoch and validation scores), ``history.json``, ``history.csv``
+    and ``curves.png`` (rewritten atomically after every epoch).
+
+    ``progress``: True/False forces the tqdm bar on/off; None shows it when stderr is a terminal.
+    ``log`` receives one line per epoch (e.g. ``print``); None = silent.
+
+    Raises :class:`TrainingDiverged` when the training or validation loss is not finite: the
+    run stops at once, the history so far is written, the last good checkpoint is kept.
+    """
+    from .data import Augmenter, iterate_minibatches
+
+    config = config or TrainConfig()
+    transform = transform or (lambda a: a)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if len(x_train) == 0:
+        raise ValueError("no training images")
+
+    num_outputs = _num_outputs(model)
+    dtype = model.parameters()[0].data.dtype
+    if config.backend is not None:
+        model.set_backend(config.backend)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
+    augment = Augmenter(
+        hflip=config.hflip,
+        max_shift=config.max_shift,
+        max_rotation=config.max_rotation,
+        scale=(1.0 - config.scale, 1.0 + config.scale) if config.scale else None,
+    )
+    loss_fn = _make_loss(num_outputs)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    from .optim import CosineSchedule
+
+    schedule = CosineSchedule(
+        optimizer,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=min(config.warmup_epochs, config.epochs) * steps_per_epoch,
+        min_lr=config.min_lr,
+    )
+    val_inputs = transform(x_val) if has_val else None
+    val_loss_fn = _make_loss(num_outputs)
+
+    result = FitResult()
+    best_key: tuple[float, float] | None = None
+    since_best = 0
+    t_start = time.perf_counter()
+    bar = _progress(config.epochs * steps_per_epoch, progress)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            t_epoch = time.perf_counter()
+            model.train()
+            lr_epoch = optimizer.lr
+            loss_sum, correct, seen = 0.0, 0, 0
+            for step, (xb, yb) in enumerate(
+                iterate_minibatches(x_train, y_train, config.batch_size, rng, shuffle=True, drop_last=False)
+            ):
+                inputs = np.ascontiguousarray(transform(augment(xb, rng)), dtype=dtype)
+                logits = model(inputs)
+                loss = float(loss_fn.forward(logits, _targets(yb, num_outputs, config.label_smoothing, dtype)))
+                if not math.isfinite(loss):
+                    result.stopped = "diverged"
+                    result.message = (
+                        f"training stopped: the loss became {loss} at epoch {epoch}, batch {step + 1} "
+                        f"(learning rate {optimizer.lr:.3g}); try a smaller --lr. " + _kept_message(result, out)
+                    )
+                    raise _Diverged
+                model.zero_grad()
+                model.backward(loss_fn.backward())
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss * len(yb)
+                correct += int((_predicted(np.asarray(logits)) == yb).sum())
+                seen += len(yb)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+
+            record = {
+                "epoch": epoch,
+                "lr": lr_epoch,
+                "train_loss": loss_sum / seen,
+                "train_accuracy": correct / seen,
+                "val_loss": float("nan"),
+                "val_accuracy": float("nan"),
+                "val_f1": float("nan"),
+            }
+            if has_val:
+                vlogits = predict_logits(model, val_inputs, tta=config.tta)
+                vloss = float(val_loss_fn.forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
+                vpred = _predicted(vlogits)
+                record["val_loss"] = vloss
+                record["val_accuracy"] = metrics.accuracy(y_val, vpred)
+                avg = "binary" if max(num_outputs, 2) == 2 else "macro"
+                record["val_f1"] = metrics.precision_recall_f1(y_val, vpred, average=avg)[2]
+                if not math.isfinite(vloss):
+                    result.stopped = "diverged"
+                    result.message = (
+                        f"training stopped: the validation loss became {vloss} at epoch {epoch}; "
+                        f"try a smaller --lr. " + _kept_message(result, out)
+                    )
+                    raise _Diverged
+            record["seconds"] = time.perf_counter() - t_epoch
+            result.history.append(record)
+
+            key = _score(record, config.monitor) if has_val else (float(epoch), 0.0)
+            if best_key is None or key > best_key:
+                best_key, since_best = key, 0
+                result.best_epoch = epoch
+                result.best_score = record[config.monitor] if has_val else float("nan")
+                if out is not None:
+                    _save_checkpoint(model, out / MODEL_FILE, metadata, config, record)
+                    result.checkpoint = out / MODEL_FILE
+            else:
+                since_best += 1
+            if log is not None:
+                line = (
+                    f"epoch {epoch:3d}/{config.epochs}  lr {lr_epoch:.2e}  loss {record['train_loss']:.4f}  "
+                    f"acc {record['train_accuracy']:.3f}"
+                )
+                if has_val:
+                    line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
+                line += "  *" if result.best_epoch == epoch else ""
+                if bar.disable:
+                    log(line)
+                else:
+                    bar.write(line, file=sys.stderr)  # keeps the bar at the bottom of the terminal
+            if out is not None:
+                _write_history(out, result, config)
+            if config.patience and has_val and since_best >= config.patience:
+                result.stopped = "early_stopping"
+                result.message = (
+                    f"early stopping after epoch {epoch}: no better {config.monitor} for {config.patience} epochs"
+                )
+                break
+    except _Diverged:
+        result.seconds = time.perf_counter() - t_start
+        if out is not None:
+            _write_history(out, result, config)
+        raise TrainingDiverged(result.message, result) from None
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - t_start
+    if out is not None:
+        _write_history(out, result, config)
+    return result
+
+
+class _Diverged(Exception):
+    pass
+
+
+def _kept_message(result: FitResult, out: Path | None) -> str:
+    if result.best_epoch and out is not None:
+        return f"The last good checkpoint (epoch {result.best_epoch}) is kept at {out / MODEL_FILE}."
+    if result.best_epoch:
+        return f"The last good epoch was {result.best_epoch}."
+    return "No checkpoint was saved (no epoch finished with a finite loss)."
+
+
+def _save_checkpoint(model, path: Path, metadata: dict | None, config: TrainConfig, record: dict) -> None:
+    meta = dict(metadata or {})
+    meta.setdefault("config", config.to_dict())
+    meta.setdefault("tta", config.tta)
+    meta["epoch"] = record["epoch"]
+    meta["val_accuracy"] = _json_float(record["val_accuracy"])
+    meta["val_loss"] = _json_float(record["val_loss"])
+    model.save(path, metadata=meta)
+
+
+def _json_float(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def _write_history(out: Path, result: FitResult, config: TrainConfig) -> None:
+    doc = {
+        "config": config.to_dict(),
+        "best_epoch": result.best_epoch,
+        "best_score": _json_float(result.best_score),
+        "monitor": config.monitor,
+        "stopped": result.stopped,
+        "message": result.message,
+        "seconds": result.seconds,
+        "epochs": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in result.history],
+    }
+    atomic_write_bytes(out / HISTORY_JSON, (json.dumps(doc, indent=2) + "\n").encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for r in result.history:
+        writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+    atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
+    if result.history:
+        atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch))
+
+
+def plot_curves(history: Sequence[dict], best_epoch: int = 0) -> bytes:
+    """PNG bytes: loss (left) and accuracy (right), train and validation, against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("loss", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train (augmented)")
+        val = [r[f"val_{key}"] for r in history]
+        if any(math.isfinite(v) for v in val):
+            ax.plot(epochs, val, label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier pipeline used by the CLI
+
+
+def train_classifier(
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    dataset: str = "",
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[object, FitResult]:
+    """Split (stratified, seeded), fit the normaliser on the training part, build catnet and :func:`fit`.
+
+    x: float32 (N, 3, S, S) in [0, 1]; y: int64 (N,) indices into ``classes``. Two classes give
+    one output logit (binary cross-entropy), more give one logit per class. Returns the model
+    holding the *best* weights (reloaded from the checkpoint when ``out_dir`` is given) and the
+    :class:`FitResult`.
+    """
+    from . import zoo
+    from .data import Normalizer, train_val_split
+
+    config = config or TrainConfig()
+    if x.ndim != 4 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
+    if len(classes) < 2:
+        raise ValueError(f"need at least two classes to train a classifier, got {list(classes)}")
+    if config.val_fraction > 0:
+        x_tr, y_tr, x_va, y_va = train_val_split(x, y, val_fraction=config.val_fraction, seed=config.seed)
+    else:
+        x_tr, y_tr, x_va, y_va = x, y, None, None
+    normalizer = Normalizer().fit(x_tr)
+    num_outputs = 1 if len(classes) == 2 else len(classes)
+    model = zoo.catnet(
+        in_channels=x.shape[1],
+        image_size=x.shape[2],
+        num_outputs=num_outputs,
+        dropout=config.dropout,
+        width=config.width,
+        batchnorm=config.batchnorm,
+        seed=config.seed,
+        backend=config.backend,
+    )
+    metadata = {
+        "kind": "fastconv-classifier",
+        "architecture": "catnet",
+        "classes": [str(c) for c in classes],
+        "image_size": int(x.shape[2]),
+        "normalizer": normalizer.to_dict(),
+        "tta": bool(config.tta),
+        "config": config.to_dict(),
+        "dataset": dataset,
+        "train_size": len(x_tr),
+        "val_size": 0 if x_va is None else len(x_va),
+    }
+    result = fit(
+        model,
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        config,
+        transform=normalizer,
+        out_dir=out_dir,
+        metadata=metadata,
+        progress=progress,
+        log=log,
+    )
+    if out_dir is not None and result.checkpoint is not None:
+        from .model import load_with_metadata
+
+        model, _ = load_with_metadata(result.checkpoint)
+    return model, result
+
+
+@dataclass
+class LoadedData:
+    """Images for training or evaluation. ``x`` float32 (N, 3, S, S) in [0, 1]; ``y`` int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    name: str  # "catvnoncat" or the folder path
+    kind: str  # "catvnoncat" | "folder"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    x_test: np.ndarray | None = None  # catvnoncat only
+    y_test: np.ndarray | None = None
+
+
+def is_catvnoncat_path(data: str | os.PathLike | None) -> bool:
+    """True for None (the default dataset) and for paths that hold or are the catvnoncat HDF5 files;
+    False for anything else (taken to be a class-folder tree)."""
+    if data is None:
+        return True
+    p = Path(data).expanduser()
+    if p.suffix == ".h5":
+        return True
+    names = ("train_catvnoncat.h5", "test_catvnoncat.h5")
+    return any((p / n).is_file() or (p / "catvnoncat" / n).is_file() for n in names)
+
+
+def load_dataset(data: str | os.PathLike | None, image_size: int | None = None) -> LoadedData:
+    """catvnoncat (``data`` None or a path holding its files) or a class-folder tree resized to
+    ``image_size`` (default 64). catvnoncat images are 64x64; another ``image_size`` is rejected."""
+    from .data import load_catvnoncat, load_image_folder
+
+    if is_catvnoncat_path(data):
+        if image_size not in (None, 64):
+            raise ValueError(f"catvnoncat images are 64x64; --image-size {image_size} applies to image folders only")
+        ds = load_catvnoncat(data)
+        return LoadedData(
+            ds.x_train, ds.y_train, list(ds.classes), "catvnoncat", "catvnoncat", x_test=ds.x_test, y_test=ds.y_test
+        )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped files are reported by the caller from .skipped
+        fd = load_image_folder(data, image_size=image_size or 64)
+    return LoadedData(fd.x, fd.y, list(fd.classes), str(data), "folder", skipped=list(fd.skipped))
+
+
+@dataclass
+class Classifier:
+    """A trained model with what it needs to classify raw images.
+
+    ``predict_proba(x)``: x float32 (N, 3, S, S) in [0, 1] (S = ``image_size``) -> float64 (N, C)
+    class probabilities (columns in ``classes`` order).
+    """
+
+    model: object
+    classes: tuple[str, ...]
+    image_size: int
+    normalizer: object
+    tta: bool = False
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str | None = None) -> Classifier:
+        """Load a model file written by ``fastconv train``; a clear ValueError if it is not one."""
+        from .data import Normalizer
+        from .model import load_with_metadata
+
+        model, meta = load_with_metadata(path)
+        missing = [k for k in ("classes", "image_size", "normalizer") if k not in (meta or {})]
+        if missing:
+            raise ValueError(
+                f"{path}: not a fastconv classifier file (its metadata lacks {', '.join(missing)}); "
+                "model files written by 'fastconv train' have them"
+            )
+        classes = tuple(str(c) for c in meta["classes"])
+        outputs = _num_outputs(model)
+        if outputs != (1 if len(classes) == 2 else len(classes)):
+            raise ValueError(f"{path}: the model has {outputs} outputs but the file names {len(classes)} classes")
+        if backend is not None:
+            model.set_backend(backend)
+        model.eval()
+        return cls(
+            model=model,
+            classes=classes,
+            image_size=int(meta["image_size"]),
+            normalizer=Normalizer.from_dict(meta["normalizer"]),
+            tta=bool(meta.get("tta", False)),
+            metadata=meta,
+        )
+
+    def check_input(self, x: np.ndarray) -> None:
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"images of shape (N, 3, {s}, {s}) expected by this model (image size {s}), got {x.shape}")
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        self.check_input(x)
+        dtype = self.model.parameters()[0].data.dtype
+        inputs = np.ascontiguousarray(self.normalizer(x), dtype=dtype)
+        return logits_to_proba(predict_logits(self.model, inputs, batch_size=batch_size, tta=self.tta))
+
+    def predict(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """Predicted class indices int64 (N,)."""
+        return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
