@@ -1,0 +1,211 @@
+"""Optimizers and schedules: each update rule against hand-derived numbers (torch-free), and
+against PyTorch itself when it is installed (an extra oracle, never the only one)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from fastconv.layers import Parameter
+from fastconv.optim import SGD, Adam, AdamW, CosineSchedule, StepSchedule
+
+GRADS = [1.0, 2.0, -1.0]
+
+
+def run(optimizer_cls, grads=GRADS, p0=0.0, decay=True, **kwargs) -> list[float]:
+    """Scalar parameter, prescribed gradient per step; returns the parameter after each step."""
+    p = Parameter(np.array([p0]), "p", decay=decay)
+    opt = optimizer_cls([p], **kwargs)
+    out = []
+    for g in grads:
+        p.grad[:] = g
+        opt.step()
+        out.append(float(p.data[0]))
+    return out
+
+
+def test_sgd_plain():
+    # p <- p - lr * g: 0 - 0.1 * 1 = -0.1, -0.1 - 0.2 = -0.3, -0.3 + 0.1 = -0.2
+    np.testing.assert_allclose(run(SGD, lr=0.1), [-0.1, -0.3, -0.2], rtol=1e-15)
+
+
+def test_sgd_momentum():
+    # b1 = 1 -> p = -0.1; b2 = 0.9 * 1 + 2 = 2.9 -> p = -0.39; b3 = 0.9 * 2.9 - 1 = 1.61 -> p = -0.551
+    np.testing.assert_allclose(run(SGD, lr=0.1, momentum=0.9), [-0.1, -0.39, -0.551], rtol=1e-14)
+
+
+def test_sgd_nesterov():
+    # d = g + m * b:  step 1: b = 1, d = 1.9 -> -0.19;  step 2: b = 2.9, d = 2 + 2.61 = 4.61 -> -0.651;
+    # step 3: b = 1.61, d = -1 + 1.449 = 0.449 -> -0.6959
+    np.testing.assert_allclose(run(SGD, lr=0.1, momentum=0.9, nesterov=True), [-0.19, -0.651, -0.6959], rtol=1e-14)
+
+
+def test_sgd_weight_decay_respects_the_decay_flag():
+    # g_eff = g + wd * p with p0 = 1, g = 0, lr 0.1, wd 0.5: p1 = 1 - 0.05 = 0.95, p2 = 0.95 * 0.95
+    np.testing.assert_allclose(run(SGD, [0.0, 0.0], p0=1.0, lr=0.1, weight_decay=0.5), [0.95, 0.9025], rtol=1e-15)
+    assert run(SGD, [0.0, 0.0], p0=1.0, decay=False, lr=0.1, weight_decay=0.5) == [1.0, 1.0]
+
+
+def adam_reference(grads, lr, b1, b2, eps, p0=0.0, wd=0.0, decoupled=False) -> list[float]:
+    """Adam/AdamW for a scalar, written out from the paper's equations (bias-corrected moments)."""
+    p, m, v, out = p0, 0.0, 0.0, []
+    for t, g in enumerate(grads, start=1):
+        if decoupled:
+            p = p - lr * wd * p
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        p = p - lr * m_hat / (math.sqrt(v_hat) + eps)
+        out.append(p)
+    return out
+
+
+def test_adam_first_step_is_lr_times_sign():
+    # m_hat = g and v_hat = g^2 at t = 1, so the step is lr * g / (|g| + eps).
+    out = run(Adam, [4.0], lr=0.01)
+    np.testing.assert_allclose(out, [-0.01 * 4 / (4 + 1e-8)], rtol=1e-15)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.8)])
+def test_adam_matches_the_written_out_rule(betas):
+    expected = adam_reference(GRADS, 0.1, *betas, 1e-8)
+    np.testing.assert_allclose(run(Adam, lr=0.1, betas=betas), expected, rtol=1e-13)
+    # Hand check of step 2 for betas (0.5, 0.8): m = 0.25 + 1 = 1.25, m_hat = 1.25/0.75 = 5/3;
+    # v = 0.8*0.2 + 0.2*4 = 0.96, v_hat = 0.96/0.36 = 8/3; step = 0.1 * (5/3) / sqrt(8/3).
+    if betas == (0.5, 0.8):
+        p2 = -0.1 - 0.1 * (5 / 3) / math.sqrt(8 / 3)
+        assert expected[1] == pytest.approx(p2, rel=1e-7)
+
+
+def test_adam_l2_weight_decay_goes_into_the_gradient():
+    expected = adam_reference(GRADS, 0.1, 0.9, 0.999, 1e-8, p0=1.0, wd=0.3)
+    np.testing.assert_allclose(run(Adam, p0=1.0, lr=0.1, weight_decay=0.3), expected, rtol=1e-13)
+    no_decay = adam_reference(GRADS, 0.1, 0.9, 0.999, 1e-8, p0=1.0)
+    np.testing.assert_allclose(run(Adam, p0=1.0, decay=False, lr=0.1, weight_decay=0.3), no_decay, rtol=1e-13)
+
+
+def test_adamw_decay_is_decoupled():
+    expected = adam_reference(GRADS, 0.1, 0.9, 0.999, 1e-8, p0=1.0, wd=0.3, decoupled=True)
+    np.testing.assert_allclose(run(AdamW, p0=1.0, lr=0.1, weight_decay=0.3), expected, rtol=1e-13)
+    # With zero gradients AdamW only shrinks: p = (1 - lr*wd)^t (Adam with L2 would move by ~lr per step).
+    np.testing.assert_allclose(run(AdamW, [0.0, 0.0], p0=1.0, lr=0.1, weight_decay=0.3), [0.97, 0.97**2], rtol=1e-12)
+    assert AdamW([Parameter(np.zeros(1))]).weight_decay == 1e-2
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+def test_updates_in_place_and_lr_is_settable(cls):
+    p = Parameter(np.ones((2, 3), np.float32), "w")
+    data = p.data
+    opt = cls([p], lr=0.1)
+    p.grad[:] = 1
+    opt.step()
+    assert p.data is data and p.data.dtype == np.float32
+    moved = 1.0 - float(p.data[0, 0])
+    opt.lr = 0.0
+    before = p.data.copy()
+    opt.step()
+    np.testing.assert_array_equal(p.data, before)
+    assert moved > 0
+    opt.zero_grad()
+    assert not p.grad.any()
+
+
+def test_optimizer_argument_checks():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError, match="Parameter"):
+        SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        Adam([p], betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="lr"):
+        Adam([p], lr=-1)
+
+
+def _torch_compare(ours_cls, torch_cls, ours_kwargs, torch_kwargs, steps=5):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    grads = [(rng.standard_normal((3, 4)), rng.standard_normal(3)) for _ in range(steps)]
+    w, b = Parameter(w0.copy(), "w"), Parameter(b0.copy(), "b", decay=False)
+    opt = ours_cls([w, b], **ours_kwargs)
+    tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    wd = torch_kwargs.pop("weight_decay", 0.0)
+    topt = torch_cls([{"params": [tw], "weight_decay": wd}, {"params": [tb], "weight_decay": 0.0}], **torch_kwargs)
+    for gw, gb in grads:
+        w.grad[:], b.grad[:] = gw, gb
+        tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(b.data, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("SGD", {"lr": 0.1}),
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+        ("SGD", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),
+        ("Adam", {"lr": 0.01, "weight_decay": 0.1}),
+        ("Adam", {"lr": 0.1, "betas": (0.5, 0.9), "eps": 1e-6}),
+        ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+    ],
+)
+def test_matches_torch(name, kwargs):
+    torch = pytest.importorskip("torch")
+    ours = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}[name]
+    _torch_compare(ours, getattr(torch.optim, name), dict(kwargs), dict(kwargs))
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_with_warmup():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    sched = CosineSchedule(opt, total_steps=10, warmup_steps=2, min_lr=0.1)
+    lrs = [opt.lr] + [sched.step() for _ in range(12)]
+    # warm-up: (t+1)/2; then 0.1 + 0.9 * (1 + cos(pi * (t-2)/8)) / 2; held at 0.1 after step 10
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert lrs[6] == pytest.approx(0.55, rel=1e-12)  # halfway: cos(pi/2) = 0
+    assert lrs[4] == pytest.approx(0.1 + 0.45 * (1 + math.sqrt(0.5)), rel=1e-12)
+    assert lrs[10] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))
+
+
+def test_step_schedule():
+    opt = Adam([Parameter(np.zeros(1))], lr=1.0)
+    sched = StepSchedule(opt, step_size=3, gamma=0.5)
+    lrs = [opt.lr] + [sched.step() for _ in range(7)]
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_schedules_match_torch_without_warmup():
+    torch = pytest.importorskip("torch")
+    for ours_factory, torch_factory in (
+        (lambda o: CosineSchedule(o, 7, min_lr=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7, 0.01)),
+        (lambda o: StepSchedule(o, 2, 0.3), lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.3)),
+    ):
+        opt = SGD([Parameter(np.zeros(1))], lr=0.5)
+        topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+        ours, ref = ours_factory(opt), torch_factory(topt)
+        for _ in range(7):
+            assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12)
+            topt.step()
+            ours.step()
+            ref.step()
+
+
+def test_schedule_argument_checks():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="warmup"):
+        CosineSchedule(opt, total_steps=5, warmup_steps=6)
+    with pytest.raises(ValueError, match="step_size"):
+        StepSchedule(opt, 0)
