@@ -1,0 +1,356 @@
+"""Numba conv2d kernels: the optimisation ladder, from the reference loops to the fast path.
+
+Every function here is ``@njit(cache=True)``; it is compiled on its first call for a dtype
+(float32 or float64 — the only dtypes dispatch lets through) and loaded from the on-disk cache
+afterwards. Sizes are passed as plain ints (a geometry dataclass cannot enter nopython code);
+outputs are preallocated by the caller in ``numba_backend``.
+
+The ladder for the forward pass (see docs/numba.md for measurements):
+
+1. ``conv_fwd_naive``: the python reference's loops, unchanged, only jitted. Innermost loop is
+   the S taps of one kernel row with two bounds checks per tap; no SIMD.
+2. ``conv_fwd_reordered``: the same sums, loops reordered so the innermost loop runs over the
+   output row ``j`` with its valid range precomputed (no branch inside), reading ``x`` with
+   unit stride when ``stride == 1``: LLVM can vectorise it (8 float32 per AVX2 register).
+3. ``conv_fwd_parallel``: rung 2 with ``prange`` over (image, output channel) and FMA
+   contraction allowed: 2 cores, fused multiply-adds.
+4. ``conv_fwd_im2col_blas``: per image, unfold the windows into a (C*R*S, Ho*Wo) matrix and
+   call BLAS sgemm through ``np.dot``. Good for large C*R*S; the matrix M = K rows is small in
+   catnet, where OpenBLAS is far from its peak, and the unfold writes 9x the input.
+5. ``conv_fwd_flat`` (the one the backend uses when stride == 1): zero-pad each input plane once,
+   then treat every padded plane as one flat vector. Output element (i, j) sits at flat position
+   ``q = i*Wp + j`` and tap (r, s) reads ``xp[q + r*dh*Wp + s*dw]``: every tap becomes one long
+   contiguous vector with a constant offset, with no padding branches and no short rows
+   (the Wp - Wo wrap-around columns are computed and thrown away: 3 % extra work at 64x64).
+   Taps are processed three at a time in one loop, so each accumulator load/store is amortised
+   over three FMAs; the accumulator tile (``_TILE`` floats) stays in L1 (32 KiB per core).
+   The same kernel computes dx of the backward pass (a correlation of the zero-bordered dy with
+   the flipped kernel) — see ``flat_correlate``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Accumulator tile of flat_correlate, in elements: 1024 float32 = 4 KiB, so the tile plus the
+# three input streams it reads stay well inside the 32 KiB L1d of a Zen4 core.
+_TILE = 1024
+
+# 'contract' lets LLVM fuse a*b + c into one FMA instruction (AVX2/FMA on this CPU). It only
+# changes rounding (one rounding instead of two — more accurate), never NaN/inf propagation:
+# we do NOT enable 'nnan'/'ninf'/'fast', which would let LLVM assume NaN never occurs.
+_FMA = {"contract"}
+# Reductions (dot products) only vectorise when the additions may be reassociated into
+# several partial sums. Reordering a sum changes rounding, and could at most change which
+# intermediate overflows; NaN inputs still give NaN (no 'nnan' flag).
+_FMA_REASSOC = {"contract", "reassoc"}
+
+
+# ---------------------------------------------------------------- rung 1: the reference, jitted
+@njit(cache=True)
+def conv_fwd_naive(x, w, b, sh, sw, ph, pw, dh, dw, y):
+    """y (N,K,Ho,Wo) <- conv(x (N,C,H,W), w (K,C,R,S)) + b; python_backend's loops verbatim."""
+    n_, c_, h_, w_ = x.shape
+    k_, _, r_, s_ = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    for n in range(n_):
+        for k in range(k_):
+            for i in range(ho):
+                for j in range(wo):
+                    acc = np.float64(b[k])
+                    for c in range(c_):
+                        for r in range(r_):
+                            h = i * sh - ph + r * dh
+                            if h < 0 or h >= h_:
+                                continue
+                            for s in range(s_):
+                                ww = j * sw - pw + s * dw
+                                if ww < 0 or ww >= w_:
+                                    continue
+                                acc += np.float64(x[n, c, h, ww]) * np.float64(w[k, c, r, s])
+                    y[n, k, i, j] = acc
+
+
+# ---------------------------------------------------------------- rung 2: contiguous inner loop
+@njit(cache=True)
+def _valid_cols(off, sw, w_, wo):
+    """Output columns j whose tap column ``j*sw + off`` lies inside [0, W): returns [lo, hi)."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    hi = min(wo, (w_ - 1 - off) // sw + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=_FMA)
+def _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, yk):
+    """One output plane yk = y[n, k] (Ho, Wo), accumulated tap by tap over whole output rows."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    r_, s_ = w.shape[2], w.shape[3]
+    ho, wo = yk.shape
+    yk[:, :] = b[k]
+    for c in range(c_):
+        for r in range(r_):
+            for s in range(s_):
+                wv = w[k, c, r, s]
+                off = s * dw - pw
+                lo, hi = _valid_cols(off, sw, w_, wo)
+                for i in range(ho):
+                    h = i * sh - ph + r * dh
+                    if h < 0 or h >= h_:
+                        continue
+                    # Views starting at the first valid element keep indices >= 0 provably,
+                    # so Numba's negative-index wrap-around test disappears from the loop.
+                    yrow = yk[i, lo:hi]
+                    xrow = x[n, c, h, lo * sw + off:]
+                    if sw == 1:
+                        for j in range(hi - lo):
+                            yrow[j] += wv * xrow[j]
+                    else:
+                        for j in range(hi - lo):
+                            yrow[j] += wv * xrow[j * sw]
+
+
+@njit(cache=True)
+def conv_fwd_reordered(x, w, b, sh, sw, ph, pw, dh, dw, y):
+    """Rung 2: serial, innermost loop contiguous over the output row (vectorisable)."""
+    for n in range(x.shape[0]):
+        for k in range(w.shape[0]):
+            _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, y[n, k])
+
+
+# ---------------------------------------------------------------- rung 3: + threads + FMA
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def conv_fwd_parallel(x, w, b, sh, sw, ph, pw, dh, dw, y):
+    """Rung 3: rung 2 over ``prange`` of (image, output channel); each task owns one output
+    plane, so there is nothing to synchronise. Also the fallback for stride > 1."""
+    k_ = w.shape[0]
+    for t in prange(x.shape[0] * k_):
+        n = t // k_
+        k = t - n * k_
+        _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, y[n, k])
+
+
+# ---------------------------------------------------------------- rung 4: im2col + BLAS
+@njit(cache=True)
+def _im2col(x, n, r_, s_, sh, sw, ph, pw, dh, dw, ho, wo, col):
+    """col (C*R*S, Ho*Wo): row (c, r, s) holds the input pixel each output reads at that tap."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(c_):
+        for r in range(r_):
+            for s in range(s_):
+                row = col[(c * r_ + r) * s_ + s]
+                off = s * dw - pw
+                lo, hi = _valid_cols(off, sw, w_, wo)
+                for i in range(ho):
+                    h = i * sh - ph + r * dh
+                    dst = row[i * wo:(i + 1) * wo]
+                    if h < 0 or h >= h_:
+                        dst[:] = 0.0
+                        continue
+                    dst[:lo] = 0.0
+                    dst[hi:] = 0.0
+                    for j in range(lo, hi):
+                        dst[j] = x[n, c, h, j * sw + off]
+
+
+@njit(cache=True)
+def conv_fwd_im2col_blas(x, w, b, sh, sw, ph, pw, dh, dw, y):
+    """Rung 4: per image, y[n] (K, Ho*Wo) = w (K, C*R*S) @ im2col(x[n]) through BLAS.
+
+    Serial over images; BLAS itself runs on the fastconv thread count (threadpoolctl)."""
+    n_, c_ = x.shape[0], x.shape[1]
+    k_, _, r_, s_ = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    w2 = w.reshape(k_, c_ * r_ * s_)
+    col = np.empty((c_ * r_ * s_, ho * wo), x.dtype)
+    out = np.empty((k_, ho * wo), x.dtype)
+    for n in range(n_):
+        _im2col(x, n, r_, s_, sh, sw, ph, pw, dh, dw, ho, wo, col)
+        np.dot(w2, col, out)
+        yn = y[n].reshape(k_, ho * wo)
+        for k in range(k_):
+            bk = b[k]
+            for p in range(ho * wo):
+                yn[k, p] = out[k, p] + bk
+
+
+# ---------------------------------------------------------------- rung 5: flat padded planes
+@njit(cache=True, parallel=True)
+def pad_flat(x, lead, row_stride, out):
+    """out (N, C, L) <- zeros, with x[n, c, h, j] (N, C, H, W) stored at ``lead + h*row_stride + j``.
+
+    ``out`` comes from np.empty: every element is written exactly once (the borders with zeros),
+    which is cheaper than np.zeros followed by the copy."""
+    n_, c_, h_, w_ = x.shape
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        dst = out[n, c]
+        dst[:lead] = 0.0
+        for h in range(h_):
+            row = lead + h * row_stride
+            dst[row:row + w_] = x[n, c, h]
+            dst[row + w_:row + row_stride] = 0.0  # this row's right border + next row's left border
+        dst[lead + h_ * row_stride:] = 0.0
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def flat_correlate(inp, wt, offs, bias, start, row_stride, out):
+    """out[n, o, i, j] = bias[o] + sum_{ci, t} wt[o, ci, t] * inp[n, ci, start + i*row_stride + j + offs[t]]
+
+    inp (N, Ci, L) flat zero-padded planes; wt (Co, Ci, T) contiguous; offs (T,) int64 >= 0 with
+    every index in range (the caller sizes ``inp``); out (N, Co, Ho, Wo).
+
+    Parallel over (image, output channel): each task owns its output plane (no races). The
+    flat range it needs is cut into tiles of whole rows (~_TILE elements) accumulated in a
+    thread-local buffer that stays in L1; taps run three per pass: per 8-float vector that is
+    3 loads + 3 FMAs for one accumulator load/store, so the loop is FMA-bound, not store-bound.
+    """
+    n_, ci_ = inp.shape[0], inp.shape[1]
+    co_, t_ = wt.shape[0], wt.shape[2]
+    ho, wo = out.shape[2], out.shape[3]
+    rows_per_tile = max(1, _TILE // row_stride)
+    acc_len = (rows_per_tile - 1) * row_stride + wo
+    for task in prange(n_ * co_):
+        n = task // co_
+        o = task - n * co_
+        acc = np.empty(acc_len, inp.dtype)
+        for i0 in range(0, ho, rows_per_tile):
+            i1 = min(ho, i0 + rows_per_tile)
+            p0 = start + i0 * row_stride
+            m = (i1 - i0 - 1) * row_stride + wo
+            a = acc[:m]
+            a[:] = bias[o]
+            for ci in range(ci_):
+                src = inp[n, ci]
+                wv = wt[o, ci]
+                t = 0
+                while t + 3 <= t_:
+                    w0, w1, w2 = wv[t], wv[t + 1], wv[t + 2]
+                    x0 = src[p0 + offs[t]:]
+                    x1 = src[p0 + offs[t + 1]:]
+                    x2 = src[p0 + offs[t + 2]:]
+                    for p in range(m):
+                        a[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p]
+                    t += 3
+                if t_ - t == 2:
+                    w0, w1 = wv[t], wv[t + 1]
+                    x0 = src[p0 + offs[t]:]
+                    x1 = src[p0 + offs[t + 1]:]
+                    for p in range(m):
+                        a[p] += w0 * x0[p] + w1 * x1[p]
+                elif t_ - t == 1:
+                    w0 = wv[t]
+                    x0 = src[p0 + offs[t]:]
+                    for p in range(m):
+                        a[p] += w0 * x0[p]
+            for i in range(i0, i1):
+                out[n, o, i, :] = a[(i - i0) * row_stride:(i - i0) * row_stride + wo]
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA_REASSOC)
+def flat_weight_grad(dyb, xp, offs, m, lead, zero, dw_out, db_out):
+    """dw_out (K, C, T) float64 <- sum_n sum_{q < m} dyb[n, k, lead + q] * xp[n, c, q + offs[t]];
+    db_out (K,) float64 <- sum of dy. dyb holds dy in flat (Ho, Wp) rows with zeros in the
+    wrap-around columns, so they contribute nothing.
+
+    Parallel over k: each task owns dw_out[k] and db_out[k], so there is no race and no
+    reduction of per-thread copies. Three dot products share each pass over the dy row; each
+    runs in SIMD lanes of the array dtype (``zero`` is a 0 of that dtype: a Python 0.0 would make
+    the sums float64 and halve the SIMD width) over one plane, and the per-plane results are
+    summed in float64 so the batch sum does not lose precision.
+    """
+    n_, k_ = dyb.shape[0], dyb.shape[1]
+    c_, t_ = xp.shape[1], offs.shape[0]
+    for k in prange(k_):
+        dbk = 0.0
+        for n in range(n_):
+            d = dyb[n, k, lead:lead + m]
+            s = zero
+            for q in range(m):
+                s += d[q]
+            dbk += s
+            for c in range(c_):
+                src = xp[n, c]
+                t = 0
+                while t < t_:
+                    x0 = src[offs[t]:]
+                    x1 = src[offs[min(t + 1, t_ - 1)]:]
+                    x2 = src[offs[min(t + 2, t_ - 1)]:]
+                    s0 = zero
+                    s1 = zero
+                    s2 = zero
+                    for q in range(m):
+                        dq = d[q]
+                        s0 += dq * x0[q]
+                        s1 += dq * x1[q]
+                        s2 += dq * x2[q]
+                    dw_out[k, c, t] += s0
+                    if t + 1 < t_:
+                        dw_out[k, c, t + 1] += s1
+                    if t + 2 < t_:
+                        dw_out[k, c, t + 2] += s2
+                    t += 3
+        db_out[k] = dbk
+
+
+# ---------------------------------------------------------------- generic backward (any stride)
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def conv_bwd_dx_generic(dy, w, sh, sw, ph, pw, dh, dw, dx):
+    """dx (N,C,H,W), zero-initialised by the caller, += dy * w scattered through every tap.
+
+    Parallel over (image, input channel): a task owns dx[n, c] and reads all of dy[n]."""
+    n_, c_, h_, w_ = dx.shape
+    k_, _, r_, s_ = w.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        for k in range(k_):
+            for r in range(r_):
+                for s in range(s_):
+                    wv = w[k, c, r, s]
+                    off = s * dw - pw
+                    lo, hi = _valid_cols(off, sw, w_, wo)
+                    for i in range(ho):
+                        h = i * sh - ph + r * dh
+                        if h < 0 or h >= h_:
+                            continue
+                        dyrow = dy[n, k, i, lo:hi]
+                        dxrow = dx[n, c, h, lo * sw + off:]
+                        for j in range(hi - lo):
+                            dxrow[j * sw] += wv * dyrow[j]
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA_REASSOC)
+def conv_bwd_dw_generic(dy, x, sh, sw, ph, pw, dh, dw, zero, dw_out, db_out):
+    """dw_out (K,C,R,S) float64 and db_out (K,) float64 for any stride/dilation.
+
+    Parallel over k: each task owns dw_out[k] (no race); per (n, c, r, s, row) dot products."""
+    n_, c_, h_, w_ = x.shape
+    k_, _, r_, s_ = dw_out.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    for k in prange(k_):
+        dbk = 0.0
+        for n in range(n_):
+            for i in range(ho):
+                for j in range(wo):
+                    dbk += dy[n, k, i, j]
+            for c in range(c_):
+                for r in range(r_):
+                    for s in range(s_):
+                        off = s * dw - pw
+                        lo, hi = _valid_cols(off, sw, w_, wo)
+                        acc = 0.0
+                        for i in range(ho):
+                            h = i * sh - ph + r * dh
+                            if h < 0 or h >= h_:
+                                continue
+                            dyrow = dy[n, k, i, lo:hi]
+                            xrow = x[n, c, h, lo * sw + off:]
+                            part = zero
+                            for j in range(hi - lo):
+                                part += dyrow[j] * xrow[j * sw]
+                            acc += part
+                        dw_out[k, c, r, s] += acc
+        db_out[k] = dbk

@@ -1,0 +1,242 @@
+"""Backend ``numba``: every op of the kernel contract as ``@njit`` kernels, parallel and cached.
+
+The kernels live in ``_numba_conv.py`` (conv2d, with the optimisation ladder kept in code) and
+``_numba_pool.py`` (pooling, ReLU). This module only allocates outputs, derives the few
+layout numbers a kernel needs from the geometry ``g`` and picks a kernel. Arrays arrive
+validated by dispatch: C-contiguous, one dtype, float32 or float64 — exactly what the
+kernels are compiled for, so nothing is re-checked here.
+
+Compilation is lazy: importing this module compiles nothing. Each kernel is compiled on its
+first call for a dtype and written to Numba's on-disk cache (``cache=True``), so later
+processes only load machine code. :func:`compile_all` warms every kernel and reports how long
+it took. Cache location: ``$NUMBA_CACHE_DIR`` when set; else ``kernels/__pycache__`` next to
+this file when that is writable; else the user cache (``~/.cache/numba``, or
+``$XDG_CACHE_HOME/numba``). A read-only install therefore still caches, in the user cache.
+
+Threads: every call applies ``fastconv.kernels.get_num_threads()`` (capped at the size of
+Numba's pool, fixed at start-up) to Numba's thread pool. Numba's setting is per calling
+thread, so applying it at call time is what makes it hold in every thread that calls us.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numba
+import numpy as np
+
+from . import _numba_conv as cv
+from . import _numba_pool as pl
+from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
+from ._threads import get_num_threads
+
+NAME = "numba"
+DESCRIPTION = "Numba @njit kernels: flat padded-plane convolution, prange over planes, cached"
+
+_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+def _sync_threads() -> None:
+    n = min(get_num_threads(), _MAX_THREADS)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+
+
+def _bias(b: np.ndarray | None, g: Conv2dGeometry, dtype: np.dtype) -> np.ndarray:
+    # A zero bias keeps one compiled signature per dtype; +0.0 changes no result.
+    return np.zeros(g.k, dtype) if b is None else b
+
+
+def _strides(g: Conv2dGeometry) -> tuple[int, int, int, int, int, int]:
+    return g.sh, g.sw, g.ph, g.pw, g.dh, g.dw
+
+
+# ---------------------------------------------------------------------------------- conv2d
+def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:
+    """Flat offset of tap (r, s) in a plane with rows ``row_stride`` apart, (R*S,) int64."""
+    r = np.arange(g.r, dtype=np.int64)[:, None] * (g.dh * row_stride)
+    s = np.arange(g.s, dtype=np.int64)[None, :] * g.dw
+    return (r + s).reshape(-1)
+
+
+def _padded_x(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, int]:
+    """x zero-padded by (ph, pw), each plane flattened: (N, C, Hp*Wp), and Wp."""
+    hp, wp = g.h + 2 * g.ph, g.w + 2 * g.pw
+    xp = np.empty((g.n, g.c, hp * wp), x.dtype)
+    cv.pad_flat(x, g.ph * wp + g.pw, wp, xp)
+    return xp, wp
+
+
+def conv_fwd_flat(x: np.ndarray, w: np.ndarray, b: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
+    """Ladder rung 5 (stride 1 only): y (N,K,Ho,Wo) via flat padded planes (see _numba_conv)."""
+    xp, wp = _padded_x(x, g)
+    y = np.empty(g.y_shape, x.dtype)
+    cv.flat_correlate(xp, w.reshape(g.k, g.c, g.r * g.s), _tap_offsets(g, wp), b, 0, wp, y)
+    return y
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) = b + conv(x (N,C,H,W), w (K,C,R,S)), dtype of x."""
+    _sync_threads()
+    bias = _bias(b, g, x.dtype)
+    if g.sh == 1 and g.sw == 1:
+        return conv_fwd_flat(x, w, bias, g)
+    y = np.empty(g.y_shape, x.dtype)
+    cv.conv_fwd_parallel(x, w, bias, *_strides(g), y)
+    return y
+
+
+def conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """dx (N,C,H,W) or None, dw (K,C,R,S), db (K,), all of x's dtype.
+
+    dw and db are accumulated in float64 across the batch, then cast once."""
+    _sync_threads()
+    dtype = x.dtype
+    dw64 = np.zeros((g.k, g.c, g.r * g.s), np.float64)
+    db64 = np.zeros(g.k, np.float64)
+    zero = dtype.type(0)
+    if g.sh != 1 or g.sw != 1:
+        cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
+        dx = None
+        if need_dx:
+            dx = np.zeros(g.x_shape, dtype)
+            cv.conv_bwd_dx_generic(dy, w, *_strides(g), dx)
+        return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
+
+    xp, wp = _padded_x(x, g)
+    hp = g.h + 2 * g.ph
+    offs = _tap_offsets(g, wp)
+    # dy laid out in rows of Wp (zeros in the Wp - Wo wrap-around columns) after `lead` zeros:
+    # the margin that lets dx read dy[i - r*dh, j - s*dw] at non-negative flat indices.
+    lead = int(offs[-1])
+    dyb = np.empty((g.n, g.k, lead + hp * wp), dtype)
+    cv.pad_flat(dy, lead, wp, dyb)
+    cv.flat_weight_grad(dyb, xp, offs, (g.ho - 1) * wp + g.wo, lead, zero, dw64, db64)
+    dx = None
+    if need_dx:
+        # dx = correlation of the bordered dy with the kernel flipped (offsets lead - off) and
+        # transposed to (C, K, R*S); output element (h, w) sits at flat (h+ph)*Wp + w+pw.
+        wt = np.ascontiguousarray(w.reshape(g.k, g.c, g.r * g.s).transpose(1, 0, 2))
+        dx = np.empty(g.x_shape, dtype)
+        cv.flat_correlate(dyb, wt, lead - offs, np.zeros(g.c, dtype), g.ph * wp + g.pw, wp, dx)
+    return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
+
+
+def _ladder_rung(kernel: Callable) -> Callable:
+    def run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+        _sync_threads()
+        y = np.empty(g.y_shape, x.dtype)
+        kernel(x, w, _bias(b, g, x.dtype), *_strides(g), y)
+        return y
+
+    run.__name__ = run.__qualname__ = kernel.__name__
+    run.__doc__ = kernel.__doc__
+    return run
+
+
+def conv2d_forward_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """Ladder rung 1: the python reference's loops, jitted, serial. y (N,K,Ho,Wo)."""
+    return _ladder_rung(cv.conv_fwd_naive)(x, w, b, g)
+
+
+def _flat_rung(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    _sync_threads()
+    return conv_fwd_flat(x, w, _bias(b, g, x.dtype), g)
+
+
+# Every rung has conv2d_forward's signature (x, w, b_or_None, g) -> y, for the benchmarks.
+# "numba-flat" requires stride 1 (the backend falls back to "numba-parallel" otherwise).
+LADDER: dict[str, Callable[..., np.ndarray]] = {
+    "numba-naive": conv2d_forward_naive,
+    "numba-reordered": _ladder_rung(cv.conv_fwd_reordered),
+    "numba-parallel": _ladder_rung(cv.conv_fwd_parallel),
+    "numba-im2col-blas": _ladder_rung(cv.conv_fwd_im2col_blas),
+    "numba-flat": _flat_rung,
+}
+
+
+# ---------------------------------------------------------------------------------- pooling
+def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """y (N,C,Ho,Wo) of x's dtype and argmax int64 (flat h*W + w of each window's winner)."""
+    _sync_threads()
+    y = np.empty(g.y_shape, x.dtype)
+    argmax = np.empty(g.y_shape, np.int64)
+    pl.max_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y, argmax)
+    return y, argmax
+
+
+def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): each dy element added at its window's winner."""
+    _sync_threads()
+    dx = np.zeros(g.x_shape, dy.dtype)
+    pl.max_pool_bwd(dy, argmax, dx)
+    return dx
+
+
+def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """y (N,C,Ho,Wo) = window sum / (kh*kw)."""
+    _sync_threads()
+    y = np.empty(g.y_shape, x.dtype)
+    pl.avg_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y)
+    return y
+
+
+def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
+    """dx (N,C,H,W): dy / (kh*kw) spread over each window's real inputs."""
+    _sync_threads()
+    dx = np.zeros(g.x_shape, dy.dtype)
+    pl.avg_pool_bwd(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, dx)
+    return dx
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """y = x where x > 0 else 0, NaN kept; any shape."""
+    _sync_threads()
+    y = np.empty_like(x)
+    pl.relu_fwd(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dx = dy where x > 0 else 0; any shape."""
+    _sync_threads()
+    dx = np.empty_like(dy)
+    pl.relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ---------------------------------------------------------------------------------- warm-up
+def compile_all(dtypes: tuple = (np.float32, np.float64), *, ladder: bool = False) -> dict[str, float]:
+    """Compile (or load from the cache) every kernel for each dtype; returns seconds per dtype.
+
+    Calls each path on tiny inputs: stride-1 and strided conv forward/backward with and
+    without dx, both pools, ReLU; with ``ladder=True`` also every LADDER rung. The first run
+    on a machine measures compilation; later runs measure loading from the cache.
+    """
+    timings: dict[str, float] = {}
+    for dt in dtypes:
+        dtype = np.dtype(dt)
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        x = rng.standard_normal((1, 2, 5, 5)).astype(dtype)
+        w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+        b = np.zeros(2, dtype)
+        for stride in (1, 2):
+            g = conv2d_geometry(x.shape, w.shape, stride, 1, 1)
+            y = conv2d_forward(x, w, b, g)
+            conv2d_backward(y, x, w, g, True)
+            conv2d_backward(y, x, w, g, False)
+            if ladder:
+                for rung in LADDER.values():
+                    if rung is not _flat_rung or stride == 1:
+                        rung(x, w, b, g)
+        pg = pool2d_geometry(x.shape, 2, 2, 1)
+        y, am = max_pool2d_forward(x, pg)
+        max_pool2d_backward(y, am, pg)
+        avg_pool2d_backward(avg_pool2d_forward(x, pg), pg)
+        relu_backward(x, relu_forward(x))
+        timings[dtype.name] = time.perf_counter() - t0
+    return timings
