@@ -542,12 +542,67 @@ def _list_files(folder: Path) -> list[Path]:
     return out
 
 
+_FOLDER_CACHE_VERSION = 1
+
+
+def _folder_cache_path(root: Path, size: tuple[int, int], names: list[str], files: list[Path]) -> Path:
+    """Cache file for this exact tree: keyed by root, size, class order and every file's name, size, mtime."""
+    import json
+
+    h = hashlib.sha256()
+    h.update(json.dumps([_FOLDER_CACHE_VERSION, str(root.resolve()), size, names]).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"\0{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return cache_dir() / "folders" / f"{root.name or 'root'}-{size[0]}x{size[1]}-{h.hexdigest()[:20]}.npz"
+
+
+def _save_folder_cache(path: Path, ds: FolderDataset) -> None:
+    """Atomic write (temp file + os.replace). Pixels go in as uint8 when that is lossless
+    (8-bit images at their native size), which makes the file 4x smaller."""
+    q = np.rint(ds.x * np.float32(255.0)).astype(np.uint8)
+    x = q if np.array_equal(q.astype(np.float32) / np.float32(255.0), ds.x) else ds.x
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f, x=x, y=ds.y, classes=np.array(ds.classes, dtype=str), paths=np.array(ds.paths, dtype=str),
+                skipped=np.array(ds.skipped, dtype=str).reshape(-1, 2),
+            )  # fmt: skip
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_folder_cache(path: Path) -> FolderDataset | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x = z["x"]
+            x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+            return FolderDataset(
+                x, z["y"].astype(np.int64), z["classes"].tolist(), z["paths"].tolist(),
+                [(str(a), str(b)) for a, b in z["skipped"]],
+            )  # fmt: skip
+    except Exception:  # a damaged cache entry is rebuilt, never fatal
+        return None
+
+
+def _warn_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        shown = "\n".join(f"  {p}: {r}" for p, r in skipped[:50])
+        more = f"\n  ... and {len(skipped) - 50} more (see .skipped)" if len(skipped) > 50 else ""
+        warnings.warn(f"{root}: skipped {len(skipped)} file(s):\n{shown}{more}", stacklevel=3)
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] = 64,
     classes: Sequence[str] | None = None,
     *,
     workers: int | None = None,
+    cache: bool = True,
 ) -> FolderDataset:
     """Load a tree with one subfolder per class (``root/cat/*.jpg``, ``root/not-cat/*.png``, ...).
 
@@ -556,6 +611,10 @@ def load_image_folder(
     :func:`order_classes` of all non-hidden subfolders. Files with a non-image suffix or that fail
     to decode are listed in ``skipped`` with the reason and reported in one warning; they never
     abort the load. Decoding runs on ``workers`` threads (default: ``fastconv.get_num_threads()``).
+
+    With ``cache`` the decoded arrays are kept in ``cache_dir()/folders/`` keyed by the folder,
+    the size, the class order and every file's name, size and mtime (so any change rebuilds it);
+    a second load of 10,000 CIFAR images then takes a fraction of a second instead of seconds.
 
     Raises :class:`DataError` when ``root`` is missing or not a folder, when it has fewer than two
     class subfolders, or when a class folder yields no readable image.
@@ -582,14 +641,21 @@ def load_image_folder(
             f"{root}: expected one subfolder per class and at least two classes (e.g. cat/ and not-cat/), found {what}"
         )
 
+    listing = [(label, f) for label, name in enumerate(names) for f in _list_files(root / name)]
+    cache_path = _folder_cache_path(root, size, names, [f for _, f in listing]) if cache else None
+    if cache_path is not None and cache_path.is_file():
+        cached = _load_folder_cache(cache_path)
+        if cached is not None:
+            _warn_skipped(root, cached.skipped)
+            return cached
+
     skipped: list[tuple[str, str]] = []
     jobs: list[tuple[Path, int]] = []
-    for label, name in enumerate(names):
-        for f in _list_files(root / name):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                jobs.append((f, label))
-            else:
-                skipped.append((str(f), f"not an image file (suffix {f.suffix or '(none)'!r})"))
+    for label, f in listing:
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            jobs.append((f, label))
+        else:
+            skipped.append((str(f), f"not an image file (suffix {f.suffix or '(none)'!r})"))
 
     def read(job: tuple[Path, int]) -> np.ndarray | str:
         try:
@@ -621,12 +687,14 @@ def load_image_folder(
         raise DataError(
             f"{root}: class folder(s) {empty} contain no readable image ({len(skipped)} file(s) skipped in total)"
         )
-    if skipped:
-        shown = "\n".join(f"  {p}: {r}" for p, r in skipped[:50])
-        more = f"\n  ... and {len(skipped) - 50} more (see .skipped)" if len(skipped) > 50 else ""
-        warnings.warn(f"{root}: skipped {len(skipped)} file(s):\n{shown}{more}", stacklevel=2)
-    x = np.stack(images).astype(np.float32, copy=False)
-    return FolderDataset(x, y, names, paths, skipped)
+    _warn_skipped(root, skipped)
+    ds = FolderDataset(np.stack(images).astype(np.float32, copy=False), y, names, paths, skipped)
+    if cache_path is not None:
+        try:
+            _save_folder_cache(cache_path, ds)
+        except OSError as e:  # a read-only or full cache must not stop training
+            warnings.warn(f"could not write the decoded-image cache {cache_path}: {e}", stacklevel=2)
+    return ds
 
 
 # --------------------------------------------------------------------------------------------
