@@ -322,7 +322,7 @@ def fit(
 
     With ``out_dir``: ``model.npz`` (best checkpoint by ``config.monitor``, written atomically
     with ``metadata`` plus the epoch and validation scores), ``history.json``, ``history.csv``
-    and ``curves.png`` (rewritten atomically after every epoch).
+    (rewritten atomically after every epoch) and ``curves.png`` (written when the run ends).
 
     ``progress``: True/False forces the tqdm bar on/off; None shows it when stderr is a terminal.
     ``log`` receives one line per epoch (e.g. ``print``); None = silent.
@@ -450,7 +450,8 @@ def fit(
                 else:
                     bar.write(line, file=sys.stderr)  # keeps the bar at the bottom of the terminal
             if out is not None:
-                _write_history(out, result, config)
+                # JSON/CSV after every epoch (cheap); the PNG (~0.3 s to render) once at the end.
+                _write_history(out, result, config, curves=False)
             if config.patience and has_val and since_best >= config.patience:
                 result.stopped = "early_stopping"
                 result.message = (
@@ -496,7 +497,7 @@ def _json_float(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
 
 
-def _write_history(out: Path, result: FitResult, config: TrainConfig) -> None:
+def _write_history(out: Path, result: FitResult, config: TrainConfig, curves: bool = True) -> None:
     doc = {
         "config": config.to_dict(),
         "best_epoch": result.best_epoch,
@@ -514,7 +515,7 @@ def _write_history(out: Path, result: FitResult, config: TrainConfig) -> None:
     for r in result.history:
         writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
     atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
-    if result.history:
+    if curves and result.history:
         atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch))
 
 

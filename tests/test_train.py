@@ -1,0 +1,228 @@
+"""The training loop on a tiny synthetic problem: learning, reproducibility, best checkpoint,
+early stopping, NaN handling, history files, and the Classifier loader."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import losses, zoo
+from fastconv.data import Normalizer
+from fastconv.model import Sequential, load_with_metadata
+from fastconv.train import (
+    HISTORY_FIELDS,
+    Classifier,
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    predict_logits,
+    train_classifier,
+)
+
+SIZE = 16
+
+
+def stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (n, 3, 16, 16) in [0, 1]: label 1 = vertical stripes, 0 = horizontal, random
+    period (2-4 px) and phase, plus noise. Mean brightness does not tell the classes apart."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    rng.shuffle(y)
+    x = np.empty((n, 3, SIZE, SIZE), np.float32)
+    coords = np.arange(SIZE)
+    for i in range(n):
+        period = rng.integers(2, 5)
+        wave = 0.5 + 0.4 * np.sign(np.sin(2 * np.pi * (coords + rng.uniform(0, period)) / period))
+        img = np.tile(wave, (SIZE, 1)) if y[i] == 1 else np.tile(wave[:, None], (1, SIZE))
+        x[i] = img[None] + rng.normal(0, 0.1, (3, SIZE, SIZE))
+    return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(epochs=8, batch_size=16, lr=0.01, warmup_epochs=1, val_fraction=0.25, max_shift=1, width=4, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return stripes(96, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    x, y = data
+    model, result = train_classifier(x, y, ["horizontal", "vertical"], tiny_config(), out_dir=out, progress=False)
+    return out, model, result
+
+
+def test_learns_the_separable_problem(trained, data):
+    out, _, result = trained
+    assert result.stopped == "completed"
+    assert len(result.history) == 8
+    best = result.history[result.best_epoch - 1]
+    assert best["val_accuracy"] >= 0.9
+    # Fresh images the run never saw: the checkpoint generalises.
+    x_new, y_new = stripes(64, seed=99)
+    clf = Classifier.load(out / "model.npz")
+    assert np.mean(clf.predict(x_new) == y_new) >= 0.9
+
+
+def test_same_seed_same_history_other_seed_differs(data, trained):
+    x, y = data
+    _, _, first = trained
+    _, again = train_classifier(x, y, ["horizontal", "vertical"], tiny_config(), progress=False)
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+    assert [[r[k] for k in keys] for r in again.history] == [[r[k] for k in keys] for r in first.history]
+    _, other = train_classifier(x, y, ["horizontal", "vertical"], tiny_config(seed=1, epochs=2), progress=False)
+    assert [r["train_loss"] for r in other.history] != [r["train_loss"] for r in first.history[:2]]
+
+
+def test_checkpoint_is_the_best_validation_epoch(trained, data):
+    out, _, result = trained
+    hist = result.history
+    # The best epoch: highest val accuracy, ties broken by the lower val loss (computed here).
+    expected = max(hist, key=lambda r: (r["val_accuracy"], -r["val_loss"]))["epoch"]
+    assert result.best_epoch == expected
+    model, meta = load_with_metadata(out / "model.npz")
+    assert meta["epoch"] == expected
+    # Re-evaluate the saved weights on the same validation split, independently of fit().
+    from fastconv.data import train_val_split
+
+    x, y = data
+    x_tr, _, x_va, y_va = train_val_split(x, y, val_fraction=0.25, seed=0)
+    norm = Normalizer.from_dict(meta["normalizer"])
+    np.testing.assert_allclose(norm.mean, x_tr.mean(axis=(0, 2, 3)), rtol=1e-5)
+    z = predict_logits(model, norm(x_va), tta=True)[:, 0]
+    loss = np.mean(np.logaddexp(0, z) - y_va * z)  # BCE on logits
+    assert loss == pytest.approx(hist[expected - 1]["val_loss"], rel=1e-4)
+    assert np.mean((z > 0) == y_va) == pytest.approx(hist[expected - 1]["val_accuracy"])
+
+
+def test_history_files_are_valid(trained):
+    out, _, result = trained
+    doc = json.loads((out / "history.json").read_text())
+    assert doc["best_epoch"] == result.best_epoch
+    assert doc["stopped"] == "completed"
+    assert [r["epoch"] for r in doc["epochs"]] == list(range(1, 9))
+    assert doc["config"]["epochs"] == 8
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == HISTORY_FIELDS
+    assert len(rows) == 8
+    assert float(rows[-1]["train_loss"]) == pytest.approx(doc["epochs"][-1]["train_loss"])
+    import matplotlib.image
+
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_learning_rate_follows_warmup_then_cosine(trained):
+    _, _, result = trained
+    lrs = [r["lr"] for r in result.history]  # the lr at the first step of each epoch
+    steps = math.ceil(72 / 16)  # 96 images, 24 held out
+    total = 8 * steps
+    assert lrs[0] == pytest.approx(0.01 / steps)  # warm-up step 1 of `steps`
+    t = 2 * steps - steps  # first step of epoch 3, after one warm-up epoch
+    assert lrs[2] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * t / (total - steps))))
+    assert lrs[-1] < lrs[1]
+
+
+def test_early_stopping(data, tmp_path):
+    x, y = data
+    # A vanishing SGD step leaves the weights unchanged, so validation never improves after epoch 1.
+    cfg = tiny_config(epochs=20, optimizer="sgd", lr=1e-30, weight_decay=0.0, patience=3, warmup_epochs=0)
+    _, result = train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path, progress=False)
+    assert result.stopped == "early_stopping"
+    assert len(result.history) == 4
+    assert result.best_epoch == 1
+    assert json.loads((tmp_path / "history.json").read_text())["stopped"] == "early_stopping"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    x, y = data
+    real_forward = losses.BCEWithLogitsLoss.forward
+    calls = {"n": 0}
+    steps_per_epoch = math.ceil(72 / 16)
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        value = real_forward(self, logits, targets)
+        # training batches only (validation passes all 24 images at once): NaN in epoch 4
+        return float("nan") if len(logits) != 24 and calls["n"] > 3 * (steps_per_epoch + 1) else value
+
+    monkeypatch.setattr(losses.BCEWithLogitsLoss, "forward", poisoned)
+    with pytest.raises(TrainingDiverged) as info:
+        train_classifier(x, y, ["h", "v"], tiny_config(epochs=10), out_dir=tmp_path, progress=False)
+    msg = str(info.value)
+    assert "nan" in msg and "epoch 4" in msg and "last good checkpoint" in msg
+    result = info.value.result
+    assert len(result.history) == 3 and result.stopped == "diverged"
+    monkeypatch.undo()
+    model, meta = load_with_metadata(tmp_path / "model.npz")  # intact and loadable
+    assert meta["epoch"] == result.best_epoch <= 3
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+    doc = json.loads((tmp_path / "history.json").read_text())
+    assert doc["stopped"] == "diverged" and len(doc["epochs"]) == 3
+
+
+def test_huge_learning_rate_diverges_with_clear_message(data, tmp_path):
+    x, y = data
+    cfg = tiny_config(epochs=30, optimizer="sgd", lr=1e12, warmup_epochs=0, dropout=0.0)
+    with pytest.raises(TrainingDiverged, match=r"(loss|validation loss) became (nan|inf).*smaller --lr"):
+        train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path, progress=False)
+
+
+def test_classifier_rejects_a_model_file_without_classifier_metadata(tmp_path):
+    from fastconv.layers import Flatten, Linear
+
+    path = tmp_path / "other.npz"
+    Sequential(Flatten(), Linear(3 * SIZE * SIZE, 1)).save(path)
+    with pytest.raises(ValueError, match="not a fastconv classifier file"):
+        Classifier.load(path)
+
+
+def test_classifier_rejects_images_of_the_wrong_size(trained):
+    out, _, _ = trained
+    clf = Classifier.load(out / "model.npz")
+    with pytest.raises(ValueError, match=r"\(N, 3, 16, 16\)"):
+        clf.predict(np.zeros((2, 3, 64, 64), np.float32))
+
+
+def test_multiclass_uses_one_logit_per_class(tmp_path):
+    x, y = stripes(48, seed=3)
+    y3 = y.copy()
+    y3[: len(y) // 3] = 2  # a third class: the model only needs the right output shape here
+    model, _ = train_classifier(x, y3, ["a", "b", "c"], tiny_config(epochs=2), out_dir=tmp_path, progress=False)
+    assert model.output_shape((3, SIZE, SIZE)) == (3,)
+    proba = Classifier.load(tmp_path / "model.npz").predict_proba(x[:5])
+    assert proba.shape == (5, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_fit_without_validation_keeps_the_last_epoch(data, tmp_path):
+    x, y = data
+    model = zoo.catnet(image_size=SIZE, width=4, seed=0)
+    cfg = tiny_config(epochs=2, val_fraction=0.0)
+    result = fit(model, x, y, config=cfg, transform=Normalizer().fit(x), out_dir=tmp_path, progress=False)
+    assert result.best_epoch == 2
+    assert math.isnan(result.history[-1]["val_accuracy"])
+    with open(tmp_path / "history.csv", newline="") as f:
+        assert list(csv.DictReader(f))[-1]["val_accuracy"] == ""
