@@ -339,6 +339,15 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def suite_engines() -> tuple[list[str], list[str], list[str]]:
+    """Engines of the pytest-benchmark suites: (every available backend, the backends timed on catnet
+    shapes = all but naive python, comparison engines = torch when importable and
+    ``FASTCONV_BENCH_TORCH`` is not "0")."""
+    backends = K.available_backends()
+    compare = ["torch"] if torch_available() and os.environ.get("FASTCONV_BENCH_TORCH", "1") != "0" else []
+    return backends, [b for b in backends if b != "python"], compare
+
+
 def _torch_case(kernel: str, wl: Workload, inputs: dict[str, np.ndarray]) -> Case:
     """PyTorch CPU on the same inputs, through aten ops so that no autograd bookkeeping is timed."""
     import torch
