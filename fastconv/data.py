@@ -43,6 +43,7 @@ __all__ = [
     "Augmenter",
     "CatDataset",
     "DataError",
+    "DataWarning",
     "Dataset",
     "DownloadError",
     "FolderDataset",
@@ -63,6 +64,10 @@ __all__ = [
 
 class DataError(ValueError):
     """Data is missing, corrupt or malformed. The message names the file and says how to fix it."""
+
+
+class DataWarning(UserWarning):
+    """Some files were skipped (unreadable, not images); the data is still usable."""
 
 
 class DownloadError(DataError, RuntimeError):
@@ -419,6 +424,8 @@ IMAGE_EXTENSIONS = frozenset(
 def _size_pair(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
+    if isinstance(image_size, (str, bytes)):
+        raise TypeError(f"image_size must be an int, a (height, width) pair or None, got {image_size!r}")
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         pair = (int(image_size), int(image_size))
     else:
@@ -497,6 +504,12 @@ def load_image(path: str | Path, image_size: int | tuple[int, int] | None = None
         raise DataError(f"{p}: empty image {img.shape}")
     if size is not None and img.shape[:2] != size:
         img = _center_crop_to_aspect(img, *size)
+        # Big reductions: average whole blocks first (a box filter, itself anti-aliasing) so the
+        # Gaussian of resize stays small; a 1600x1200 photo -> 64x64 then costs ms, not seconds.
+        block = min(img.shape[0] // size[0], img.shape[1] // size[1]) // 2
+        if block >= 2:
+            bh, bw = img.shape[0] // block, img.shape[1] // block
+            img = img[: bh * block, : bw * block].reshape(bh, block, bw, block, 3).mean(axis=(1, 3))
         img = resize(img, (*size, 3), order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
         img = np.clip(img, 0.0, 1.0).astype(np.float32)
     return np.ascontiguousarray(img.transpose(2, 0, 1))
@@ -593,7 +606,7 @@ def _warn_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
     if skipped:
         shown = "\n".join(f"  {p}: {r}" for p, r in skipped[:50])
         more = f"\n  ... and {len(skipped) - 50} more (see .skipped)" if len(skipped) > 50 else ""
-        warnings.warn(f"{root}: skipped {len(skipped)} file(s):\n{shown}{more}", stacklevel=3)
+        warnings.warn(f"{root}: skipped {len(skipped)} file(s):\n{shown}{more}", DataWarning, stacklevel=3)
 
 
 def load_image_folder(
