@@ -19,7 +19,7 @@ makes them leave the interpreter (``cython -a`` shows the inner loops white):
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
 
@@ -43,30 +43,78 @@ cdef enum:
 cdef inline bint _wins(floating v, floating best) noexcept nogil:
     # Strictly greater keeps the FIRST maximum on ties; a NaN beats any number but not an
     # earlier NaN, so the first NaN wins. (No -ffast-math: gcc keeps these NaN semantics.)
-    return v > best or (v != v and best == best)
+    # Bitwise & and | instead of `and`/`or`: no short-circuit branch, so gcc can vectorise
+    # the select in _step.
+    return (v > best) | ((v != v) & (best == best))
+
+
+cdef inline void _update(const floating* xp, Py_ssize_t idx, floating* best, Py_ssize_t* best_idx) noexcept nogil:
+    cdef floating v = xp[idx]
+    if _wins(v, best[0]):
+        best[0] = v
+        best_idx[0] = idx
+
+
+cdef inline void _step(const floating* cand, floating* best, int32_t* code, int32_t tap,
+                       Py_ssize_t n) noexcept nogil:
+    # One tap of the window for n outputs at once, over contiguous arrays and with no branch in
+    # the body: gcc -O3 vectorises it (4 floats per SSE2 compare + and/andnot select). Chaining
+    # three taps in one loop defeats gcc's if-conversion, hence one loop per tap.
+    cdef Py_ssize_t j
+    cdef floating v, m
+    cdef bint take
+    for j in range(n):
+        v = cand[j]
+        m = best[j]
+        take = _wins(v, m)
+        best[j] = v if take else m
+        code[j] = tap if take else code[j]
+
+
+cdef enum:
+    # outputs per block of the 2x2 kernel: 5 scratch rows of 256 floats stay in L1
+    BLOCK = 256
+
+
+cdef void _max_row_2x2(const floating* r0, const floating* r1, floating* yrow, int64_t* arow,
+                       Py_ssize_t wo, Py_ssize_t base, Py_ssize_t w) noexcept nogil:
+    """One output row of a 2x2, stride-2, unpadded max pool; r0/r1 = the two input rows.
+
+    A scalar loop with `if v > best` per tap runs at ~10 ns per window on random data (branch
+    mispredictions). Instead: de-interleave the window's 4 taps into contiguous scratch rows,
+    then let _step select branch-free, tap by tap in row-major order (which keeps the tie and
+    NaN rules), recording which tap won as a code 0..3 = (dr, ds) -> flat index.
+    """
+    cdef floating best[BLOCK]
+    cdef floating b[BLOCK]
+    cdef floating c[BLOCK]
+    cdef floating d[BLOCK]
+    cdef int32_t code[BLOCK]
+    cdef Py_ssize_t j0 = 0, j, n
+    while j0 < wo:
+        n = min(<Py_ssize_t>BLOCK, wo - j0)
+        for j in range(n):
+            best[j] = r0[2 * (j0 + j)]
+            b[j] = r0[2 * (j0 + j) + 1]
+            c[j] = r1[2 * (j0 + j)]
+            d[j] = r1[2 * (j0 + j) + 1]
+            code[j] = 0
+        _step(b, best, code, 1, n)
+        _step(c, best, code, 2, n)
+        _step(d, best, code, 3, n)
+        for j in range(n):
+            yrow[j0 + j] = best[j]
+            arow[j0 + j] = base + 2 * (j0 + j) + (code[j] >> 1) * w + (code[j] & 1)
+        j0 += n
 
 
 cdef void _max_plane(const floating* xp, floating* yp, int64_t* ap, const PGeo* g) noexcept nogil:
     cdef Py_ssize_t i, j, r, s, h0, w0, rlo, rhi, slo, shi, idx, best_idx
-    cdef floating v, best
+    cdef floating best
     if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0:
-        # catnet's pool: fixed 4-element window, no clamping, unrolled in row-major order
         for i in range(g.ho):
-            for j in range(g.wo):
-                idx = 2 * i * g.w + 2 * j
-                best = xp[idx]
-                best_idx = idx
-                if _wins(xp[idx + 1], best):
-                    best = xp[idx + 1]
-                    best_idx = idx + 1
-                if _wins(xp[idx + g.w], best):
-                    best = xp[idx + g.w]
-                    best_idx = idx + g.w
-                if _wins(xp[idx + g.w + 1], best):
-                    best = xp[idx + g.w + 1]
-                    best_idx = idx + g.w + 1
-                yp[i * g.wo + j] = best
-                ap[i * g.wo + j] = best_idx
+            _max_row_2x2(xp + 2 * i * g.w, xp + (2 * i + 1) * g.w, yp + i * g.wo, ap + i * g.wo,
+                         g.wo, 2 * i * g.w, g.w)
         return
     for i in range(g.ho):
         h0 = i * g.sh - g.ph
@@ -82,10 +130,7 @@ cdef void _max_plane(const floating* xp, floating* yp, int64_t* ap, const PGeo* 
             for r in range(rlo, rhi):
                 for s in range(slo, shi):
                     idx = (h0 + r) * g.w + w0 + s
-                    v = xp[idx]
-                    if _wins(v, best):
-                        best = v
-                        best_idx = idx
+                    _update(xp, idx, &best, &best_idx)
             yp[i * g.wo + j] = best
             ap[i * g.wo + j] = best_idx
 

@@ -1,0 +1,88 @@
+"""Timing of the cython backend against numpy, numba and PyTorch on the catnet workloads.
+
+    .venv/bin/python benchmarks/cython_bench.py                 # batch 32, float32, 2 threads
+    .venv/bin/python benchmarks/cython_bench.py --repeats 21 --threads 2 --dtype float32
+
+Prints, per workload and engine: median ms, GFLOP/s and % of the measured matmul peak (conv
+only), and the speed ratio vs numpy and vs torch (>1 = faster than that engine). Workloads:
+conv forward+backward (dx, dw, db) on catnet's four layers, max_pool2d 2x2 forward+backward on
+(32,16,64,64), and the whole catnet step (forward, BCE loss, backward, SGD; kernel-level
+``KernelCatnet`` for fastconv backends, autograd + torch.optim for torch).
+
+The bodies, the interleaved median timing and the peak measurement are fastconv.bench's, so
+these figures are measured exactly like ``fastconv bench``; this script only selects the
+issue-4 targets and adds the vs-torch column. A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import numpy as np
+
+from fastconv import bench as B
+from fastconv import kernels as K
+
+
+def _fwd_bwd(cases: list[B.Case]):
+    fns = [c.fn for c in cases]
+
+    def run() -> None:
+        for fn in fns:
+            fn()
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--min-sample-s", type=float, default=0.05)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--engines", default=None, help="comma list (default: cython,numpy,numba if available,torch)")
+    args = ap.parse_args(argv)
+
+    dtype = np.dtype(args.dtype)
+    wanted = ["cython", "numpy", "numba", "torch"] if args.engines is None else args.engines.split(",")
+    available = K.available_backends()
+    engines = [e for e in wanted if e in available or (e == "torch" and B.torch_available())]
+    B._set_threads(args.threads, engines)
+    B.warm_up_backends([e for e in engines if e != "torch"])
+
+    peaks = [B.measure_peak(dtype, repeats=5)]
+    rows = []  # (workload, engine, seconds, flops)
+    for wl in B.CONV_WORKLOADS:
+        fns = {e: B.make_case("conv_fwd_bwd", wl, e, dtype).fn for e in engines}
+        timed = B.interleaved_medians(fns, args.repeats, args.min_sample_s)
+        rows += [(f"conv fwd+bwd {wl.label}", e, timed[e][0], B.kernel_flops("conv_fwd_bwd", wl)) for e in engines]
+    wl = B.POOL_WORKLOADS[0]
+    fns = {e: _fwd_bwd([B.make_case(k, wl, e, dtype) for k in ("maxpool_fwd", "maxpool_bwd")]) for e in engines}
+    timed = B.interleaved_medians(fns, args.repeats, args.min_sample_s)
+    rows += [(f"maxpool fwd+bwd {wl.label}", e, timed[e][0], 0) for e in engines]
+    fns = {e: B.make_catnet_step(e, B.BATCH, dtype=dtype).fn for e in engines}
+    timed = B.interleaved_medians(fns, args.repeats, args.min_sample_s)
+    rows += [("catnet step (batch 32, dropout)", e, timed[e][0], 0) for e in engines]
+    peaks.append(B.measure_peak(dtype, repeats=5))
+    peak = statistics.median(peaks)
+
+    print(f"# cython_bench: {dtype.name}, {args.threads} threads, median of {args.repeats} interleaved rounds")
+    print(f"# peak (numpy {dtype.name} 2048^3 matmul, start/end): {peaks[0]:.0f} / {peaks[1]:.0f} GFLOP/s")
+    info = B.machine_info(args.threads)
+    print(f"# {info['cpu']}, simd {info['simd']}, {info['versions']}")
+    print(f"{'workload':<58} {'engine':<7} {'ms':>8} {'GFLOP/s':>8} {'%peak':>6} {'vs numpy':>9} {'vs torch':>9}")
+    by = {(w, e): s for w, e, s, _ in rows}
+    for w, e, s, flops in rows:
+        gf = flops / s / 1e9 if flops else None
+        ratios = [by[(w, ref)] / s if (w, ref) in by else None for ref in ("numpy", "torch")]
+        print(
+            f"{w:<58} {e:<7} {s * 1e3:8.2f} {B._fmt(gf, '8.1f')} {B._fmt(gf and 100 * gf / peak, '6.1f')} "
+            f"{B._fmt(ratios[0], '8.2f', 'x')} {B._fmt(ratios[1], '8.2f', 'x')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
