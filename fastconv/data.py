@@ -52,6 +52,7 @@ __all__ = [
     "catvnoncat_mirrors",
     "download",
     "find_catvnoncat",
+    "is_catvnoncat_path",
     "iterate_minibatches",
     "load_catvnoncat",
     "load_image",
@@ -257,6 +258,19 @@ def _catvnoncat_folder(p: Path) -> Path:
     if (p / _CATVNONCAT_SUBDIR).is_dir():
         return p / _CATVNONCAT_SUBDIR
     return p
+
+
+def is_catvnoncat_path(data: str | Path | None) -> bool:
+    """True for None (the default dataset) and for any form :func:`find_catvnoncat` accepts that
+    holds at least one of the two files, or names a ``.h5`` file; False otherwise (e.g. a
+    class-folder tree for :func:`load_image_folder`)."""
+    if data is None:
+        return True
+    p = Path(data).expanduser()
+    if p.suffix == ".h5":
+        return True
+    folder = _catvnoncat_folder(p)
+    return any((folder / f).is_file() for f in CATVNONCAT_FILES)
 
 
 def _check_folder(folder: Path, origin: str, verify: bool) -> Path:
@@ -571,22 +585,20 @@ def _folder_cache_path(root: Path, size: tuple[int, int], names: list[str], file
 
 
 def _save_folder_cache(path: Path, ds: FolderDataset) -> None:
-    """Atomic write (temp file + os.replace). Pixels go in as uint8 when that is lossless
+    """Atomic write (fastconv.model.atomic_savez). Pixels go in as uint8 when that is lossless
     (8-bit images at their native size), which makes the file 4x smaller."""
+    from .model import atomic_savez
+
     q = np.rint(ds.x * np.float32(255.0)).astype(np.uint8)
     x = q if np.array_equal(q.astype(np.float32) / np.float32(255.0), ds.x) else ds.x
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f, x=x, y=ds.y, classes=np.array(ds.classes, dtype=str), paths=np.array(ds.paths, dtype=str),
-                skipped=np.array(ds.skipped, dtype=str).reshape(-1, 2),
-            )  # fmt: skip
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_savez(
+        path,
+        {
+            "x": x, "y": ds.y, "classes": np.array(ds.classes, dtype=str), "paths": np.array(ds.paths, dtype=str),
+            "skipped": np.array(ds.skipped, dtype=str).reshape(-1, 2),
+        },
+    )  # fmt: skip
 
 
 def _load_folder_cache(path: Path) -> FolderDataset | None:

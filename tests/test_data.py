@@ -76,6 +76,15 @@ def test_every_accepted_form_of_the_data_path_resolves(data_dir, cat_dir):
     assert D.find_catvnoncat(cat_dir / "test_catvnoncat.h5", download=False) == cat_dir  # one file
 
 
+def test_is_catvnoncat_path_tells_the_two_kinds_of_data_apart(data_dir, cat_dir, tmp_path):
+    assert D.is_catvnoncat_path(None)
+    assert D.is_catvnoncat_path(data_dir) and D.is_catvnoncat_path(cat_dir)
+    assert D.is_catvnoncat_path(cat_dir / "train_catvnoncat.h5")
+    assert D.is_catvnoncat_path(tmp_path / "elsewhere" / "mine.h5")  # a file name says what it is
+    assert not D.is_catvnoncat_path(data_dir / "cifar10-cat" / "train")
+    assert not D.is_catvnoncat_path(tmp_path)
+
+
 def test_fastconv_data_env_is_used_when_no_argument(data_dir, cat_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("FASTCONV_DATA", str(data_dir))
     monkeypatch.setenv("FASTCONV_CACHE", str(tmp_path / "empty-cache"))
