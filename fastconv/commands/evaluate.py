@@ -36,11 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastconv.data import train_val_split
     from fastconv.metrics import classification_report
-    from fastconv.train import BUNDLED_MODEL, Classifier, load_dataset
+    from fastconv.train import BUNDLED_MODEL, Classifier, is_catvnoncat_path, load_dataset
 
     model_path = args.model or BUNDLED_MODEL
     clf = Classifier.load(model_path, backend=args.backend)
-    data = load_dataset(args.data, None if args.data is None else clf.image_size)
+    # Folder images are resized to the model's input size; catvnoncat is always 64x64.
+    data = load_dataset(args.data, None if is_catvnoncat_path(args.data) else clf.image_size)
     for path, reason in data.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if list(data.classes) != list(clf.classes):

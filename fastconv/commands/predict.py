@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 NAME = "predict"
-HELP = "classify image files or folders: prints 'photo.jpg: cat 93.1%' per image"
+HELP = "classify image files or folders: prints 'photo.jpg: cat 93.1%%' per image"
 DESCRIPTION = (
     "Classify images with a model file (default: the bundled pretrained catnet). Each argument is an "
     "image file or a folder (searched recursively, hidden files ignored). Every image is centre-cropped "

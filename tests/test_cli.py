@@ -1,0 +1,197 @@
+"""The train / evaluate / predict / demo commands, run in-process through fastconv.cli.main."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import cli
+from fastconv.train import BUNDLED_MODEL
+
+#: CLI options of a tiny, fast training run on the 16x16 stripes folder (later options win)
+TINY = "--image-size 16 --epochs 2 --width 4 --quiet"
+SAMPLES = Path(__import__("skimage.data").data.__file__).resolve().parent
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("train", "evaluate", "predict", "demo"):
+        assert re.search(rf"^\s+{name}\s+\S", out, re.MULTILINE), f"{name} missing from --help"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("train", ["--epochs", "(default: 0.002)", "--out", "runs/catnet", "--val-fraction", "(default: 0.2)"]),
+        ("evaluate", ["--model", "bundled", "--data", "catvnoncat"]),
+        ("predict", ["--model", "bundled"]),
+        ("demo", ["scikit-image", "--repeats", "(default: 5)"]),
+    ],
+)
+def test_subcommand_help_states_defaults(capsys, command, expected):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in expected:
+        assert text in out, f"{command} --help lacks {text!r}"
+    assert "default" in out
+
+
+def _independent_predictions(model_path: Path, x_nhwc_uint8: np.ndarray) -> np.ndarray:
+    """Predicted labels computed here from the raw file: normalise with the stored statistics,
+    average the logits of the image and its mirror when the file says so, threshold at 0."""
+    model, meta = fastconv.model.load_with_metadata(model_path)
+    x = x_nhwc_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    mean = np.array(meta["normalizer"]["mean"], np.float32)[None, :, None, None]
+    std = np.array(meta["normalizer"]["std"], np.float32)[None, :, None, None]
+    z = (x - mean) / std
+    logits = model.forward(np.ascontiguousarray(z))[:, 0].astype(np.float64)
+    if meta["tta"]:
+        logits = 0.5 * (logits + model.forward(np.ascontiguousarray(z[..., ::-1]))[:, 0])
+    return (logits > 0).astype(np.int64)
+
+
+def test_evaluate_bundled_model_on_catvnoncat_test_split(capsys, data_dir):
+    import h5py
+
+    with h5py.File(data_dir / "catvnoncat" / "test_catvnoncat.h5", "r") as f:
+        x, y = f["test_set_x"][()], f["test_set_y"][()].astype(np.int64)
+    pred = _independent_predictions(BUNDLED_MODEL, x)
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(data_dir / "catvnoncat"))
+    assert code == 0
+    assert f"accuracy: {np.mean(pred == y):.3f}" in out
+    tp = int(np.sum((pred == 1) & (y == 1)))
+    fp = int(np.sum((pred == 1) & (y == 0)))
+    assert f"precision: {tp / max(tp + fp, 1):.3f}" in out
+    row_cat = next(line for line in out.splitlines() if line.startswith("cat "))
+    assert row_cat.split()[1:] == [str(int(np.sum((y == 1) & (pred == 0)))), str(tp)]
+    assert "samples: 50" in out
+
+
+def test_evaluate_json(capsys, data_dir):
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(data_dir / "catvnoncat"), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["classes"] == ["non-cat", "cat"]
+    assert sum(map(sum, doc["confusion_matrix"])) == 50
+
+
+def test_predict_folder_with_bad_files(capsys, tmp_path):
+    shutil.copy(SAMPLES / "chelsea.png", tmp_path / "chelsea.png")
+    shutil.copy(SAMPLES / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "notes.txt").write_text("hello")
+    code, out, err = run_cli(capsys, "predict", str(tmp_path))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    for line, name in zip(lines, ("chelsea.png", "coffee.png")):
+        m = re.fullmatch(rf".*{name}: (cat|non-cat) (\d+\.\d)%", line)
+        assert m, line
+        assert 50.0 <= float(m.group(2)) <= 100.0  # the predicted class has the larger probability
+    assert "broken.jpg" in err and "unreadable" in err
+    assert "notes.txt" in err and "not an image" in err
+
+
+def test_predict_nothing_readable_fails(capsys, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"))
+    assert code != 0
+    assert out == ""
+    assert "broken.png" in err and "missing.jpg" in err
+
+
+def test_demo_classifies_the_sample_photos(capsys):
+    code, out, _ = run_cli(capsys, "demo", "--no-python", "--repeats", "2")
+    assert code == 0
+    rows = {m.group(1): m for m in re.finditer(r"^\s+(\w+)\s+(cat|non-cat)\s+(\d+\.\d)%\s+expected (\S+)", out, re.M)}
+    assert {"chelsea", "coffee", "astronaut", "rocket"} <= set(rows)
+    for m in rows.values():
+        assert 50.0 <= float(m.group(3)) <= 100.0
+    assert rows["chelsea"].group(4) == "cat" and rows["coffee"].group(4) == "non-cat"
+    assert rows["chelsea"].group(2) == "cat"  # the bundled model gets the cat right (checked after training)
+    for backend in fastconv.available_backends():
+        if backend != "python":
+            assert re.search(rf"^\s+{backend}\s+\d+\.\d+ ms\s+\d+\.\d+ GFLOP/s", out, re.M), backend
+
+
+def _write_stripes_folder(root: Path, n: int = 24) -> None:
+    from skimage.io import imsave
+    from test_train import stripes  # tests/ is on sys.path under pytest
+
+    x, y = stripes(n, seed=5)
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = root / ("vertical" if label else "horizontal")
+        folder.mkdir(parents=True, exist_ok=True)
+        imsave(folder / f"{i}.png", (img.transpose(1, 2, 0) * 255).astype(np.uint8), check_contrast=False)
+    (root / "vertical" / "README.txt").write_text("not an image")
+
+
+def test_train_on_a_folder_then_evaluate_its_validation_split(capsys, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split())
+    assert code == 0, err
+    assert "README.txt" in err  # skipped files are named
+    for name in ("model.npz", "history.json", "history.csv", "curves.png"):
+        assert (out / name).is_file()
+    meta = fastconv.model.load_with_metadata(out / "model.npz")[1]
+    assert meta["classes"] == ["horizontal", "vertical"]
+    assert meta["image_size"] == 16 and meta["tta"] is True
+    assert meta["config"]["epochs"] == 2 and meta["config"]["seed"] == 0
+    assert set(meta["normalizer"]) == {"mean", "std"}
+    code, stdout, _ = run_cli(
+        capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(data), "--split", "val", "--json"
+    )
+    assert code == 0
+    doc = json.loads(stdout)
+    hist = json.loads((out / "history.json").read_text())
+    best = hist["epochs"][hist["best_epoch"] - 1]
+    assert doc["accuracy"] == pytest.approx(best["val_accuracy"])  # the same held-out images
+    assert sum(map(sum, doc["confusion_matrix"])) == 4  # round(0.2 * 12) = 2 per class, 2 classes
+
+
+def test_train_with_a_huge_learning_rate_stops_cleanly(capsys, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    huge = "--epochs 20 --optimizer sgd --lr 1e12 --warmup-epochs 0 --dropout 0"
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), *huge.split())
+    assert code == 1
+    assert "became" in err and "smaller --lr" in err
+
+
+def test_evaluate_rejects_a_model_of_another_architecture(capsys, tmp_path):
+    from fastconv.layers import Flatten, Linear
+    from fastconv.model import Sequential
+
+    path = tmp_path / "mlp.npz"
+    Sequential(Flatten(), Linear(12, 1)).save(path, metadata={"note": "not a classifier"})
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(path))
+    assert code == 1
+    assert "not a fastconv classifier file" in err
+
+
+def test_evaluate_rejects_data_with_other_classes(capsys, tmp_path, data_dir):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    assert run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), "--epochs", "1")[0] == 0
+    model = str(out / "model.npz")
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", str(data_dir / "catvnoncat"))
+    assert code == 1
+    assert "classes" in err  # catvnoncat's classes are not the model's
