@@ -637,22 +637,10 @@ class LoadedData:
     y_test: np.ndarray | None = None
 
 
-def is_catvnoncat_path(data: str | os.PathLike | None) -> bool:
-    """True for None (the default dataset) and for paths that hold or are the catvnoncat HDF5 files;
-    False for anything else (taken to be a class-folder tree)."""
-    if data is None:
-        return True
-    p = Path(data).expanduser()
-    if p.suffix == ".h5":
-        return True
-    names = ("train_catvnoncat.h5", "test_catvnoncat.h5")
-    return any((p / n).is_file() or (p / "catvnoncat" / n).is_file() for n in names)
-
-
 def load_dataset(data: str | os.PathLike | None, image_size: int | None = None) -> LoadedData:
     """catvnoncat (``data`` None or a path holding its files) or a class-folder tree resized to
     ``image_size`` (default 64). catvnoncat images are 64x64; another ``image_size`` is rejected."""
-    from .data import load_catvnoncat, load_image_folder
+    from .data import is_catvnoncat_path, load_catvnoncat, load_image_folder
 
     if is_catvnoncat_path(data):
         if image_size not in (None, 64):

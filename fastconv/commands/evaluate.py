@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastconv.data import train_val_split
+    from fastconv.data import is_catvnoncat_path, train_val_split
     from fastconv.metrics import classification_report
-    from fastconv.train import BUNDLED_MODEL, Classifier, is_catvnoncat_path, load_dataset
+    from fastconv.train import BUNDLED_MODEL, Classifier, load_dataset
 
     model_path = args.model or BUNDLED_MODEL
     clf = Classifier.load(model_path, backend=args.backend)
