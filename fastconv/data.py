@@ -884,7 +884,9 @@ class Augmenter:
 
     ``__call__(batch, rng)`` is deterministic given the generator state: the same state gives
     the same output. Without ``rng`` the augmenter's own generator (seeded by ``seed``) is used.
-    The input is never modified; the output has its shape and dtype.
+    The input is never modified; the output has its shape and dtype. A positive angle turns the
+    picture counter-clockwise as displayed (row 0 at the top), like ``np.rot90``. One instance
+    keeps scratch buffers between calls, so do not share it between threads.
     """
 
     def __init__(
@@ -965,10 +967,16 @@ def _shift(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 
 def _reflect_into(c: np.ndarray, n: int) -> np.ndarray:
-    """Mirror coordinates (in place) into [0, n-1] as ``np.pad(mode="reflect")`` does; exact for
-    overshoots up to n-1, which the augmenter's bounded shifts, angles and zooms stay within."""
-    np.abs(c, out=c)
-    np.minimum(c, 2 * (n - 1) - c, out=c)
+    """Mirror coordinates (in place) into [0, n-1] as ``np.pad(mode="reflect")`` does."""
+    if c.min() >= -(n - 1) and c.max() <= 2 * (n - 1):
+        # One bounce suffices for overshoots up to n-1 (every ordinary draw): two cheap passes.
+        np.abs(c, out=c)
+        np.minimum(c, 2 * (n - 1) - c, out=c)
+    else:  # huge zooms-out or shifts: the general, periodic form (a float modulo, ~10x dearer)
+        period = 2 * (n - 1)
+        np.abs(c, out=c)
+        np.mod(c, period, out=c)
+        np.minimum(c, period - c, out=c)
     return np.clip(c, 0, n - 1, out=c)
 
 
@@ -1002,7 +1010,8 @@ def _affine_warp(
             "idx": np.empty((n, c, hw), np.intp), "tmp": np.empty((n, c, hw), wdt), "bot": np.empty((n, c, hw), wdt),
         }  # fmt: skip
         if workspace is not None:
-            workspace.clear()  # keep only the latest batch shape
+            if len(workspace) >= 4:  # a full batch and a last partial one are the usual pair
+                workspace.clear()
             workspace[key] = ws
     sr, sc, r0, c0 = ws["sr"], ws["sc"], ws["r0"], ws["c0"]
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
@@ -1020,11 +1029,8 @@ def _affine_warp(
     if flips is not None and flips.any():
         # Sampling the mirrored image at column q = sampling the image at w-1-q.
         sc[flips] = (w - 1) - sc[flips]
-    for coord, size in ((sr, h), (sc, w)):
-        # Reflect into [0, size-1] (exact for overshoots up to size-1; the draws stay far inside).
-        np.abs(coord, out=coord)
-        np.minimum(coord, 2 * (size - 1) - coord, out=coord)
-        np.clip(coord, 0, size - 1, out=coord)
+    _reflect_into(sr, h)
+    _reflect_into(sc, w)
     # Truncation is floor here (coords >= 0); capping the corner at size-2 keeps its right/lower
     # neighbour inside the same image row/plane, with weight 1 on it at the far edge.
     np.copyto(r0, sr, casting="unsafe")

@@ -620,9 +620,9 @@ def _reflect_shift(img: np.ndarray, dy: int, dx: int, s: int) -> np.ndarray:
     return p[:, s - dy : s - dy + h, s - dx : s - dx + w]
 
 
+@pytest.mark.parametrize("s", [3, 15])  # 15 > image size: borders reflect more than once
 @pytest.mark.parametrize("warp", [False, True])
-def test_shift_is_an_integer_translation_with_reflected_borders(batch, warp):
-    s = 3
+def test_shift_is_an_integer_translation_with_reflected_borders(batch, warp, s):
     kwargs = {"max_rotation": 1e-9, "scale": None} if warp else {"max_rotation": 0, "scale": None}
     out = D.Augmenter(hflip=False, max_shift=s, **kwargs)(batch, np.random.default_rng(2))
     used = set()
@@ -633,7 +633,8 @@ def test_shift_is_an_integer_translation_with_reflected_borders(batch, warp):
             for dx in range(-s, s + 1)
             if np.allclose(res, _reflect_shift(img, dy, dx, s), atol=1e-5)
         ]
-        assert len(matches) == 1
+        # Small shifts are identifiable; big ones can coincide modulo the reflection period.
+        assert len(matches) == 1 if s < 5 else len(matches) >= 1
         used.add(matches[0])
     assert len(used) > 1  # each image draws its own shift
 
