@@ -286,6 +286,13 @@ def test_mirror_list_from_environment(monkeypatch):
     assert all(u.startswith("https://") for u in D.CATVNONCAT_MIRRORS)
 
 
+def test_progress_bar_goes_to_stderr(server, tmp_path, expected_sums, capsys):
+    name = "test_catvnoncat.h5"
+    D.download([f"{server}/good"], name, tmp_path, expected_sums[name], progress=True)
+    captured = capsys.readouterr()
+    assert name in captured.err and captured.out == ""
+
+
 def test_file_url_mirror_works(data_dir, tmp_path, real_files, expected_sums):
     name = "test_catvnoncat.h5"
     path = D.download([(data_dir / "catvnoncat").as_uri()], name, tmp_path, expected_sums[name])
