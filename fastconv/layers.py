@@ -120,6 +120,28 @@ def _image_shape(layer: str, input_shape: Sequence[int]) -> tuple[int, int, int]
     return shape  # type: ignore[return-value]
 
 
+def _init_weight_and_bias(
+    shape: tuple[int, ...], bias: bool, init: str, dtype: np.dtype, rng: RngLike
+) -> tuple[Parameter, Parameter | None]:
+    """Weight of ``shape`` (out, in, ...) with fan_in = prod(shape[1:]), and an (out,) bias or None.
+
+    ``"he_normal"``: w ~ N(0, 2 / fan_in), bias 0. ``"torch"``: w, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+    gen = as_rng(rng)
+    fan_in = math.prod(shape[1:])
+    if init == "he_normal":
+        w = gen.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        b = np.zeros(shape[0])
+    elif init == "torch":
+        bound = 1.0 / math.sqrt(fan_in)
+        w = gen.uniform(-bound, bound, shape)
+        b = gen.uniform(-bound, bound, shape[0])
+    else:
+        raise ValueError(f"init: expected 'he_normal' or 'torch', got {init!r}")
+    weight = Parameter(w.astype(dtype), "weight")
+    return weight, (Parameter(b.astype(dtype), "bias", decay=False) if bias else None)
+
+
 class Layer:
     """Base class. Subclasses implement forward/backward and, when they hold state, declare it.
 
@@ -246,21 +268,8 @@ class Conv2d(Layer):
         self.dilation = normalize_pair(dilation, "dilation", minimum=1)
         self.backend = backend
         self.dtype = _float_dtype(dtype)
-        gen = as_rng(rng)
-        r, s = self.kernel_size
-        fan_in = self.in_channels * r * s
-        shape = (self.out_channels, self.in_channels, r, s)
-        if init == "he_normal":
-            w = gen.standard_normal(shape) * math.sqrt(2.0 / fan_in)
-            b = np.zeros(self.out_channels)
-        elif init == "torch":
-            bound = 1.0 / math.sqrt(fan_in)
-            w = gen.uniform(-bound, bound, shape)
-            b = gen.uniform(-bound, bound, self.out_channels)
-        else:
-            raise ValueError(f"init: expected 'he_normal' or 'torch', got {init!r}")
-        self.weight = Parameter(w.astype(self.dtype), "weight")
-        self.bias = Parameter(b.astype(self.dtype), "bias", decay=False) if bias else None
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        self.weight, self.bias = _init_weight_and_bias(shape, bias, init, self.dtype, rng)
         self._x: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -442,19 +451,8 @@ class Linear(Layer):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         self.dtype = _float_dtype(dtype)
-        gen = as_rng(rng)
         shape = (self.out_features, self.in_features)
-        if init == "torch":
-            bound = 1.0 / math.sqrt(self.in_features)
-            w = gen.uniform(-bound, bound, shape)
-            b = gen.uniform(-bound, bound, self.out_features)
-        elif init == "he_normal":
-            w = gen.standard_normal(shape) * math.sqrt(2.0 / self.in_features)
-            b = np.zeros(self.out_features)
-        else:
-            raise ValueError(f"init: expected 'torch' or 'he_normal', got {init!r}")
-        self.weight = Parameter(w.astype(self.dtype), "weight")
-        self.bias = Parameter(b.astype(self.dtype), "bias", decay=False) if bias else None
+        self.weight, self.bias = _init_weight_and_bias(shape, bias, init, self.dtype, rng)
         self._x: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:

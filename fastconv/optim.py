@@ -117,6 +117,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with PyTorch's bias correction; ``weight_decay`` adds ``wd * p`` to the gradient."""
 
     decoupled = False
+    #: used when ``weight_decay`` is None: 0 for Adam, 1e-2 for AdamW (PyTorch's defaults)
+    default_weight_decay = 0.0
 
     def __init__(
         self,
@@ -124,9 +126,9 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, self.default_weight_decay if weight_decay is None else weight_decay)
         b1, b2 = betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
@@ -170,19 +172,11 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch ``AdamW``, default ``weight_decay=1e-2``)."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch ``AdamW``): ``weight_decay``
+    defaults to 1e-2 and shrinks the weights directly instead of entering the gradient."""
 
     decoupled = True
-
-    def __init__(
-        self,
-        params: Iterable[Parameter],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
+    default_weight_decay = 1e-2
 
 
 class _Schedule:
