@@ -455,3 +455,14 @@ def test_catnet_seed_fixes_the_weights():
 def test_catnet_backend_argument():
     model = catnet(backend="python", image_size=8, width=2)
     assert {layer.backend for layer in model} == {"python"}
+
+
+def test_saved_file_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = catnet(image_size=8, width=2).save(tmp_path / "new.npz")
+    # A new file gets the usual permissions (the temporary file was created 0600).
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    catnet(image_size=8, width=2).save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
