@@ -209,3 +209,26 @@ def test_schedule_argument_checks():
         CosineSchedule(opt, total_steps=5, warmup_steps=6)
     with pytest.raises(ValueError, match="step_size"):
         StepSchedule(opt, 0)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (SGD, {"lr": 0.1}),
+        (SGD, {"lr": 0.05, "momentum": 0.9}),
+        (SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+        (Adam, {"lr": 0.05}),
+        (AdamW, {"lr": 0.05, "weight_decay": 0.0}),
+    ],
+)
+def test_minimises_a_quadratic(cls, kwargs):
+    """loss = 0.5 * sum(a * (p - target)^2) with curvatures a in [0.5, 2]: every optimizer reaches the target."""
+    rng = np.random.default_rng(1)
+    target, a = rng.standard_normal(10), rng.uniform(0.5, 2.0, 10)
+    p = Parameter(np.zeros(10))
+    opt = cls([p], **kwargs)
+    for _ in range(400):
+        opt.zero_grad()
+        p.grad += a * (p.data - target)
+        opt.step()
+    np.testing.assert_allclose(p.data, target, atol=1e-3)
