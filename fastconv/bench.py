@@ -622,6 +622,7 @@ class BenchConfig:
     min_sample_s: float | None = None  # None: 0.02 quick, 0.05 full
     python_budget_s: float | None = None  # naive python per call (estimated) above this is skipped
     compile_time: bool | None = None  # measure Numba's cold compile (subprocess); None: only with full
+    slow: tuple[float, int] | None = None  # None: calls over 0.3 s get 2 samples (quick) / 1.0 s get 5 (full)
     progress: bool = True
 
     def resolved(self) -> BenchConfig:
@@ -629,6 +630,7 @@ class BenchConfig:
         c.repeats = c.repeats or (15 if c.full else 5)
         c.min_sample_s = c.min_sample_s or (0.05 if c.full else 0.02)
         c.python_budget_s = c.python_budget_s or (1e9 if c.full else 1.2)
+        c.slow = c.slow or ((1.0, 5) if c.full else (0.3, 2))
         if c.compile_time is None:
             c.compile_time = c.full
         c.threads = c.threads or _threads.cpu_count()
@@ -665,6 +667,7 @@ def interleaved_medians(
     min_sample_s: float,
     *,
     max_repeats: dict[str, int] | None = None,
+    slow: tuple[float, int] | None = None,
     warmup: bool = True,
     tick: Callable[[], None] | None = None,
 ) -> dict[str, tuple[float, int]]:
@@ -673,10 +676,13 @@ def interleaved_medians(
     Each function is warmed up once (unless ``warmup=False`` or it is capped at one repeat),
     then calibrated so that a sample lasts >= ``min_sample_s``. Round ``i`` starts with a
     different function each time, so a burst of load elsewhere on the machine does not
-    always fall on the same one. ``max_repeats[name]`` caps the rounds of slow functions.
+    always fall on the same one. ``max_repeats[name]`` caps the rounds of slow functions;
+    ``slow=(seconds, n)`` also caps at ``n`` samples every function whose calibration call took
+    longer than ``seconds`` (its run-to-run spread is small next to its length, and the time budget
+    of a quick run goes further on the fast, noisy ones).
     Returns name -> (median seconds per call, number of samples).
     """
-    caps = max_repeats or {}
+    caps = dict(max_repeats or {})
     numbers: dict[str, int] = {}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
@@ -685,6 +691,8 @@ def interleaved_medians(
         first = _time_once(fn, 1)
         samples[name].append(first)  # the calibration call is a valid sample too
         numbers[name] = max(1, math.ceil(min_sample_s / max(first, 1e-9)))
+        if slow and first > slow[0]:
+            caps[name] = min(caps.get(name, repeats), slow[1])
     order = list(fns)
     for rnd in range(1, repeats):
         shift = rnd % len(order)
@@ -744,7 +752,9 @@ def machine_info(threads: int) -> dict[str, Any]:
             import numba
 
             versions[mod] = numba.__version__
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
+        "load_average_1min": load,
         "cpu": cpu,
         "simd": simd,
         "cores": _threads.cpu_count(),
@@ -859,15 +869,17 @@ def run_benchmarks(config: BenchConfig | None = None) -> dict[str, Any]:
         notes.append(f"torch {torch.__version__} CPU, torch.set_num_threads({cfg.threads}).")
     t_start = time.perf_counter()
     warm = warm_up_backends(cfg.backends)
-    rungs = ladder_rungs(cfg.backends)
+    rungs = ladder_rungs(cfg.backends) if cfg.full else []  # the LADDER rungs: --full only
 
     kernels = list(KERNELS) if cfg.full else list(QUICK_KERNELS)
     plan = [(k, wl) for k in kernels for wl in workloads_for(k, full=cfg.full)]
     step_engines = [*cfg.backends, *compare]
     model_why = model_api_available()
-    step_impls = [("kernels", e) for e in step_engines if e not in COMPARE_ENGINES or e == "torch"]
+    step_impls = [("torch" if e == "torch" else "kernels", e) for e in step_engines]
     if model_why is None:
-        step_impls += [("model", e) for e in cfg.backends if e != "python"]
+        # the model-API step is the real training step; the quick run times only it (plus torch)
+        model_steps = [("model", e) for e in cfg.backends if e != "python"]
+        step_impls = model_steps + [i for i in step_impls if cfg.full or i[1] == "torch"]
     total = (len(plan) + 1) * max(cfg.repeats - 1, 1) + 1
     results: list[dict[str, Any]] = []
     peak_samples: list[float] = []
@@ -882,6 +894,12 @@ def run_benchmarks(config: BenchConfig | None = None) -> dict[str, Any]:
         steps = _bench_steps(step_impls, cfg, dtype, tick)
         peak_samples.append(measure_peak(dtype, repeats=3 if not cfg.full else 7))
     peak = statistics.median(peak_samples)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 1.5 * _threads.cpu_count():
+        notes.append(
+            f"load average {load:.1f} on {_threads.cpu_count()} cores at the end of the run: other processes "
+            "competed for the CPU, so times are inflated and noisy (ratios within a round are fairer)."
+        )
     _derive(results, peak)
     if model_why is not None:
         notes.append(f"catnet step via the model API skipped: {model_why}.")
@@ -923,7 +941,7 @@ def _bench_one(kernel, wl, cfg, dtype, engines, rungs, tick) -> list[dict[str, A
             caps[engine] = 3  # a naive rung is slow; its medians need few samples
         fns[engine] = make_case(kernel, run_wl, engine, dtype).fn
         batch_of[engine] = run_wl.n
-    timed = interleaved_medians(fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, tick=tick)
+    timed = interleaved_medians(fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, tick=tick)
     out = []
     for engine in engine_order(timed):
         sec, n_samples = timed[engine]
@@ -956,7 +974,8 @@ def _bench_steps(step_impls, cfg, dtype, tick) -> list[dict[str, Any]]:
             batch, caps[f"{impl}:{engine}"] = 1, 1
         fns[f"{impl}:{engine}"] = make_catnet_step(engine, batch, dtype=dtype, impl=impl).fn
         batch_of[f"{impl}:{engine}"] = batch
-    timed = interleaved_medians(fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, tick=tick)
+    repeats = cfg.repeats if cfg.full else min(cfg.repeats, 3)
+    timed = interleaved_medians(fns, repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, tick=tick)
     out = []
     for key, (sec, n) in timed.items():
         impl, engine = key.split(":", 1)
@@ -974,7 +993,7 @@ def _bench_steps(step_impls, cfg, dtype, tick) -> list[dict[str, Any]]:
         )
     numpy_ms = {r["impl"]: r["ms"] for r in out if r["engine"] == "numpy"}
     for r in out:
-        ref = numpy_ms.get(r["impl"]) or numpy_ms.get("kernels")
+        ref = numpy_ms.get(r["impl"]) or numpy_ms.get("model") or numpy_ms.get("kernels")
         r["vs_numpy"] = ref / r["ms"] if ref else None
     return out
 
