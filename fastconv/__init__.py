@@ -3,6 +3,18 @@
 >>> import fastconv
 >>> fastconv.kernels.available_backends()        # doctest: +SKIP
 ['cython', 'numba', 'numpy', 'python']
+
+The model API (numpy arrays in and out, NCHW)::
+
+    model = fastconv.catnet()                          # DESIGN.md's network, 64x64 RGB -> 1 logit
+    loss_fn = fastconv.BCEWithLogitsLoss()
+    opt = fastconv.AdamW(model.parameters(), lr=1e-3)
+    model.zero_grad()
+    loss = loss_fn(model(x), y)                        # x float32 (N, 3, 64, 64), y (N,) in {0, 1}
+    model.backward(loss_fn.backward())
+    opt.step()
+    model.save("model.npz", metadata={"classes": ["not-cat", "cat"]})
+    model = fastconv.load("model.npz")                 # no pickle; clear errors for bad files
 """
 
 from __future__ import annotations
