@@ -133,9 +133,10 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
     ntiles = -(-(gn.ho * gn.wo) // tile)
     nt = _threads(gn.n * ntiles)
     buf = np.empty((nt, gn.c * gn.r * gn.s * tile), x.dtype)
+    obuf = np.empty((nt, tile * gn.k), x.dtype)
     y = np.empty(gn.y_shape, x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
-    cython_conv.conv2d_forward(x, w, bias, y, buf, gn, tile, b is not None, nt)
+    cython_conv.conv2d_forward(x, w, bias, y, buf, obuf, gn, tile, b is not None, nt)
     return y
 
 
@@ -157,7 +158,8 @@ def conv2d_backward(
     dw_part = np.zeros((nt, gn.k * crs), dtype)
     db_part = np.zeros((nt, gn.k), np.float64)
     cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, gn, tile, need_dx, nt)
-    dw = dw_part.sum(axis=0, dtype=dtype).reshape(gn.w_shape)
+    # the partials hold dW transposed, (C*R*S, K): see cython_conv.conv2d_backward
+    dw = np.ascontiguousarray(dw_part.sum(axis=0, dtype=dtype).reshape(crs, gn.k).T).reshape(gn.w_shape)
     db = db_part.sum(axis=0).astype(dtype)
     return (dx if need_dx else None), dw, db
 
