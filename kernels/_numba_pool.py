@@ -13,42 +13,110 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, inline="always")
-def _window(i, stride, pad, size, extent):
-    """Window taps [lo, hi) of output index i that fall inside the input (padding never counts)."""
-    start = i * stride - pad
-    return max(0, -start), min(size, extent - start), start
+@njit(cache=True)
+def _valid_cols(off, sw, w_, wo):
+    """Output columns j whose tap column ``j*sw + off`` lies inside [0, W): returns [lo, hi)."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    hi = min(wo, (w_ - 1 - off) // sw + 1)
+    return lo, max(lo, hi)
 
 
 @njit(cache=True, parallel=True)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """y, argmax (N,C,Ho,Wo) <- max of each window of x (N,C,H,W) and its flat index h*W + w.
 
-    Replaces the leader only on ``v > best`` (so the first maximum in row-major window order
-    wins a tie) or when v is the first NaN (NaN beats every number; later NaNs do not replace
-    it, since NaN > NaN is false and the leader is already NaN). The first real element always
-    starts as leader, so a window of -inf still reports a real position; padding never wins.
+    Same rule as the reference: a tap takes the lead if no real element was seen yet
+    (index < 0), if it is greater, or if it is the first NaN (NaN beats every number; a later
+    NaN does not replace it). Taps are visited in row-major window order, so the first maximum
+    wins a tie; padding taps are never visited, so padding never wins.
+
+    Loop order: per output row, taps (r, s) outside and output columns j inside, with the
+    running best of the whole row held in y/argmax's row. The per-window compare-and-select
+    chain is a serial dependency (~10 cycles per tap); running it for 8 columns at once in
+    SIMD lanes, with bitwise | & and conditional expressions that compile to blends instead of
+    branches, made this kernel ~50x faster than one window at a time.
     """
     n_, c_, h_, w_ = x.shape
     ho, wo = y.shape[2], y.shape[3]
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
-        plane = x[n, c]
         for i in range(ho):
-            rlo, rhi, h0 = _window(i, sh, ph, kh, h_)
+            best = y[n, c, i]
+            idx = argmax[n, c, i]
+            best[:] = -np.inf
+            idx[:] = -1
+            for r in range(kh):
+                h = i * sh - ph + r
+                if h < 0 or h >= h_:
+                    continue
+                for s in range(kw):
+                    off = s - pw
+                    lo, hi = _valid_cols(off, sw, w_, wo)
+                    src = x[n, c, h, lo * sw + off:]
+                    b = best[lo:hi]
+                    ix = idx[lo:hi]
+                    base = h * w_ + lo * sw + off
+                    # A literal stride lets LLVM vectorise the strided loads (interleaved
+                    # groups); with a runtime stride it emits scalar code. 2 is catnet's stride.
+                    if sw == 2:
+                        for j in range(hi - lo):
+                            v = src[2 * j]
+                            cur = b[j]
+                            take = (ix[j] < 0) | (v > cur) | ((v != v) & (cur == cur))
+                            b[j] = v if take else cur
+                            ix[j] = base + 2 * j if take else ix[j]
+                    else:
+                        for j in range(hi - lo):
+                            v = src[j * sw]
+                            cur = b[j]
+                            take = (ix[j] < 0) | (v > cur) | ((v != v) & (cur == cur))
+                            b[j] = v if take else cur
+                            ix[j] = base + j * sw if take else ix[j]
+
+
+@njit(cache=True, inline="always")
+def _lead(v, best):
+    """True when tap value v takes the lead from ``best`` (a real element already seen)."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(cache=True, parallel=True)
+def max_pool_fwd_2x2(x, y, argmax):
+    """max_pool_fwd for the 2x2 window, stride 2, no padding (catnet's pool), same rules.
+
+    The four taps are unrolled in window order (first element leads, then three
+    compare-and-selects), so each output column is independent straight-line code that LLVM
+    vectorises across j: ~4x faster than the general kernel on (32,16,64,64).
+    """
+    n_, c_, w_ = x.shape[0], x.shape[1], x.shape[3]
+    ho, wo = y.shape[2], y.shape[3]
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        for i in range(ho):
+            top = x[n, c, 2 * i]
+            bot = x[n, c, 2 * i + 1]
+            yrow = y[n, c, i]
+            arow = argmax[n, c, i]
+            base = 2 * i * w_
             for j in range(wo):
-                slo, shi, w0 = _window(j, sw, pw, kw, w_)
-                best_idx = (h0 + rlo) * w_ + w0 + slo
-                best = plane[h0 + rlo, w0 + slo]
-                for r in range(rlo, rhi):
-                    for s in range(slo, shi):
-                        v = plane[h0 + r, w0 + s]
-                        if v > best or (v != v and best == best):
-                            best = v
-                            best_idx = (h0 + r) * w_ + w0 + s
-                y[n, c, i, j] = best
-                argmax[n, c, i, j] = best_idx
+                best = top[2 * j]
+                at = base + 2 * j
+                v = top[2 * j + 1]
+                take = _lead(v, best)
+                best = v if take else best
+                at = base + 2 * j + 1 if take else at
+                v = bot[2 * j]
+                take = _lead(v, best)
+                best = v if take else best
+                at = base + w_ + 2 * j if take else at
+                v = bot[2 * j + 1]
+                take = _lead(v, best)
+                best = v if take else best
+                at = base + w_ + 2 * j + 1 if take else at
+                yrow[j] = best
+                arow[j] = at
 
 
 @njit(cache=True, parallel=True)
@@ -72,23 +140,29 @@ def max_pool_bwd(dy, argmax, dx):
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, y):
     """y (N,C,Ho,Wo) <- window sum / (kh*kw); padded zeros count in the divisor.
 
-    Accumulates in float64 like the reference (windows are small: the cost is the load)."""
+    Accumulates a float64 row like the reference (taps outside, columns inside: SIMD)."""
     n_, c_, h_, w_ = x.shape
     ho, wo = y.shape[2], y.shape[3]
     divisor = kh * kw
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
-        plane = x[n, c]
+        acc = np.empty(wo, np.float64)
         for i in range(ho):
-            rlo, rhi, h0 = _window(i, sh, ph, kh, h_)
+            acc[:] = 0.0
+            for r in range(kh):
+                h = i * sh - ph + r
+                if h < 0 or h >= h_:
+                    continue
+                for s in range(kw):
+                    off = s - pw
+                    lo, hi = _valid_cols(off, sw, w_, wo)
+                    src = x[n, c, h, lo * sw + off:]
+                    a = acc[lo:hi]
+                    for j in range(hi - lo):
+                        a[j] += src[j * sw]
             for j in range(wo):
-                slo, shi, w0 = _window(j, sw, pw, kw, w_)
-                acc = 0.0
-                for r in range(rlo, rhi):
-                    for s in range(slo, shi):
-                        acc += plane[h0 + r, w0 + s]
-                y[n, c, i, j] = acc / divisor
+                y[n, c, i, j] = acc[j] / divisor
 
 
 @njit(cache=True, parallel=True)
@@ -100,15 +174,21 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, dx):
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
-        plane = dx[n, c]
+        share = np.empty(wo, dx.dtype)
         for i in range(ho):
-            rlo, rhi, h0 = _window(i, sh, ph, kh, h_)
             for j in range(wo):
-                slo, shi, w0 = _window(j, sw, pw, kw, w_)
-                share = np.float64(dy[n, c, i, j]) / divisor
-                for r in range(rlo, rhi):
-                    for s in range(slo, shi):
-                        plane[h0 + r, w0 + s] += share
+                share[j] = np.float64(dy[n, c, i, j]) / divisor
+            for r in range(kh):
+                h = i * sh - ph + r
+                if h < 0 or h >= h_:
+                    continue
+                for s in range(kw):
+                    off = s - pw
+                    lo, hi = _valid_cols(off, sw, w_, wo)
+                    dst = dx[n, c, h, lo * sw + off:]
+                    sh_ = share[lo:hi]
+                    for j in range(hi - lo):
+                        dst[j * sw] += sh_[j]
 
 
 @njit(cache=True, parallel=True)

@@ -148,13 +148,14 @@ def _flat_rung(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeom
 
 
 # Every rung has conv2d_forward's signature (x, w, b_or_None, g) -> y, for the benchmarks.
-# "numba-flat" requires stride 1 (the backend falls back to "numba-parallel" otherwise).
+# "flat" requires stride 1 (the backend falls back to "parallel" otherwise). Keys follow
+# fastconv.bench.ladder_rungs, which names them "numba:<rung>".
 LADDER: dict[str, Callable[..., np.ndarray]] = {
-    "numba-naive": conv2d_forward_naive,
-    "numba-reordered": _ladder_rung(cv.conv_fwd_reordered),
-    "numba-parallel": _ladder_rung(cv.conv_fwd_parallel),
-    "numba-im2col-blas": _ladder_rung(cv.conv_fwd_im2col_blas),
-    "numba-flat": _flat_rung,
+    "naive": conv2d_forward_naive,
+    "reordered": _ladder_rung(cv.conv_fwd_reordered),
+    "parallel": _ladder_rung(cv.conv_fwd_parallel),
+    "im2col-blas": _ladder_rung(cv.conv_fwd_im2col_blas),
+    "flat": _flat_rung,
 }
 
 
@@ -164,7 +165,10 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
     _sync_threads()
     y = np.empty(g.y_shape, x.dtype)
     argmax = np.empty(g.y_shape, np.int64)
-    pl.max_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y, argmax)
+    if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0):
+        pl.max_pool_fwd_2x2(x, y, argmax)
+    else:
+        pl.max_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y, argmax)
     return y, argmax
 
 
