@@ -669,11 +669,13 @@ def interleaved_medians(
     max_repeats: dict[str, int] | None = None,
     slow: tuple[float, int] | None = None,
     warmup: bool = True,
+    cold: Iterable[str] = (),
     tick: Callable[[], None] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """Median seconds per call of each function, timed round-robin.
 
-    Each function is warmed up once (unless ``warmup=False`` or it is capped at one repeat),
+    Each function is warmed up once (unless ``warmup=False``, it is capped at one repeat, or it is
+    named in ``cold``: an interpreted function with nothing to compile or cache gains nothing),
     then calibrated so that a sample lasts >= ``min_sample_s``. Round ``i`` starts with a
     different function each time, so a burst of load elsewhere on the machine does not
     always fall on the same one. ``max_repeats[name]`` caps the rounds of slow functions;
@@ -686,7 +688,7 @@ def interleaved_medians(
     numbers: dict[str, int] = {}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
-        if warmup and caps.get(name, repeats) > 1:
+        if warmup and caps.get(name, repeats) > 1 and name not in cold:
             fn()
         first = _time_once(fn, 1)
         samples[name].append(first)  # the calibration call is a valid sample too
@@ -735,9 +737,18 @@ def machine_info(threads: int) -> dict[str, Any]:
         text = Path("/proc/cpuinfo").read_text()
         m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
         cpu = m.group(1).strip() if m else platform.processor() or "unknown"
+        fam, mod = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M), re.search(r"^model\s*:\s*(\d+)", text, re.M)
+        if fam and mod:
+            cpu += f" (family {fam.group(1)} model {mod.group(1)})"
         m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
         flags = set(m.group(1).split()) if m else set()
     simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        with contextlib.suppress(OSError):
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            name = f"L{level}" + ("d" if kind == "Data" else "i" if kind == "Instruction" else "")
+            caches[name] = (index / "size").read_text().strip()
     blas = [
         f"{d.get('internal_api')} {d.get('version')} ({d.get('threading_layer', '?')}, {d.get('architecture', '?')})"
         for d in _threads.blas_info()
@@ -757,6 +768,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "load_average_1min": load,
         "cpu": cpu,
         "simd": simd,
+        "caches_per_core": caches,
         "cores": _threads.cpu_count(),
         "threads": threads,
         "blas": blas,
@@ -936,12 +948,14 @@ def _bench_one(kernel, wl, cfg, dtype, engines, rungs, tick) -> list[dict[str, A
                 run_wl = wl.with_batch(1)  # scaled per image below
             if python_cost_estimate_s(kernel, run_wl) > cfg.python_budget_s:
                 continue
-            caps[engine] = 1 if not cfg.full else 3
+            caps[engine] = 1 if not cfg.full else 2
         if engine.endswith(":naive") and not is_small:
             caps[engine] = 3  # a naive rung is slow; its medians need few samples
         fns[engine] = make_case(kernel, run_wl, engine, dtype).fn
         batch_of[engine] = run_wl.n
-    timed = interleaved_medians(fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, tick=tick)
+    timed = interleaved_medians(
+        fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold={"python"}, tick=tick
+    )
     out = []
     for engine in engine_order(timed):
         sec, n_samples = timed[engine]
@@ -975,7 +989,8 @@ def _bench_steps(step_impls, cfg, dtype, tick) -> list[dict[str, Any]]:
         fns[f"{impl}:{engine}"] = make_catnet_step(engine, batch, dtype=dtype, impl=impl).fn
         batch_of[f"{impl}:{engine}"] = batch
     repeats = cfg.repeats if cfg.full else min(cfg.repeats, 3)
-    timed = interleaved_medians(fns, repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, tick=tick)
+    cold = {k for k in fns if k.endswith(":python")}
+    timed = interleaved_medians(fns, repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold=cold, tick=tick)
     out = []
     for key, (sec, n) in timed.items():
         impl, engine = key.split(":", 1)
@@ -1036,7 +1051,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"fastconv bench ({report['mode']}, {report['dtype']}, median of up to {report['repeats']} interleaved "
         f"rounds after warm-up) {report['created']}",
-        f"CPU      {m['cpu']} ({', '.join(m['simd']) or 'no AVX2'}); {m['cores']} cores; {m['threads']} threads",
+        f"CPU      {m['cpu']}, {', '.join(m['simd']) or 'no AVX2'}; {m['cores']} cores; {m['threads']} threads; "
+        f"caches/core {', '.join(f'{k} {v}' for k, v in m.get('caches_per_core', {}).items())}",
         f"BLAS     {'; '.join(m['blas']) or 'unknown'}",
         f"versions {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
         f"peak     {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']})",
@@ -1340,5 +1356,9 @@ def _code_section(root: Path, what: str, opts: dict[str, str]) -> str:
     if not path.is_file():
         return f"*({file} is not in this checkout)*"
     lang = "cython" if path.suffix == ".pyx" else "python"
-    snippet = quote_source(path, name, opts.get("from"), opts.get("to"))
+    try:
+        snippet = quote_source(path, name, opts.get("from"), opts.get("to"))
+    except ValueError as exc:  # the source moved on: say so in the page instead of failing the run
+        print(f"warning: {exc}", file=sys.stderr)
+        return f"*(could not quote `{name}` from `{file}`: {exc}; update the marker in this page)*"
     return f"From `{file}`, `{name}`:\n\n```{lang}\n{snippet}\n```"
