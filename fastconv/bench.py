@@ -56,69 +56,59 @@ from fastconv.kernels import _threads
 
 
 @dataclass(frozen=True)
-class ConvWorkload:
-    """A conv layer: x (n, c, h, w) * weight (k, c, r, r), stride 1, ``padding`` zeros."""
-
-    name: str
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    r: int = 3
-    padding: int = 1
-
-    @property
-    def geometry(self) -> K.Conv2dGeometry:
-        return K.conv2d_geometry((self.n, self.c, self.h, self.w), (self.k, self.c, self.r, self.r), 1, self.padding)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.n},{self.c},{self.h},{self.w})->{self.k} {self.r}x{self.r}p{self.padding}"
-
-    def with_batch(self, n: int) -> ConvWorkload:
-        return replace(self, n=n)
-
-
-@dataclass(frozen=True)
-class PoolWorkload:
-    """A pooling layer: x (n, c, h, w), window ``kernel`` x ``kernel``, stride = window."""
-
-    name: str
-    n: int
-    c: int
-    h: int
-    w: int
-    kernel: int = 2
-
-    @property
-    def geometry(self) -> K.Pool2dGeometry:
-        return K.pool2d_geometry((self.n, self.c, self.h, self.w), self.kernel)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.n},{self.c},{self.h},{self.w}) {self.kernel}x{self.kernel}"
-
-    def with_batch(self, n: int) -> PoolWorkload:
-        return replace(self, n=n)
-
-
-@dataclass(frozen=True)
 class EltWorkload:
-    """An elementwise op (relu) on an (n, c, h, w) activation."""
+    """An activation x (n, c, h, w); as such, the workload of elementwise ops (relu). The conv and
+    pool workloads extend it with their layer's parameters."""
 
     name: str
     n: int
     c: int
     h: int
     w: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.n},{self.c},{self.h},{self.w})"
 
-    def with_batch(self, n: int) -> EltWorkload:
+    def with_batch(self, n: int):
+        """The same workload with batch size ``n`` (naive python runs on 1 image)."""
         return replace(self, n=n)
+
+
+@dataclass(frozen=True)
+class ConvWorkload(EltWorkload):
+    """A conv layer on x (n, c, h, w): k filters (k, c, r, r), stride 1, ``padding`` zeros."""
+
+    k: int = 1
+    r: int = 3
+    padding: int = 1
+
+    @property
+    def geometry(self) -> K.Conv2dGeometry:
+        return K.conv2d_geometry(self.x_shape, (self.k, self.c, self.r, self.r), 1, self.padding)
+
+    @property
+    def label(self) -> str:
+        return f"{super().label}->{self.k} {self.r}x{self.r}p{self.padding}"
+
+
+@dataclass(frozen=True)
+class PoolWorkload(EltWorkload):
+    """A pooling layer on x (n, c, h, w): window ``kernel`` x ``kernel``, stride = window."""
+
+    kernel: int = 2
+
+    @property
+    def geometry(self) -> K.Pool2dGeometry:
+        return K.pool2d_geometry(self.x_shape, self.kernel)
+
+    @property
+    def label(self) -> str:
+        return f"{super().label} {self.kernel}x{self.kernel}"
 
 
 Workload = ConvWorkload | PoolWorkload | EltWorkload
@@ -189,7 +179,7 @@ def kernel_bytes(kernel: str, wl: Workload, itemsize: int) -> int:
     if isinstance(wl, ConvWorkload):
         return 0
     n_in = wl.n * wl.c * wl.h * wl.w
-    n_out = n_in if isinstance(wl, EltWorkload) else math.prod(wl.geometry.y_shape)
+    n_out = math.prod(wl.geometry.y_shape) if isinstance(wl, PoolWorkload) else n_in
     argmax = 8 * n_out  # int64 winner indices
     return {
         "maxpool_fwd": itemsize * (n_in + n_out) + argmax,
@@ -1264,7 +1254,8 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
             f"Measured {report['created']} on {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
             f"{m['threads']} threads, BLAS {'; '.join(m['blas'])}; {versions}. {report['dtype']}, "
             f"`fastconv bench` {report['mode']} mode, median of up to {report['repeats']} interleaved "
-            f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']})."
+            f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}). "
+            f"Load average at the start: {m.get('load_average_1min') or 0:.1f} on {m['cores']} cores."
         )
     if what == "best_gflops":
         best = [
@@ -1334,7 +1325,12 @@ def quote_source(path: Path, name: str, start: str | None = None, stop: str | No
     first = i
     while first > 0 and lines[first - 1].strip().startswith("@"):
         first -= 1
-    end = i + 1
+    end, depth = i, 0
+    while end < len(lines):  # past the signature, which may span several lines
+        depth += lines[end].count("(") + lines[end].count("[") - lines[end].count(")") - lines[end].count("]")
+        end += 1
+        if depth <= 0 and lines[end - 1].rstrip().endswith(":"):
+            break
     while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
         end += 1
     body = lines[first:end]
