@@ -441,6 +441,15 @@ def test_decoded_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     i = changed.paths.index(str(target))
     np.testing.assert_allclose(changed.x[i], 99 / 255.0, atol=1e-6)
 
+    # Arrays over the size cap are not written.
+    monkeypatch.setattr(D, "_FOLDER_CACHE_MAX_BYTES", 100)
+    shutil.rmtree(tmp_path / "cache" / "folders")
+    D.load_image_folder(root, 8)
+    assert not (tmp_path / "cache" / "folders").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTCONV_CACHE", str(tmp_path / "cache"))
+    D.load_image_folder(root, 8)
+
     # A damaged cache file is rebuilt, not fatal.
     for entry in (tmp_path / "cache" / "folders").iterdir():
         entry.write_bytes(b"garbage")
