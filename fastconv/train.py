@@ -102,6 +102,7 @@ class TrainConfig:
     batchnorm: bool = False
     label_smoothing: float = 0.0
     tta: bool = True
+    refit: bool = False
     backend: str | None = None
 
     def __post_init__(self) -> None:
@@ -262,14 +263,16 @@ def _make_optimizer(model, config: TrainConfig):
     return optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
 
 
-def _make_loss(num_outputs: int):
+def _make_loss(num_outputs: int, label_smoothing: float = 0.0):
+    """Binary cross-entropy for one logit (smoothing is applied to its targets), softmax CE otherwise."""
     from . import losses
 
-    return losses.BCEWithLogitsLoss() if num_outputs == 1 else losses.CrossEntropyLoss()
+    return losses.BCEWithLogitsLoss() if num_outputs == 1 else losses.CrossEntropyLoss(label_smoothing)
 
 
 def _targets(y: np.ndarray, num_outputs: int, smoothing: float, dtype) -> np.ndarray:
-    """Loss targets: float (N, 1) for a binary (one-logit) model, int64 (N,) otherwise."""
+    """Loss targets: float (N, 1) for a binary (one-logit) model, smoothed towards 0.5 by
+    ``smoothing``; int64 (N,) class indices otherwise (CrossEntropyLoss smooths those itself)."""
     if num_outputs == 1:
         t = y.astype(dtype).reshape(-1, 1)
         if smoothing:
@@ -352,7 +355,7 @@ def fit(
         max_rotation=config.max_rotation,
         scale=(1.0 - config.scale, 1.0 + config.scale) if config.scale else None,
     )
-    loss_fn = _make_loss(num_outputs)
+    loss_fn = _make_loss(num_outputs, config.label_smoothing)
     optimizer = _make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     from .optim import CosineSchedule
@@ -563,12 +566,19 @@ def train_classifier(
     """Split (stratified, seeded), fit the normaliser on the training part, build catnet and :func:`fit`.
 
     x: float32 (N, 3, S, S) in [0, 1]; y: int64 (N,) indices into ``classes``. Two classes give
-    one output logit (binary cross-entropy), more give one logit per class. Returns the model
-    holding the *best* weights (reloaded from the checkpoint when ``out_dir`` is given) and the
-    :class:`FitResult`.
+    one output logit (binary cross-entropy), more give one logit per class.
+
+    With ``config.refit`` (and a validation split) a second run follows the validation run: a
+    fresh catnet, same seed and recipe, trained on *all* N images for ``config.epochs`` epochs
+    (the count chosen on validation data), normaliser refitted on all images; its last epoch
+    becomes ``model.npz``. The validation run's best checkpoint is kept as ``model_val.npz`` and
+    its history as ``history.json``/``.csv``/``curves.png``; the refit's history is
+    ``history_refit.json``/``.csv``.
+
+    Returns the final model (reloaded from ``model.npz`` when ``out_dir`` is given) and the
+    :class:`FitResult` of the validation run (of the only run when there is no validation split).
     """
-    from . import zoo
-    from .data import Normalizer, train_val_split
+    from .data import train_val_split
 
     config = config or TrainConfig()
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
@@ -579,12 +589,53 @@ def train_classifier(
         x_tr, y_tr, x_va, y_va = train_val_split(x, y, val_fraction=config.val_fraction, seed=config.seed)
     else:
         x_tr, y_tr, x_va, y_va = x, y, None, None
-    normalizer = Normalizer().fit(x_tr)
-    num_outputs = 1 if len(classes) == 2 else len(classes)
+    out = Path(out_dir) if out_dir is not None else None
+    model, normalizer, metadata = _new_classifier(x_tr, classes, config, dataset)
+    metadata["val_size"] = 0 if x_va is None else len(x_va)
+    kw = dict(progress=progress, log=log)
+    result = fit(model, x_tr, y_tr, x_va, y_va, config, transform=normalizer, out_dir=out, metadata=metadata, **kw)
+    if not (config.refit and x_va is not None):
+        if result.checkpoint is not None:
+            from .model import load_with_metadata
+
+            model, _ = load_with_metadata(result.checkpoint)
+        return model, result
+
+    if log is not None:
+        log(f"refit: training a fresh catnet on all {len(x)} images for {config.epochs} epochs")
+    model, normalizer, metadata = _new_classifier(x, classes, config, dataset)
+    best = result.history[result.best_epoch - 1]
+    metadata.update(
+        val_size=0,
+        refit=True,
+        validation_run={"best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"],
+                        "val_loss": best["val_loss"], "train_size": len(x_tr), "val_size": len(x_va)},
+    )  # fmt: skip
+    refit_dir = out / ".refit" if out is not None else None
+    refit = fit(model, x, y, None, None, config, transform=normalizer, out_dir=refit_dir, metadata=metadata, **kw)
+    if out is not None:
+        # Validation run's checkpoint -> model_val.npz; the refit model becomes model.npz.
+        os.replace(out / MODEL_FILE, out / "model_val.npz")
+        os.replace(refit_dir / MODEL_FILE, out / MODEL_FILE)
+        os.replace(refit_dir / HISTORY_JSON, out / "history_refit.json")
+        os.replace(refit_dir / HISTORY_CSV, out / "history_refit.csv")
+        for leftover in refit_dir.iterdir():
+            leftover.unlink()
+        refit_dir.rmdir()
+    result.seconds += refit.seconds
+    return model, result
+
+
+def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConfig, dataset: str):
+    """(catnet, Normalizer fitted on ``x_fit``, model-file metadata) for one training run."""
+    from . import zoo
+    from .data import Normalizer
+
+    normalizer = Normalizer().fit(x_fit)
     model = zoo.catnet(
-        in_channels=x.shape[1],
-        image_size=x.shape[2],
-        num_outputs=num_outputs,
+        in_channels=x_fit.shape[1],
+        image_size=x_fit.shape[2],
+        num_outputs=1 if len(classes) == 2 else len(classes),
         dropout=config.dropout,
         width=config.width,
         batchnorm=config.batchnorm,
@@ -595,32 +646,15 @@ def train_classifier(
         "kind": "fastconv-classifier",
         "architecture": "catnet",
         "classes": [str(c) for c in classes],
-        "image_size": int(x.shape[2]),
+        "image_size": int(x_fit.shape[2]),
         "normalizer": normalizer.to_dict(),
         "tta": bool(config.tta),
         "config": config.to_dict(),
         "dataset": dataset,
-        "train_size": len(x_tr),
-        "val_size": 0 if x_va is None else len(x_va),
+        "train_size": len(x_fit),
+        "refit": False,
     }
-    result = fit(
-        model,
-        x_tr,
-        y_tr,
-        x_va,
-        y_va,
-        config,
-        transform=normalizer,
-        out_dir=out_dir,
-        metadata=metadata,
-        progress=progress,
-        log=log,
-    )
-    if out_dir is not None and result.checkpoint is not None:
-        from .model import load_with_metadata
-
-        model, _ = load_with_metadata(result.checkpoint)
-    return model, result
+    return model, normalizer, metadata
 
 
 @dataclass

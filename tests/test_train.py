@@ -226,3 +226,22 @@ def test_fit_without_validation_keeps_the_last_epoch(data, tmp_path):
     assert math.isnan(result.history[-1]["val_accuracy"])
     with open(tmp_path / "history.csv", newline="") as f:
         assert list(csv.DictReader(f))[-1]["val_accuracy"] == ""
+
+
+def test_refit_trains_on_all_images_and_keeps_the_validation_checkpoint(data, tmp_path):
+    x, y = data
+    cfg = tiny_config(epochs=3, refit=True)
+    model, result = train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path, progress=False)
+    final, meta = load_with_metadata(tmp_path / "model.npz")
+    _, meta_val = load_with_metadata(tmp_path / "model_val.npz")
+    assert meta["refit"] is True and meta_val["refit"] is False
+    assert meta["train_size"] == 96 and meta_val["train_size"] == 72
+    assert meta["validation_run"]["best_epoch"] == result.best_epoch == meta_val["epoch"]
+    assert meta["epoch"] == 3  # the refit's last epoch, not a validation-selected one
+    np.testing.assert_allclose(Normalizer.from_dict(meta["normalizer"]).mean, x.mean(axis=(0, 2, 3)), rtol=1e-5)
+    refit_hist = json.loads((tmp_path / "history_refit.json").read_text())
+    assert len(refit_hist["epochs"]) == 3 and refit_hist["epochs"][0]["val_accuracy"] is None
+    assert len(json.loads((tmp_path / "history.json").read_text())["epochs"]) == 3
+    assert not (tmp_path / ".refit").exists()
+    for a, b in zip(model.parameters(), final.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)  # the returned model is the shipped one

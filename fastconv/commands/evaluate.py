@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = clf.metadata.get("config", {})
         frac, seed = float(cfg.get("val_fraction", 0.0)), int(cfg.get("seed", 0))
+        if split == "val" and clf.metadata.get("refit"):
+            raise ValueError(
+                f"{model_path} was refit on all images after its validation run, so its validation split is not "
+                "held out; evaluate model_val.npz (the validation run's checkpoint) instead"
+            )
         if frac <= 0:
             raise ValueError(f"{model_path} was trained without a validation split; use --split all or test")
         x_tr, y_tr, x_va, y_va = train_val_split(data.x, data.y, val_fraction=frac, seed=seed)

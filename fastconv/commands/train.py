@@ -92,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
     )
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d.refit,
+                        help="after the validation run, train a fresh model on all images (validation included) "
+                        "for the same number of epochs and ship that as model.npz (the validation run's best "
+                        "checkpoint is kept as model_val.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -146,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         label_smoothing=args.label_smoothing,
         tta=not args.no_tta,
+        refit=args.refit,
         backend=backend,
     )
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
@@ -174,8 +179,12 @@ def run(args: argparse.Namespace) -> int:
     line = f"done in {result.seconds:.1f} s: best epoch {result.best_epoch}"
     if best is not None and config.val_fraction > 0:
         line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
+    written = ["model.npz", "history.json", "history.csv", "curves.png"]
+    if config.refit and config.val_fraction > 0:
+        line += f"; then refit on all {n} images for {config.epochs} epochs -> model.npz"
+        written += ["model_val.npz", "history_refit.json", "history_refit.csv"]
     print(line)
-    print(f"wrote {out / 'model.npz'}, {out / 'history.json'}, {out / 'history.csv'}, {out / 'curves.png'}")
+    print("wrote " + ", ".join(str(out / f) for f in written))
     evaluate_hint = f"fastconv evaluate --model {out / 'model.npz'}"
     if data.kind == "folder":
         evaluate_hint += f" --data {data.name} --image-size {data.x.shape[2]}"
