@@ -85,38 +85,49 @@ def _lead(v, best):
 def max_pool_fwd_2x2(x, y, argmax):
     """max_pool_fwd for the 2x2 window, stride 2, no padding (catnet's pool), same rules.
 
-    The four taps are unrolled in window order (first element leads, then three
-    compare-and-selects), so each output column is independent straight-line code that LLVM
-    vectorises across j: ~4x faster than the general kernel on (32,16,64,64).
+    Per plane, the even and the odd input rows are first copied into two contiguous buffers
+    (row copies, memcpy speed). Output q = i*Wo + j then reads top[2q], top[2q+1], bot[2q],
+    bot[2q+1]: one loop over the whole plane instead of one per output row. The four taps are
+    unrolled in window order (first element leads, three compare-and-selects), straight-line
+    code that LLVM vectorises across q. With per-row loops, catnet's 16- and 8-wide rows were
+    shorter than one unrolled vector iteration and ran in the scalar remainder loop: this is
+    ~10x faster on (32,32,32,32) and (32,64,16,16), ~1.3x slower on (32,16,64,64).
     """
     n_, c_, w_ = x.shape[0], x.shape[1], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
+    m = ho * wo
+    # Flat index in the input plane of each window's top-left element; the same for every plane.
+    base = np.empty(m, np.int64)
+    for i in range(ho):
+        for j in range(wo):
+            base[i * wo + j] = 2 * i * w_ + 2 * j
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
+        top = np.empty(2 * m, x.dtype)
+        bot = np.empty(2 * m, x.dtype)
         for i in range(ho):
-            top = x[n, c, 2 * i]
-            bot = x[n, c, 2 * i + 1]
-            yrow = y[n, c, i]
-            arow = argmax[n, c, i]
-            base = 2 * i * w_
-            for j in range(wo):
-                best = top[2 * j]
-                at = base + 2 * j
-                v = top[2 * j + 1]
-                take = _lead(v, best)
-                best = v if take else best
-                at = base + 2 * j + 1 if take else at
-                v = bot[2 * j]
-                take = _lead(v, best)
-                best = v if take else best
-                at = base + w_ + 2 * j if take else at
-                v = bot[2 * j + 1]
-                take = _lead(v, best)
-                best = v if take else best
-                at = base + w_ + 2 * j + 1 if take else at
-                yrow[j] = best
-                arow[j] = at
+            top[2 * i * wo:2 * (i + 1) * wo] = x[n, c, 2 * i, :2 * wo]
+            bot[2 * i * wo:2 * (i + 1) * wo] = x[n, c, 2 * i + 1, :2 * wo]
+        yp = y[n, c].reshape(-1)
+        ap = argmax[n, c].reshape(-1)
+        for q in range(m):
+            best = top[2 * q]
+            at = base[q]
+            v = top[2 * q + 1]
+            take = _lead(v, best)
+            best = v if take else best
+            at = base[q] + 1 if take else at
+            v = bot[2 * q]
+            take = _lead(v, best)
+            best = v if take else best
+            at = base[q] + w_ if take else at
+            v = bot[2 * q + 1]
+            take = _lead(v, best)
+            best = v if take else best
+            at = base[q] + w_ + 1 if take else at
+            yp[q] = best
+            ap[q] = at
 
 
 @njit(cache=True, parallel=True)
