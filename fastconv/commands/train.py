@@ -187,6 +187,6 @@ def run(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(out / f) for f in written))
     evaluate_hint = f"fastconv evaluate --model {out / 'model.npz'}"
     if data.kind == "folder":
-        evaluate_hint += f" --data {data.name} --image-size {data.x.shape[2]}"
+        evaluate_hint += f" --data {data.name} --split val"
     print(f"next: {evaluate_hint}")
     return 0
