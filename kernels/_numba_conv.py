@@ -75,7 +75,11 @@ def conv_fwd_naive(x, w, b, sh, sw, ph, pw, dh, dw, y):
 # ---------------------------------------------------------------- rung 2: contiguous inner loop
 @njit(cache=True)
 def _valid_cols(off, sw, w_, wo):
-    """Output columns j whose tap column ``j*sw + off`` lies inside [0, W): returns [lo, hi)."""
+    """Output columns j whose tap column ``j*sw + off`` lies inside [0, W): returns [lo, hi).
+
+    Also called by the kernels of _numba_pool.py. Numba's cache checks only the source file of
+    the cached function, so after editing this function also touch _numba_pool.py (or clear
+    the cache) or its cached pooling kernels keep the old copy."""
     lo = 0 if off >= 0 else (-off + sw - 1) // sw
     hi = min(wo, (w_ - 1 - off) // sw + 1)
     return lo, max(lo, hi)

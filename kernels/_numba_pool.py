@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._numba_conv import _valid_cols
 
-@njit(cache=True)
-def _valid_cols(off, sw, w_, wo):
-    """Output columns j whose tap column ``j*sw + off`` lies inside [0, W): returns [lo, hi)."""
-    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    hi = min(wo, (w_ - 1 - off) // sw + 1)
-    return lo, max(lo, hi)
+
+@njit(cache=True, inline="always")
+def _lead(v, best):
+    """True when tap value v takes the lead from ``best`` (a real element already seen)."""
+    return (v > best) | ((v != v) & (best == best))
 
 
 @njit(cache=True, parallel=True)
@@ -63,22 +63,16 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
                         for j in range(hi - lo):
                             v = src[2 * j]
                             cur = b[j]
-                            take = (ix[j] < 0) | (v > cur) | ((v != v) & (cur == cur))
+                            take = (ix[j] < 0) | _lead(v, cur)
                             b[j] = v if take else cur
                             ix[j] = base + 2 * j if take else ix[j]
                     else:
                         for j in range(hi - lo):
                             v = src[j * sw]
                             cur = b[j]
-                            take = (ix[j] < 0) | (v > cur) | ((v != v) & (cur == cur))
+                            take = (ix[j] < 0) | _lead(v, cur)
                             b[j] = v if take else cur
                             ix[j] = base + j * sw if take else ix[j]
-
-
-@njit(cache=True, inline="always")
-def _lead(v, best):
-    """True when tap value v takes the lead from ``best`` (a real element already seen)."""
-    return (v > best) | ((v != v) & (best == best))
 
 
 @njit(cache=True, parallel=True)
