@@ -54,7 +54,7 @@ HISTORY_CSV = "history.csv"
 CURVES_PNG = "curves.png"
 
 #: per-epoch history columns, in CSV order
-#: datasets with more images than this train for LARGE_DATASET_EPOCHS by default (``fastconv train``)
+#: datasets with more images than this train for LARGE_DATASET_EPOCHS, without refit, by default (``fastconv train``)
 LARGE_DATASET = 2000
 LARGE_DATASET_EPOCHS = 10
 
@@ -102,7 +102,7 @@ class TrainConfig:
     batchnorm: bool = False
     label_smoothing: float = 0.0
     tta: bool = True
-    refit: bool = False
+    refit: bool = True
     backend: str | None = None
 
     def __post_init__(self) -> None:

@@ -12,10 +12,11 @@ HELP = "train catnet on catvnoncat (default) or on an image folder; writes model
 DESCRIPTION = (
     "Train catnet (DESIGN.md) with the recipe of docs/training.md: AdamW, cosine learning rate with "
     "warm-up, flip+shift augmentation, dropout, a stratified validation split evaluated every epoch "
-    "(the checkpoint with the best validation accuracy is kept), test-time flip averaging. The test "
+    "(the checkpoint with the best validation accuracy is kept as model_val.npz), then a refit of a fresh "
+    "catnet on all training images for the same number of epochs (model.npz), test-time flip averaging. The test "
     "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
     "With --data pointing at a folder with one subfolder per class (e.g. cat/ and not-cat/) the same "
-    "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs."
+    "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs and no refit."
 )
 
 
@@ -92,10 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
     )
-    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d.refit,
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                         help="after the validation run, train a fresh model on all images (validation included) "
                         "for the same number of epochs and ship that as model.npz (the validation run's best "
-                        "checkpoint is kept as model_val.npz)")
+                        f"checkpoint is kept as model_val.npz); default: on, off for datasets of more than "
+                        f"{LARGE_DATASET} images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -131,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
         f"loaded in {time.perf_counter() - t0:.1f} s"
     )
 
-    epochs = args.epochs if args.epochs is not None else (LARGE_DATASET_EPOCHS if n > LARGE_DATASET else None)
+    large = n > LARGE_DATASET
+    epochs = args.epochs if args.epochs is not None else (LARGE_DATASET_EPOCHS if large else None)
+    refit = args.refit if args.refit is not None else not large
     config = TrainConfig(
         **({"epochs": epochs} if epochs is not None else {}),
         batch_size=args.batch_size,
@@ -150,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         label_smoothing=args.label_smoothing,
         tta=not args.no_tta,
-        refit=args.refit,
+        refit=refit,
         backend=backend,
     )
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
