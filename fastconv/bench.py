@@ -947,7 +947,7 @@ def _bench_one(kernel, wl, cfg, dtype, engines, rungs, tick) -> list[dict[str, A
         fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold={"python"}, tick=tick
     )
     out = []
-    for engine in engine_order(timed):
+    for engine in engine_order(timed, rungs):
         sec, n_samples = timed[engine]
         scale = wl.n / batch_of[engine]
         out.append(
@@ -1139,14 +1139,16 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 #: Order of engines on charts and in the ladder: the rungs climb from naive loops up.
-def engine_order(engines: Iterable[str]) -> list[str]:
-    base = ["python", "numpy", "numba", "cython", "torch"]
+def engine_order(engines: Iterable[str], rungs: Sequence[str] = ()) -> list[str]:
+    """``engines`` sorted python, numpy, numba, cython, others, torch; a backend's LADDER rungs
+    ("numba:naive", ...) just before the backend itself, in the order of ``rungs`` (LADDER order)."""
+    base = ["python", "numpy", "numba", "cython"]
 
-    def key(e: str) -> tuple[int, int, str]:
+    def key(e: str) -> tuple[int, int, int, str]:
         name, _, rung = e.partition(":")
-        rank = base.index(name) if name in base else len(base)
-        # a backend's LADDER rungs come just before the backend itself
-        return (rank, 0 if rung else 1, "" if not rung else f"{rung}")
+        rank = base.index(name) if name in base else len(base) + (name == "torch")
+        at = list(rungs).index(e) if e in rungs else len(rungs)
+        return (rank, 0 if rung else 1, at, e)
 
     return sorted(set(engines), key=key)
 
@@ -1161,6 +1163,9 @@ def plot_report(report: dict[str, Any], out_dir: str | os.PathLike) -> list[Path
     results, peak = report["results"], report["peak_gflops"]
     for kernel in dict.fromkeys(r["kernel"] for r in results):
         rows = [r for r in results if r["kernel"] == kernel]
+        if any(r["workload"] != "small" for r in rows):
+            # the small shape exists for naive python; its sub-millisecond times say little here
+            rows = [r for r in rows if r["workload"] != "small"]
         for metric, fname, ylabel, log in (
             ("vs_python", f"speedup_{kernel}.png", "speedup vs naive python loops (log scale)", True),
             ("pct_peak", f"peak_{kernel}.png", f"% of {report['dtype']} matmul peak ({peak:.0f} GFLOP/s)", False),
@@ -1169,19 +1174,20 @@ def plot_report(report: dict[str, Any], out_dir: str | os.PathLike) -> list[Path
                 continue
             m = report["machine"]
             title = f"{KERNELS[kernel][1]} - {m['cpu']}, {m['threads']} threads, {report['dtype']}"
-            written.append(save_figure(_bar_chart(rows, metric, ylabel, log, title), out / fname))
+            fig = _bar_chart(rows, metric, ylabel, log, title, report.get("rungs", []))
+            written.append(save_figure(fig, out / fname))
     return written
 
 
-def _bar_chart(rows: list[dict[str, Any]], metric: str, ylabel: str, log: bool, title: str):
-    """Grouped bars: one group per workload, one bar per engine (ladder order), value labels on top.
-    8 x 4.5 inches at 100 dpi = 800 x 450 pixels."""
+def _bar_chart(rows: list[dict[str, Any]], metric: str, ylabel: str, log: bool, title: str, rungs: Sequence[str]):
+    """Grouped bars: one group per workload, one bar per engine (ladder order), value labels on top,
+    legend below. 10 x 5 inches at 100 dpi = 1000 x 500 pixels."""
     import matplotlib
     from matplotlib.figure import Figure
 
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    engines = engine_order(r["engine"] for r in rows)
-    fig = Figure(figsize=(8, 4.5), dpi=100)
+    engines = engine_order((r["engine"] for r in rows), rungs)
+    fig = Figure(figsize=(10, 5), dpi=100)
     ax = fig.subplots()
     width = 0.8 / max(len(engines), 1)
     cmap = matplotlib.colormaps["viridis"].resampled(max(len(engines), 2))
@@ -1195,14 +1201,14 @@ def _bar_chart(rows: list[dict[str, Any]], metric: str, ylabel: str, log: bool, 
         bars = ax.bar(xs, ys, width, label=engine, color=cmap(i))
         for bar, y in zip(bars, ys):
             text = _fmt_x(y) if metric.startswith("vs_") else f"{y:.0f}%"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=6)
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=6, rotation=90)
     ax.set_xticks(range(len(workloads)), workloads)
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=min(len(engines), 4))
-    ax.margins(y=0.25)
+    ax.legend(fontsize=7, ncol=min(len(engines), 5), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.margins(y=0.3)
     fig.tight_layout()  # moves the axes inside the figure; the figure (pixel) size stays 800 x 450
     return fig
 
@@ -1282,10 +1288,11 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
         lines = ["| workload | engine | ms | GFLOP/s | % peak | GB/s | vs python | vs numpy |", "|" + " --- |" * 8]
         for wl in dict.fromkeys(r["workload"] for r in rows):
             group = {r["engine"]: r for r in rows if r["workload"] == wl}
-            for engine in engine_order(group):
+            for i, engine in enumerate(engine_order(group, report.get("rungs", []))):
                 r = group[engine]
+                label = f"**{r['label']}**" if i == 0 else ""  # once per workload: the table reads in blocks
                 lines.append(
-                    f"| {r['label']} | {engine} | {_fmt_ms(r['ms'])}{star if r['scaled'] else ''} | "
+                    f"| {label} | {engine} | {_fmt_ms(r['ms'])}{star if r['scaled'] else ''} | "
                     f"{_fmt(r['gflops'], '.2f')} | {_fmt(r['pct_peak'], '.1f')} | {_fmt(r['gbps'], '.1f')} | "
                     f"{_fmt_x(r['vs_python'])} | {_fmt_x(r['vs_numpy'])} |"
                 )

@@ -285,12 +285,13 @@ def test_cli_renders_saved_report_plots_and_docs(tmp_path, capsys):
     import matplotlib.image
 
     img = matplotlib.image.imread(tmp_path / "img" / "speedup_conv_fwd.png")
-    assert img.shape[:2] == (450, 800)  # figsize 8x4.5 in at 100 dpi
+    assert img.shape[:2] == (500, 1000)  # figsize 10x5 in at 100 dpi
     assert (tmp_path / "img" / "peak_conv_fwd.png").is_file()
     text = md.read_text()
     gflops = bench.kernel_flops("conv_fwd", bench.CONV_WORKLOADS[0]) / 5e-3 / 1e9
     assert f"From naive loops to <!-- bench:best_gflops -->{gflops:.0f}<!-- /bench:best_gflops --> GFLOP/s" in text
-    assert "old" not in text and "| conv1 (32,3,64,64)->16 3x3p1 | numba | 5.000 |" in text
+    assert "old" not in text and "| **conv1 (32,3,64,64)->16 3x3p1** | python | 40000\\* |" in text
+    assert "|  | numba | 5.000 |" in text
     assert "numba vs numpy: <!-- bench:value" in text and "-->4.00x<!--" in text
     assert "def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:" in text
     # idempotent: filling again changes nothing
