@@ -1021,8 +1021,11 @@ def _derive(results: list[dict[str, Any]], peak: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+def _fmt_rate(value: float | None) -> str:
+    """GFLOP/s, % or GB/s: three significant digits below 10 (naive python is ~0.001 GFLOP/s)."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
 
 def _fmt_ms(ms: float) -> str:
@@ -1032,6 +1035,8 @@ def _fmt_ms(ms: float) -> str:
 def _fmt_x(ratio: float | None) -> str:
     if ratio is None:
         return "-"
+    if ratio < 0.1:
+        return f"{ratio:.2g}x"
     return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x" if ratio < 100 else f"{ratio:,.0f}x"
 
 
@@ -1049,7 +1054,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
     ]
     header = (
-        f"{'kernel':<13}{'workload':<32}{'engine':<16}{'ms':>10}{'GFLOP/s':>9}{'%peak':>7}{'GB/s':>7}"
+        f"{'kernel':<13}{'workload':<32}{'engine':<18}{'ms':>10}{'GFLOP/s':>10}{'%peak':>8}{'GB/s':>7}"
         f"{'vs python':>11}{'vs numpy':>10}"
     )
     lines += [header, "-" * len(header)]
@@ -1062,8 +1067,8 @@ def format_report(report: dict[str, Any]) -> str:
         ms = _fmt_ms(r["ms"]) + ("*" if r["scaled"] else "")
         any_scaled |= r["scaled"]
         lines.append(
-            f"{r['kernel'] if key != prev else '':<13}{r['label'] if key != prev else '':<32}{r['engine']:<16}"
-            f"{ms:>10}{_fmt(r['gflops'], '.2f'):>9}{_fmt(r['pct_peak'], '.1f'):>7}{_fmt(r['gbps'], '.1f'):>7}"
+            f"{r['kernel'] if key != prev else '':<13}{r['label'] if key != prev else '':<32}{r['engine']:<18}"
+            f"{ms:>10}{_fmt_rate(r['gflops']):>10}{_fmt_rate(r['pct_peak']):>8}{_fmt_rate(r['gbps']):>7}"
             f"{_fmt_x(r['vs_python']):>11}{_fmt_x(r['vs_numpy']):>10}"
         )
         prev = key
@@ -1293,7 +1298,7 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
                 label = f"**{r['label']}**" if i == 0 else ""  # once per workload: the table reads in blocks
                 lines.append(
                     f"| {label} | {engine} | {_fmt_ms(r['ms'])}{star if r['scaled'] else ''} | "
-                    f"{_fmt(r['gflops'], '.2f')} | {_fmt(r['pct_peak'], '.1f')} | {_fmt(r['gbps'], '.1f')} | "
+                    f"{_fmt_rate(r['gflops'])} | {_fmt_rate(r['pct_peak'])} | {_fmt_rate(r['gbps'])} | "
                     f"{_fmt_x(r['vs_python'])} | {_fmt_x(r['vs_numpy'])} |"
                 )
         if any(r["scaled"] for r in rows):
