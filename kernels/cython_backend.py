@@ -108,13 +108,18 @@ def _normalized_pool(g: Pool2dGeometry) -> Pool2dGeometry | None:
 
 
 def _check_blas_sizes(g: Conv2dGeometry) -> None:
-    crs = g.c * g.r * g.s
-    sizes = {"K": g.k, "C*R*S": crs, "Ho*Wo": g.ho * g.wo, "H*W": g.h * g.w}
+    """Raise ValueError when a GEMM size or leading dimension would not fit BLAS's C int.
+
+    Called after the outputs are allocated, so a problem too big for memory gets numpy's
+    MemoryError like every other backend, and only a problem that does fit in memory but not
+    in 32-bit BLAS indexing (an image plane over 2**31 pixels) gets this error.
+    """
+    sizes = {"K": g.k, "C*R*S": g.c * g.r * g.s, "Ho*Wo": g.ho * g.wo, "H*W": g.h * g.w}
     too_big = {name: v for name, v in sizes.items() if v > _BLAS_INT_MAX}
     if too_big:
         raise ValueError(
-            f"conv2d (cython backend): {too_big} exceed the 32-bit BLAS limit {_BLAS_INT_MAX}; "
-            "use backend='numpy' or split the input"
+            f"conv2d (cython backend): sizes {too_big} exceed the 32-bit BLAS limit {_BLAS_INT_MAX}; "
+            "split the input into smaller images"
         )
 
 
@@ -128,13 +133,13 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
     gn = _normalized_conv(g)
     if gn is None:
         return python_backend.conv2d_forward(x, w, b, g)
+    y = np.empty(gn.y_shape, x.dtype)
     _check_blas_sizes(gn)
     tile = _tile(gn)
     ntiles = -(-(gn.ho * gn.wo) // tile)
     nt = _threads(gn.n * ntiles)
     buf = np.empty((nt, gn.c * gn.r * gn.s * tile), x.dtype)
     obuf = np.empty((nt, tile * gn.k), x.dtype)
-    y = np.empty(gn.y_shape, x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
     cython_conv.conv2d_forward(x, w, bias, y, buf, obuf, gn, tile, b is not None, nt)
     return y
@@ -147,14 +152,14 @@ def conv2d_backward(
     gn = _normalized_conv(g)
     if gn is None:
         return python_backend.conv2d_backward(dy, x, w, g, need_dx)
-    _check_blas_sizes(gn)
     dtype = x.dtype
+    dx = np.empty(gn.x_shape if need_dx else (0, 0, 0, 0), dtype)
+    _check_blas_sizes(gn)
     crs = gn.c * gn.r * gn.s
     tile = _tile(gn)
     nt = _threads(gn.n)
     buf = np.empty((nt, crs * tile), dtype)
     dbuf = np.empty((nt, crs * tile if need_dx else 0), dtype)
-    dx = np.empty(gn.x_shape if need_dx else (0, 0, 0, 0), dtype)
     dw_part = np.zeros((nt, gn.k * crs), dtype)
     db_part = np.zeros((nt, gn.k), np.float64)
     cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, gn, tile, need_dx, nt)

@@ -144,8 +144,11 @@ cdef void _col2im_tile(const floating* col, floating* dxn, Py_ssize_t p0, Py_ssi
 
 
 cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
-    # a 1x1 kernel with stride 1 and no padding: the column matrix IS x[n] viewed as (C, H*W)
-    return g.r == 1 and g.s == 1 and g.sh == 1 and g.sw == 1 and g.ph == 0 and g.pw == 0
+    # a 1x1 kernel with stride 1 and no padding: the column matrix IS x[n] viewed as (C, H*W).
+    # Test the output size too, not just the stride: cython_backend resets the stride to 1
+    # when there is a single output along an axis (found by tests/test_cython_safety.py).
+    return (g.r == 1 and g.s == 1 and g.sh == 1 and g.sw == 1 and g.ph == 0 and g.pw == 0
+            and g.ho == g.h and g.wo == g.w)
 
 
 cdef Geo _geo(object g):

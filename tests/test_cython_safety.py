@@ -1,0 +1,309 @@
+"""Safety of the compiled Cython kernels under arbitrary user input.
+
+The Cython kernels run with bounds checks off, so a bad argument that slipped through to them
+would read or write out of bounds (a segfault, which kills pytest and fails CI — that is the
+real assertion here). Hypothesis generates valid and invalid arguments — any shape including
+zeros, strides/paddings/dilations including 0, negatives, floats, huge values, dtypes from int
+to complex to object, Fortran/strided/read-only/misaligned/byte-swapped arrays, mismatched
+channels, out-of-range argmax — and drives them through the public API with
+``backend="cython"``. Each call must either
+
+* return the same result as the ``python`` reference on the same arguments (exactly for max
+  pooling and relu, within float tolerance for sums), or
+* raise a clean ValueError / TypeError / MemoryError, and then the reference rejects the same
+  arguments with the same exception type. (The cython backend's one extra refusal, an image
+  plane past BLAS's 32-bit ints, comes after allocating the output, so with huge paddings
+  both fail allocation first with MemoryError.)
+
+Sizes are kept small so that every accepted case can be checked against the naive reference;
+"huge" parameters are chosen so that they either fail allocation at once or give tiny outputs
+(e.g. padding 10**6 with stride 10**6), which exercises 64-bit index arithmetic.
+"""
+
+from __future__ import annotations
+
+import fastconv.kernels as K
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+pytestmark = [
+    pytest.mark.skipif("cython" not in K.available_backends(), reason="cython backend not built"),
+    # NaN/inf inputs make the reference's scalar float arithmetic warn; that is expected here
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+CLEAN_ERRORS = (ValueError, TypeError, MemoryError)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+FLOAT_DTYPES = [np.float32, np.float64, ">f4", ">f8"]  # byte-swapped ones are converted by dispatch
+OTHER_DTYPES = [np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64, object]
+LAYOUTS = ["C", "F", "strided", "readonly", "misaligned"]
+HUGE = [10**6, 2**40, 2**62, 10**30]
+
+
+
+def _param(minimum: int, usual: int = 3):
+    """A stride (minimum 1) / padding (0) / dilation (1) argument: mostly valid ints or pairs
+    (up to ``usual``), one time in ten out of range, absurdly large, or not an int at all."""
+    ok = st.integers(minimum, usual)
+    bad = st.one_of(
+        st.integers(-3, minimum - 1),
+        st.sampled_from(HUGE),
+        st.tuples(ok, st.sampled_from(HUGE)),
+        st.tuples(st.sampled_from(HUGE), st.sampled_from(HUGE)),
+        st.sampled_from([1.0, 1.5, "1", None, True, (1,), (1, 1, 1), []]),
+    )
+    return _mostly(st.one_of(ok, st.tuples(ok, ok)), bad)
+
+
+def _mostly(usual, unusual):
+    # st.one_of does not pick its branches uniformly (it favours the simplest), so gate explicitly
+    return st.sampled_from([True] * 9 + [False]).flatmap(lambda common: usual if common else unusual)
+
+
+stride_p, padding_p, dilation_p = _param(1), _param(0), _param(1, usual=2)
+size = _mostly(st.integers(1, 5), st.integers(0, 5))
+kernel_size = _mostly(st.integers(1, 3), st.integers(0, 5))
+
+
+def _make(data, shape, dtype, *, nan: bool = True) -> np.ndarray:
+    """A random array of ``shape``/``dtype`` in a drawn memory layout (same values either way)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    values = rng.standard_normal(shape) * 3
+    if nan and values.size and np.dtype(dtype).kind == "f" and data.draw(st.booleans(), label="nan/inf"):
+        flat = values.reshape(-1)
+        flat[rng.integers(0, flat.size, 2)] = [np.nan, np.inf][rng.integers(0, 2)]
+        values = flat.reshape(shape)
+    if np.dtype(dtype) == np.dtype(object):
+        return values.astype(object)
+    dt = np.dtype(dtype)
+    if dt.kind == "i":
+        values = np.clip(values, -100, 100)
+    elif dt.kind in "ub":
+        values = np.abs(values) % 2 if dt.kind == "b" else np.abs(values)
+    base = values.astype(dt)
+    layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
+    if layout == "F":
+        return np.asfortranarray(base)
+    if layout == "strided" and base.ndim:
+        wide = np.zeros((*base.shape[:-1], 2 * base.shape[-1]), dt)
+        wide[..., ::2] = base
+        return wide[..., ::2]
+    if layout == "readonly":
+        base.setflags(write=False)
+        return base
+    if layout == "misaligned" and dt.itemsize > 1 and base.size:
+        raw = np.zeros(base.nbytes + 1, np.uint8)[1:]
+        out = raw.view(dt).reshape(base.shape)
+        out[...] = base
+        return out
+    return base
+
+
+def _shape(data, ndim_ok: bool = True) -> tuple[int, ...]:
+    ndim = 4 if ndim_ok else data.draw(st.sampled_from([0, 3, 5]), label="wrong ndim")
+    return tuple(data.draw(st.lists(size, min_size=ndim, max_size=ndim), label="shape"))
+
+
+def _dtype(data):
+    return data.draw(_mostly(st.sampled_from(FLOAT_DTYPES), st.sampled_from(OTHER_DTYPES)), label="dtype")
+
+
+def _rarely(data, label: str) -> bool:
+    return data.draw(st.sampled_from([False] * 9 + [True]), label=label)
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except CLEAN_ERRORS as exc:  # anything else (or a crash) fails the test
+        return None, exc
+
+
+def _tolerance(result) -> float:
+    arrays = result if isinstance(result, tuple) else (result,)
+    return 2e-4 if any(a is not None and a.dtype == np.float32 for a in arrays) else 1e-9
+
+
+def _same(got, ref, *, exact: bool = False) -> None:
+    got_t = got if isinstance(got, tuple) else (got,)
+    ref_t = ref if isinstance(ref, tuple) else (ref,)
+    assert len(got_t) == len(ref_t)
+    tol = _tolerance(ref)
+    for g, r in zip(got_t, ref_t):
+        if r is None:
+            assert g is None
+            continue
+        assert g.shape == r.shape and g.dtype == r.dtype
+        if exact or r.dtype.kind == "i":
+            np.testing.assert_array_equal(g, r)
+        else:
+            np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+
+
+def _check(op, *args, exact: bool = False, **kwargs) -> None:
+    """``op(*args, backend="cython")`` gives the reference's result or the reference's exception type."""
+    got, err = _outcome(lambda: op(*args, backend="cython", **kwargs))
+    ref, ref_err = _outcome(lambda: op(*args, backend="python", **kwargs))
+    event(f"{op.__name__}: {'computed' if err is None else type(err).__name__}")  # --hypothesis-show-statistics
+    if err is not None:
+        assert ref_err is not None, f"cython raised {err!r}, the reference computed a result"
+        assert type(err) is type(ref_err), f"cython raised {err!r}, the reference {ref_err!r}"
+        return
+    assert ref_err is None, f"cython computed a result, the reference raised {ref_err!r}"
+    _same(got, ref, exact=exact)
+
+
+@SETTINGS
+@given(st.data())
+def test_conv2d_forward_any_arguments(data):
+    dtype = _dtype(data)
+    xs = _shape(data, ndim_ok=not _rarely(data, "wrong ndim"))
+    x = _make(data, xs, dtype)
+    c = data.draw(size, label="w channels") if len(xs) != 4 or _rarely(data, "channel mismatch") else xs[1]
+    ws = (data.draw(size), c, data.draw(kernel_size), data.draw(kernel_size))
+    w_dtype = np.float64 if _rarely(data, "mixed dtypes") else dtype
+    w = _make(data, ws, w_dtype, nan=False)
+    b = data.draw(st.sampled_from(["none", "ok", "ok", "wrong"]), label="bias")
+    bias = None if b == "none" else _make(data, (ws[0] if b == "ok" else ws[0] + 1,), w.dtype, nan=False)
+    stride, padding, dilation = data.draw(stride_p), data.draw(padding_p), data.draw(dilation_p)
+    try:
+        out = max(K.conv2d_geometry(xs, ws, stride, padding, dilation).y_shape)
+    except (ValueError, TypeError):
+        out = 0
+    if 1000 < out < 10**6:
+        return  # allocatable but too big for the naive reference (huge padding on one axis only)
+    _check(K.conv2d_forward, x, w, bias, stride, padding, dilation)
+
+
+@SETTINGS
+@given(st.data())
+def test_conv2d_backward_any_arguments(data):
+    dtype = _dtype(data)
+    xs = _shape(data)
+    x = _make(data, xs, dtype)
+    c = data.draw(size, label="w channels") if _rarely(data, "channel mismatch") else xs[1]
+    ws = (data.draw(size), c, data.draw(kernel_size), data.draw(kernel_size))
+    w = _make(data, ws, dtype, nan=False)
+    stride, padding, dilation = data.draw(stride_p), data.draw(padding_p), data.draw(dilation_p)
+    try:  # mostly a dy of the right shape (else backward is rejected before it starts)
+        ys = K.conv2d_geometry(xs, ws, stride, padding, dilation).y_shape
+        if _rarely(data, "wrong dy shape") or max(ys) > 1000:
+            ys = _shape(data)
+    except (ValueError, TypeError):
+        ys = _shape(data)
+    # No NaN/inf in dy: where a NaN gradient meets zero padding, dW differs legitimately between
+    # the reference (skips padded taps) and im2col + GEMM (multiplies by the zeros: 0*NaN = NaN).
+    dy = _make(data, ys, np.float64 if _rarely(data, "mixed dtypes") else dtype, nan=False)
+    need_dx = data.draw(st.booleans(), label="need_dx")
+    _check(K.conv2d_backward, dy, x, w, stride, padding, dilation, need_dx=need_dx)
+
+
+_kernel_ok = st.integers(1, 4)
+pool_kernel = _mostly(
+    st.one_of(_kernel_ok, st.tuples(_kernel_ok, _kernel_ok)), st.sampled_from([-1, 0, 2.0, None, 10**30])
+)
+_pad_ok = st.integers(0, 1)
+pool_padding = _mostly(st.one_of(_pad_ok, st.tuples(_pad_ok, _pad_ok)), st.sampled_from([-1, 2, 10**6, 1.0]))
+
+
+@SETTINGS
+@given(st.data())
+def test_pooling_forward_any_arguments(data):
+    x = _make(data, _shape(data, ndim_ok=not _rarely(data, "wrong ndim")), _dtype(data))
+    if x.dtype.kind == "f" and x.size and data.draw(st.booleans(), label="ties"):
+        x = np.round(x)  # many equal values: the first-maximum rule decides
+    kernel = data.draw(pool_kernel)
+    stride = data.draw(_mostly(st.one_of(st.none(), stride_p), stride_p))
+    padding = data.draw(pool_padding)
+    _check(K.max_pool2d_forward, x, kernel, stride, padding, exact=True)
+    _check(K.avg_pool2d_forward, x, kernel, stride, padding)
+
+
+@SETTINGS
+@given(st.data())
+def test_pooling_backward_any_arguments(data):
+    dtype = data.draw(st.sampled_from(FLOAT_DTYPES), label="dtype")
+    xs = tuple(data.draw(st.lists(st.integers(1, 5), min_size=4, max_size=4), label="x shape"))
+    x = np.random.default_rng(0).standard_normal(xs).astype(dtype)
+    kernel = data.draw(st.integers(1, 3))
+    stride = data.draw(st.integers(1, 3))
+    padding = data.draw(st.integers(0, kernel // 2))
+    try:
+        y, argmax = K.max_pool2d_forward(x, kernel, stride, padding, backend="python")
+    except ValueError:  # window larger than the padded input
+        return
+    dy = _make(data, y.shape, data.draw(st.sampled_from([dtype, dtype, np.int32, np.float16])))
+    how = data.draw(st.sampled_from(["ok", "out of range", "dtype", "layout", "input_shape"]), label="corruption")
+    input_shape: object = xs
+    if how == "out of range":
+        argmax = argmax.copy()
+        argmax.flat[data.draw(st.integers(0, argmax.size - 1))] = data.draw(
+            st.sampled_from([-1, xs[2] * xs[3], 2**62, -(2**63)])
+        )
+    elif how == "dtype":
+        argmax = argmax.astype(data.draw(st.sampled_from([np.int32, np.uint16, np.float64, np.int8, object])))
+    elif how == "layout":
+        argmax = np.asfortranarray(argmax)
+    elif how == "input_shape":
+        input_shape = data.draw(
+            st.sampled_from(
+                [
+                    (xs[0], xs[1], xs[2] + 1, xs[3]),
+                    (xs[0], xs[1] + 1, xs[2], xs[3]),
+                    (xs[0], xs[1], -xs[2], xs[3]),
+                    (xs[0], xs[1], 0, xs[3]),
+                    (xs[0], xs[1], 2**62, 2**62),
+                    (xs[0], xs[1], xs[2]),
+                    (xs[0], xs[1], 1.5, xs[3]),
+                ]
+            )
+        )
+    _check(K.max_pool2d_backward, dy, argmax, input_shape)
+    _check(K.avg_pool2d_backward, dy, input_shape, kernel, stride, padding)
+
+
+@SETTINGS
+@given(st.data())
+def test_relu_any_arguments(data):
+    ndim = data.draw(st.integers(0, 4))
+    shape = tuple(data.draw(st.lists(st.integers(0, 6), min_size=ndim, max_size=ndim)))
+    dtype = _dtype(data)
+    x = _make(data, shape, dtype)
+    _check(K.relu_forward, x, exact=True)
+    other = shape if data.draw(st.integers(0, 4)) else (*shape, 1)
+    dy = _make(data, other, data.draw(st.sampled_from([dtype, dtype, np.float64])))
+    _check(K.relu_backward, dy, x, exact=True)
+
+
+def test_large_relu_and_pool_cross_thread_chunks():
+    """Sizes above the kernels' parallel threshold and chunk size (several OpenMP tasks, odd tail)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 67, 131)).astype(np.float32)
+    x[0, 0, :4, :4] = np.nan
+    y = K.relu_forward(x, backend="cython")
+    np.testing.assert_array_equal(y, np.where(np.isnan(x) | (x > 0), x, 0))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(K.relu_backward(dy, x, backend="cython"), np.where(x > 0, dy, 0))
+    got = K.max_pool2d_forward(x, 2, backend="cython")
+    ref = K.max_pool2d_forward(x, 2, backend="numpy")
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+@pytest.mark.parametrize("x_shape", [(1, 2, 1, 2), (2, 3, 3, 1), (1, 1, 1, 1)])
+def test_one_by_one_kernel_with_irrelevant_stride(x_shape):
+    """Regression (found by the hypothesis tests above): a 1x1 kernel with stride 2 and a single
+    output along an axis was mistaken for the copy-free stride-1 path, reading the wrong pixels."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal((3, x_shape[1], 1, 1))
+    y = K.conv2d_forward(x, w, None, 2, backend="cython")
+    np.testing.assert_allclose(y, K.conv2d_forward(x, w, None, 2, backend="python"), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, ref in zip(
+        K.conv2d_backward(dy, x, w, 2, backend="cython"), K.conv2d_backward(dy, x, w, 2, backend="python")
+    ):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
