@@ -740,7 +740,8 @@ def machine_info(threads: int) -> dict[str, Any]:
             name = f"L{level}" + ("d" if kind == "Data" else "i" if kind == "Instruction" else "")
             caches[name] = (index / "size").read_text().strip()
     blas = [
-        f"{d.get('internal_api')} {d.get('version')} ({d.get('threading_layer', '?')}, {d.get('architecture', '?')})"
+        f"{d.get('internal_api')} {d.get('version')} ({d.get('threading_layer', '?')}, {d.get('architecture', '?')}, "
+        f"from {Path(d.get('filepath', '?')).parent.name})"
         for d in _threads.blas_info()
         if d.get("user_api") == "blas"
     ]
