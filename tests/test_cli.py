@@ -15,7 +15,7 @@ from fastconv import cli
 from fastconv.train import BUNDLED_MODEL
 
 #: CLI options of a tiny, fast training run on the 16x16 stripes folder (later options win)
-TINY = "--image-size 16 --epochs 2 --width 4 --quiet"
+TINY = "--image-size 16 --epochs 2 --width 4 --no-refit --quiet"
 SAMPLES = Path(__import__("skimage.data").data.__file__).resolve().parent
 
 
@@ -195,3 +195,14 @@ def test_evaluate_rejects_data_with_other_classes(capsys, tmp_path, data_dir):
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", str(data_dir / "catvnoncat"))
     assert code == 1
     assert "classes" in err  # catvnoncat's classes are not the model's
+
+
+def test_refit_model_files_and_no_fake_validation_metrics(capsys, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), "--refit")
+    assert code == 0, err
+    assert (out / "model_val.npz").is_file() and (out / "history_refit.csv").is_file()
+    assert fastconv.model.load_with_metadata(out / "model.npz")[1]["train_size"] == 24  # every image
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(data), "--split", "val")
+    assert code == 1 and "not held out" in err
