@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "bench"
-HELP = "benchmark the kernels and the catnet step on every backend (GFLOP/s, % of peak, speedups)"
+HELP = "benchmark the kernels and the catnet step on every backend (GFLOP/s, %% of peak, speedups)"
 DESCRIPTION = (
     "Time conv forward/backward, max/avg pooling and relu on catnet's layers (batch 32) and a whole "
     "catnet training step on every available backend, interleaved, median after warm-up. Reports ms, "
