@@ -26,6 +26,10 @@ from fastconv import bench as B
 from fastconv import kernels as K
 
 
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-".rjust(len(format(0.0, spec)) + len(suffix)) if value is None else f"{value:{spec}}{suffix}"
+
+
 def _fwd_bwd(cases: list[B.Case]):
     fns = [c.fn for c in cases]
 
@@ -49,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = ["cython", "numpy", "numba", "torch"] if args.engines is None else args.engines.split(",")
     available = K.available_backends()
     engines = [e for e in wanted if e in available or (e == "torch" and B.torch_available())]
-    B._set_threads(args.threads, engines)
+    K.set_num_threads(args.threads)  # OpenMP, Numba and BLAS alike
+    if "torch" in engines:
+        import torch
+
+        torch.set_num_threads(args.threads)
     B.warm_up_backends([e for e in engines if e != "torch"])
 
     peaks = [B.measure_peak(dtype, repeats=5)]
@@ -78,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         gf = flops / s / 1e9 if flops else None
         ratios = [by[(w, ref)] / s if (w, ref) in by else None for ref in ("numpy", "torch")]
         print(
-            f"{w:<58} {e:<7} {s * 1e3:8.2f} {B._fmt(gf, '8.1f')} {B._fmt(gf and 100 * gf / peak, '6.1f')} "
-            f"{B._fmt(ratios[0], '8.2f', 'x')} {B._fmt(ratios[1], '8.2f', 'x')}"
+            f"{w:<58} {e:<7} {s * 1e3:8.2f} {_fmt(gf, '8.1f')} {_fmt(gf and 100 * gf / peak, '6.1f')} "
+            f"{_fmt(ratios[0], '8.2f', 'x')} {_fmt(ratios[1], '8.2f', 'x')}"
         )
     return 0
 
