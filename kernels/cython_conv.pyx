@@ -30,10 +30,29 @@ row-major product C = A @ B is computed as the column-major product C^T = B^T @ 
 passing the operands in swapped order with no transposition of memory.
 """
 
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import scipy.linalg.cython_blas
+
+# SciPy's BLAS, fetched at import from the capsules scipy.linalg.cython_blas exports for
+# cimport. This is what `from scipy.linalg.cython_blas cimport sgemm` does under the hood, but
+# done at run time it needs no SciPy at *build* time (pip's isolated build env has none).
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                         double*, double*, int*) noexcept nogil
+
+
+cdef void* _blas_function(str name) except NULL:
+    capsule = scipy.linalg.cython_blas.__pyx_capi__[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+cdef sgemm_t sgemm = <sgemm_t>_blas_function("sgemm")
+cdef dgemm_t dgemm = <dgemm_t>_blas_function("dgemm")
 
 
 cdef struct Geo:
