@@ -81,9 +81,10 @@ def _scratch(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _padded_x(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, int]:
-    """x zero-padded by (ph, pw), each plane flattened: (N, C, Hp*Wp) scratch, and Wp."""
+    """x zero-padded by (ph, pw), each plane flattened and followed by SLACK zeros:
+    (N, C, Hp*Wp + SLACK) scratch, and Wp."""
     hp, wp = g.h + 2 * g.ph, g.w + 2 * g.pw
-    xp = _scratch("xp", (g.n, g.c, hp * wp), x.dtype)
+    xp = _scratch("xp", (g.n, g.c, hp * wp + cv.SLACK), x.dtype)
     cv.pad_flat(x, g.ph * wp + g.pw, wp, xp)
     return xp, wp
 
@@ -132,7 +133,7 @@ def conv2d_backward(
     # dy laid out in rows of Wp (zeros in the Wp - Wo wrap-around columns) after `lead` zeros:
     # the margin that lets dx read dy[i - r*dh, j - s*dw] at non-negative flat indices.
     lead = int(offs[-1])
-    dyb = _scratch("dyb", (g.n, g.k, lead + hp * wp), dtype)
+    dyb = _scratch("dyb", (g.n, g.k, lead + hp * wp + cv.SLACK), dtype)
     cv.pad_flat(dy, lead, wp, dyb)
     cv.flat_weight_grad(dyb, xp, offs, (g.ho - 1) * wp + g.wo, lead, zero, dw64, db64)
     dx = None
