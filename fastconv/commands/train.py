@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float, default=d.dropout)
     parser.add_argument("--width", type=int, default=d.width, help="channels of catnet's first conv (16 in DESIGN.md)")
+    parser.add_argument("--batchnorm", action="store_true", help="BatchNorm2d after each conv (not in DESIGN catnet)")
     parser.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation, pixels")
     parser.add_argument("--max-rotation", type=float, default=d.max_rotation, help="random rotation, degrees")
     parser.add_argument("--scale", type=float, default=d.scale, help="random zoom in [1-scale, 1+scale]")
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale,
         dropout=args.dropout,
         width=args.width,
+        batchnorm=args.batchnorm,
         label_smoothing=args.label_smoothing,
         tta=not args.no_tta,
         refit=refit,
