@@ -121,10 +121,7 @@ def conv2d_backward(
     zero = dtype.type(0)
     if g.sh != 1 or g.sw != 1:
         cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
-        dx = None
-        if need_dx:
-            dx = np.zeros(g.x_shape, dtype)
-            cv.conv_bwd_dx_generic(dy, w, *_strides(g), dx)
+        dx = _dx_generic(dy, w, g) if need_dx else None
         return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
 
     xp, wp = _padded_x(x, g)
@@ -136,14 +133,29 @@ def conv2d_backward(
     dyb = _scratch("dyb", (g.n, g.k, lead + hp * wp + cv.SLACK), dtype)
     cv.pad_flat(dy, lead, wp, dyb)
     cv.flat_weight_grad(dyb, xp, offs, (g.ho - 1) * wp + g.wo, lead, zero, dw64, db64)
+    if np.isnan(dw64).any():
+        # The flat sums also pair the zero dy of wrap-around positions with real x values: an
+        # inf there gives 0 * inf = NaN where the reference (valid pairs only) may be finite.
+        # Rare (non-finite data), cheap to detect on the small dW: redo it pair by pair.
+        dw64[...] = 0.0
+        cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
     dx = None
-    if need_dx:
+    if need_dx and not np.isfinite(w).all():
+        # Same for dx: zeros of the bordered dy times an infinite weight would give NaN.
+        dx = _dx_generic(dy, w, g)
+    elif need_dx:
         # dx = correlation of the bordered dy with the kernel flipped (offsets lead - off) and
         # transposed to (C, K, R*S); output element (h, w) sits at flat (h+ph)*Wp + w+pw.
         wt = np.ascontiguousarray(w.reshape(g.k, g.c, g.r * g.s).transpose(1, 0, 2))
         dx = np.empty(g.x_shape, dtype)
         cv.flat_correlate(dyb, wt, lead - offs, np.zeros(g.c, dtype), g.ph * wp + g.pw, wp, dx)
     return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
+
+
+def _dx_generic(dy: np.ndarray, w: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
+    dx = np.zeros(g.x_shape, dy.dtype)
+    cv.conv_bwd_dx_generic(dy, w, *_strides(g), dx)
+    return dx
 
 
 def _ladder_rung(kernel: Callable) -> Callable:

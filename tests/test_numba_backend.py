@@ -92,6 +92,29 @@ def test_flat_rung_and_strided_fallback_handle_big_channel_counts():
             np.testing.assert_allclose(got, exp, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("where", ["x", "w"])
+def test_infinities_match_the_reference_despite_the_flat_layout(where):
+    # The flat kernels also compute wrap-around positions whose dy is zero; paired with an inf
+    # in x (dW) or in w (dx) they would produce 0 * inf = NaN where the reference, which only
+    # visits valid pairs, gives a number or +-inf. Edge columns are where this happens.
+    rng = np.random.default_rng(5)
+    x, w, _, g = _problem((2, 2, 6, 7), (4, 2, 3, 3), 1, 1, 1, np.float64, seed=5)
+    if where == "x":
+        x[0, 0, :, 0] = np.inf
+        x[1, 1, 2, -1] = -np.inf
+    else:
+        w[1, 0, 1, 2] = np.inf
+        w[3, 1, 0, 0] = -np.inf
+    dy = rng.standard_normal(g.y_shape)
+    with np.errstate(invalid="ignore"):  # the reference meets inf - inf too, as it should
+        expected = ref.conv2d_backward(dy, x, w, g, True)
+    for got, exp in zip(nb.conv2d_backward(dy, x, w, g, True), expected):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(exp))
+        finite = np.isfinite(exp)
+        np.testing.assert_allclose(got[finite], exp[finite], rtol=1e-12)
+
+
 @pytest.fixture
 def restore_threads():
     before = K.get_num_threads()
