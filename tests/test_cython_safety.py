@@ -279,18 +279,27 @@ def test_relu_any_arguments(data):
 
 
 def test_large_relu_and_pool_cross_thread_chunks():
-    """Sizes above the kernels' parallel threshold and chunk size (several OpenMP tasks, odd tail)."""
+    """Above the pooling/relu kernels' parallel threshold (2**24 elements): many OpenMP tasks,
+    an odd tail chunk, odd plane sizes."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 5, 67, 131)).astype(np.float32)
+    x = rng.standard_normal((2, 1, 2049, 4099)).astype(np.float32)
+    assert x.size > 2**24
     x[0, 0, :4, :4] = np.nan
     y = K.relu_forward(x, backend="cython")
     np.testing.assert_array_equal(y, np.where(np.isnan(x) | (x > 0), x, 0))
     dy = rng.standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(K.relu_backward(dy, x, backend="cython"), np.where(x > 0, dy, 0))
-    got = K.max_pool2d_forward(x, 2, backend="cython")
-    ref = K.max_pool2d_forward(x, 2, backend="numpy")
-    np.testing.assert_array_equal(got[0], ref[0])
-    np.testing.assert_array_equal(got[1], ref[1])
+    got, argmax = K.max_pool2d_forward(x, 2, backend="cython")
+    # independent oracle: the four taps of each 2x2 window in row-major order, first max wins
+    taps = np.stack([x[..., : 2 * 1024 : 2, : 2 * 2049 : 2], x[..., : 2 * 1024 : 2, 1 : 2 * 2049 : 2],
+                     x[..., 1 : 2 * 1024 : 2, : 2 * 2049 : 2], x[..., 1 : 2 * 1024 : 2, 1 : 2 * 2049 : 2]])
+    first = np.argmax(taps, axis=0)  # np.argmax: first maximum, NaN counts as the maximum
+    np.testing.assert_array_equal(got, np.take_along_axis(taps, first[None], 0)[0])
+    rows = 2 * np.arange(1024)[:, None] + first // 2
+    cols = 2 * np.arange(2049)[None, :] + first % 2
+    np.testing.assert_array_equal(argmax, rows * 4099 + cols)
+    dx = K.max_pool2d_backward(np.ones_like(got), argmax, x.shape, backend="cython")
+    assert dx.sum() == got.size and set(np.unique(dx)) <= {0.0, 1.0}
 
 
 @pytest.mark.parametrize("x_shape", [(1, 2, 1, 2), (2, 3, 3, 1), (1, 1, 1, 1)])
