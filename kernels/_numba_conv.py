@@ -37,12 +37,13 @@ from numba import njit, prange
 # three input streams it reads stay well inside the 32 KiB L1d of a Zen4 core.
 _TILE = 1024
 # The flat loops run over a length rounded up to a multiple of _ROUND elements, so LLVM's
-# vectorised body (8 float32 lanes x up to 4-fold unrolling = 32 elements, or more) covers
-# everything and its scalar remainder loop never runs: a remainder of up to 31 scalar
-# iterations cost 10-25 % on catnet's rows (tiles of ~1000 and ~290 elements). The extra
+# vectorised body (8 float32 lanes x 4-fold unrolling = 32 elements) covers everything and
+# its scalar remainder loop never runs: a remainder of up to 31 scalar iterations cost
+# 10-25 % on catnet's rows (tiles of ~1000 and ~290 elements). Rounding to 64 instead was
+# measured ~5-10 % slower on the 16x16 layer (more garbage: 286 -> 320). The extra
 # elements are wrap-around garbage never copied out (forward, dx) or zeros of dy (dW); the
 # caller gives every flat plane SLACK elements of zeros at the end so the reads stay inside.
-_ROUND = 64
+_ROUND = 32
 SLACK = _ROUND
 
 # 'contract' lets LLVM fuse a*b + c into one FMA instruction (AVX2/FMA on this CPU). It only
