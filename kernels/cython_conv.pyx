@@ -162,6 +162,19 @@ cdef void _col2im_tile(const floating* col, floating* dxn, Py_ssize_t p0, Py_ssi
                             dst[j * g.sw + off] += src[j]
 
 
+cdef inline const floating* _columns(const floating* xn, floating* buf, Py_ssize_t p0,
+                                     Py_ssize_t p1, bint pointwise, const Geo* g,
+                                     Py_ssize_t* ld) noexcept nogil:
+    """The column matrix (C*R*S, p1-p0) of output pixels [p0, p1) of image xn, row stride *ld:
+    x itself for a pointwise conv, else im2col'ed into buf."""
+    if pointwise:
+        ld[0] = g.ho * g.wo
+        return xn + p0
+    _im2col_tile(xn, buf, p0, p1, g)
+    ld[0] = p1 - p0
+    return buf
+
+
 cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
     # a 1x1 kernel with stride 1 and no padding: the column matrix IS x[n] viewed as (C, H*W).
     # Test the output size too, not just the stride: cython_backend resets the stride to 1
@@ -204,13 +217,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         n = t // ntiles
         p0 = (t % ntiles) * tile
         p1 = min(howo, p0 + tile)
-        if pointwise:
-            a = &x[n, 0, 0, 0] + p0
-            lda = howo
-        else:
-            _im2col_tile(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, &g)
-            a = &buf[tid, 0]
-            lda = p1 - p0
+        a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g, &lda)
         # out (P, K) = col^T (P, CRS) @ W^T (CRS, K), i.e. column-major out^T (K x P) = W @ col.
         # Computing y's tile (K, P) directly (m = P, n = K) is the same product, but SciPy's
         # OpenBLAS runs it ~2x slower when the small dimension K is `n` rather than `m`
@@ -252,13 +259,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         p0 = 0
         while p0 < howo:
             p1 = min(howo, p0 + tile)
-            if pointwise:
-                a = &x[n, 0, 0, 0] + p0
-                lda = howo
-            else:
-                _im2col_tile(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, &g)
-                a = &buf[tid, 0]
-                lda = p1 - p0
+            a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g, &lda)
             # dW^T (CRS, K) += col (CRS, P) @ dy[n][:, p0:p1]^T (P, K), i.e. column-major
             # (K x CRS) = dy_tile @ col^T. Transposed dW partials (the caller transposes their
             # sum once) because SciPy's OpenBLAS is ~2x faster with the small K as `m` (measured).

@@ -45,6 +45,14 @@ cdef enum:
     PARALLEL_MIN = 1 << 24
 
 
+cdef inline void _clamp(Py_ssize_t start, Py_ssize_t k, Py_ssize_t size, Py_ssize_t* lo,
+                        Py_ssize_t* hi) noexcept nogil:
+    # taps [lo, hi) of a window starting at `start` (may be negative: padding) that lie in
+    # [0, size); clamping once per window keeps the padding tests out of the inner loops
+    lo[0] = max(0, -start)
+    hi[0] = min(k, size - start)
+
+
 cdef inline bint _wins(floating v, floating best) noexcept nogil:
     # Strictly greater keeps the FIRST maximum on ties; a NaN beats any number but not an
     # earlier NaN, so the first NaN wins. (No -ffast-math: gcc keeps these NaN semantics.)
@@ -123,12 +131,10 @@ cdef void _max_plane(const floating* xp, floating* yp, int64_t* ap, const PGeo* 
         return
     for i in range(g.ho):
         h0 = i * g.sh - g.ph
-        rlo = max(0, -h0)
-        rhi = min(g.kh, g.h - h0)
+        _clamp(h0, g.kh, g.h, &rlo, &rhi)
         for j in range(g.wo):
             w0 = j * g.sw - g.pw
-            slo = max(0, -w0)
-            shi = min(g.kw, g.w - w0)
+            _clamp(w0, g.kw, g.w, &slo, &shi)
             # padding <= kernel // 2 guarantees rlo < rhi and slo < shi: a real element exists
             best_idx = (h0 + rlo) * g.w + w0 + slo
             best = xp[best_idx]
@@ -184,12 +190,10 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
         yp = &y[0, 0, 0, 0] + pl * howo
         for i in range(g.ho):
             h0 = i * g.sh - g.ph
-            rlo = max(0, -h0)
-            rhi = min(g.kh, g.h - h0)
+            _clamp(h0, g.kh, g.h, &rlo, &rhi)
             for j in range(g.wo):
                 w0 = j * g.sw - g.pw
-                slo = max(0, -w0)
-                shi = min(g.kw, g.w - w0)
+                _clamp(w0, g.kw, g.w, &slo, &shi)
                 acc = 0
                 for r in range(rlo, rhi):
                     for s in range(slo, shi):
@@ -213,12 +217,10 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] 
         memset(dxp, 0, hw * sizeof(floating))
         for i in range(g.ho):
             h0 = i * g.sh - g.ph
-            rlo = max(0, -h0)
-            rhi = min(g.kh, g.h - h0)
+            _clamp(h0, g.kh, g.h, &rlo, &rhi)
             for j in range(g.wo):
                 w0 = j * g.sw - g.pw
-                slo = max(0, -w0)
-                shi = min(g.kw, g.w - w0)
+                _clamp(w0, g.kw, g.w, &slo, &shi)
                 share = <floating>(dyp[i * g.wo + j] / divisor)
                 for r in range(rlo, rhi):
                     for s in range(slo, shi):
