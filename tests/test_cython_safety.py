@@ -316,3 +316,28 @@ def test_one_by_one_kernel_with_irrelevant_stride(x_shape):
         K.conv2d_backward(dy, x, w, 2, backend="cython"), K.conv2d_backward(dy, x, w, 2, backend="python")
     ):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_parallel_conv_backward_is_race_free_and_reproducible():
+    """Threads own whole images (dx) and private dW/db partials: with a fixed thread count the
+    result is bitwise reproducible (a data race would make repeated runs differ), and it agrees
+    with one thread up to summation order."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(2)
+        runs = [K.conv2d_backward(dy, x, w, 1, 1, backend="cython") for _ in range(5)]
+        K.set_num_threads(1)
+        serial = K.conv2d_backward(dy, x, w, 1, 1, backend="cython")
+    finally:
+        K.set_num_threads(before)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+    ref = K.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 1, 1, backend="python")
+    for par, ser, r in zip(runs[0], serial, ref):
+        np.testing.assert_allclose(par, r, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ser, r, rtol=1e-4, atol=1e-4)
