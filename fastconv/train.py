@@ -95,11 +95,11 @@ class TrainConfig:
     seed: int = 0
     hflip: bool = True
     max_shift: int = 4
-    max_rotation: float = 0.0  # degrees
-    scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
+    max_rotation: float = 10.0  # degrees
+    scale: float = 0.1  # random zoom in [1 - scale, 1 + scale]
     dropout: float = 0.5
     width: int = 16
-    batchnorm: bool = False
+    batchnorm: bool = True
     label_smoothing: float = 0.0
     tta: bool = True
     refit: bool = True

@@ -10,8 +10,9 @@ from pathlib import Path
 NAME = "train"
 HELP = "train catnet on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
 DESCRIPTION = (
-    "Train catnet (DESIGN.md) with the recipe of docs/training.md: AdamW, cosine learning rate with "
-    "warm-up, flip+shift augmentation, dropout, a stratified validation split evaluated every epoch "
+    "Train catnet (DESIGN.md, with BatchNorm after each conv) with the recipe of docs/training.md: AdamW, "
+    "cosine learning rate with warm-up, flip/shift/rotation/zoom augmentation, dropout, a stratified "
+    "validation split evaluated every epoch "
     "(the checkpoint with the best validation accuracy is kept as model_val.npz), then a refit of a fresh "
     "catnet on all training images for the same number of epochs (model.npz), test-time flip averaging. The test "
     "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
@@ -85,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float, default=d.dropout)
     parser.add_argument("--width", type=int, default=d.width, help="channels of catnet's first conv (16 in DESIGN.md)")
-    parser.add_argument("--batchnorm", action="store_true", help="BatchNorm2d after each conv (not in DESIGN catnet)")
+    parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=d.batchnorm,
+                        help="BatchNorm2d after every conv (DESIGN.md's catnet has none; see docs/training.md)")
     parser.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation, pixels")
     parser.add_argument("--max-rotation", type=float, default=d.max_rotation, help="random rotation, degrees")
     parser.add_argument("--scale", type=float, default=d.scale, help="random zoom in [1-scale, 1+scale]")
