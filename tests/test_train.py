@@ -43,7 +43,8 @@ def stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(epochs=8, batch_size=16, lr=0.01, warmup_epochs=1, val_fraction=0.25, max_shift=1, width=4, seed=0)
+    base = dict(epochs=8, batch_size=16, lr=0.01, warmup_epochs=1, val_fraction=0.25, max_shift=1, width=4, seed=0,
+                max_rotation=0.0, scale=0.0, batchnorm=False, refit=False)
     base.update(kw)
     return TrainConfig(**base)
 
