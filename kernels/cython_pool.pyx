@@ -7,7 +7,8 @@
 """Cython pooling kernels: memory-bound loops, one OpenMP task per (n, c) plane.
 
 These ops do ~1 flop per byte, so speed means touching each byte once: no padded copy, no
-window view materialised, no float64 temporaries (the numpy backend does all three). What
+materialised window array, no index arrays (the numpy backend's whole-array steps each make
+another pass over memory). What
 makes them leave the interpreter (``cython -a`` shows the inner loops white):
 
 * typed, C-contiguous memoryviews (``floating[:, :, :, ::1]``) become raw pointers to a plane;
