@@ -120,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"\nconv layer race: catnet conv1 forward (32x3x64x64, 3x3 kernels, 16 channels), "
               f"{fastconv.get_num_threads()} threads, median of {args.repeats}:")
-        for name, ms, gflops, note in backend_race(args.repeats, include_python=not args.no_python):
-            print(f"  {name:<8} {ms:10.2f} ms  {gflops:7.2f} GFLOP/s  {note}")
+        rows = backend_race(args.repeats, include_python=not args.no_python)
+        naive = next((ms for name, ms, _, _ in rows if name == "python"), None)
+        for name, ms, gflops, note in rows:
+            speedup = f"{naive / ms:8.0f}x python" if naive and name != "python" else " " * 15
+            print(f"  {name:<8} {ms:10.2f} ms  {gflops:8.3g} GFLOP/s  {speedup}  {note}".rstrip())
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     return 0
