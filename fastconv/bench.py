@@ -1272,7 +1272,8 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
     star = "\\*"  # a literal asterisk in markdown
     if what == "machine":
         return (
-            f"Measured {report['created']} on {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
+            f"Run finished {report['created']} after {report['elapsed_s'] / 60:.0f} minutes, "
+            f"on {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
             f"{m['threads']} threads, BLAS {'; '.join(m['blas'])}; {versions}. {report['dtype']}, "
             f"`fastconv bench` {report['mode']} mode, median of up to {report['repeats']} interleaved "
             f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}). "
