@@ -1277,7 +1277,7 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
             f"{m['threads']} threads, BLAS {'; '.join(m['blas'])}; {versions}. {report['dtype']}, "
             f"`fastconv bench` {report['mode']} mode, median of up to {report['repeats']} interleaved "
             f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}). "
-            f"Load average at the start: {m.get('load_average_1min') or 0:.1f} on {m['cores']} cores."
+            f"1-minute load average at the end of the run: {m.get('load_average_1min') or 0:.1f} on {m['cores']} cores."
         )
     if what == "best_gflops":
         best = [
