@@ -24,7 +24,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_savez, atomic_write
 
 __all__ = [
     "CATVNONCAT_FILES",
@@ -162,18 +163,16 @@ def _verify(path: Path, expected: str) -> None:
 
 
 def _fetch(url: str, final: Path, sha256: str, timeout: float, progress: bool) -> None:
-    """Stream ``url`` to a temporary file next to ``final``, verify, then rename into place.
+    """Stream ``url`` into ``final`` through fastconv._io.atomic_write, verifying before the rename.
 
-    The temporary name never equals ``final``, and the temporary file is removed on every
-    failure, so an interrupted or corrupt transfer cannot leave a complete-looking file.
+    Size and checksum are checked inside the write callback, so a short or corrupt transfer
+    raises before the rename: the temporary file is removed and no complete-looking file is left.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        from fastconv import __version__
+    from fastconv import __version__
 
+    def write(out) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": f"fastconv/{__version__}"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             expected_size = int(length) if length and length.isdigit() else None
             bar = None
@@ -193,17 +192,13 @@ def _fetch(url: str, final: Path, sha256: str, timeout: float, progress: bool) -
             finally:
                 if bar is not None:
                     bar.close()
-            out.flush()
-            os.fsync(out.fileno())
         if expected_size is not None and size != expected_size:
             raise DataError(f"incomplete transfer: received {size} of {expected_size} bytes")
         got = h.hexdigest()
         if got != sha256:
             raise DataError(f"checksum mismatch: expected SHA-256 {sha256}, got {got} ({size} bytes)")
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(final, write)
 
 
 def download(
@@ -588,9 +583,8 @@ def _folder_cache_path(root: Path, size: tuple[int, int], names: list[str], file
 
 
 def _save_folder_cache(path: Path, ds: FolderDataset) -> None:
-    """Atomic write (fastconv.model.atomic_savez). Pixels go in as uint8 when that is lossless
+    """Atomic write (fastconv._io.atomic_savez). Pixels go in as uint8 when that is lossless
     (8-bit images at their native size), which makes the file 4x smaller."""
-    from .model import atomic_savez
 
     q = np.rint(ds.x * np.float32(255.0)).astype(np.uint8)
     x = q if np.array_equal(q.astype(np.float32) / np.float32(255.0), ds.x) else ds.x

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from . import kernels as K
+from ._io import atomic_savez, atomic_write
 from .layers import LAYER_TYPES, Layer, Parameter
 
 __all__ = [
@@ -357,43 +355,8 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"metadata: {type(obj).__name__} is not JSON serialisable")
 
 
-# Read once at import (os.umask can only be read by setting it): mkstemp creates files 0600,
-# and a saved model should get the usual permissions of a new file instead.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file in the same folder,
-    which is flushed to disk and renamed over ``path`` with os.replace.
-
-    On any error (or KeyboardInterrupt) the temporary file is removed and an existing ``path`` is
-    left untouched. A replaced file keeps its permission bits; a new one gets 0666 minus the umask.
-    """
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_savez(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez ``arrays`` (uncompressed) to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+# atomic_write / atomic_savez live in fastconv._io (one implementation for every writer);
+# they stay importable from here.
 
 
 def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], dict]:
