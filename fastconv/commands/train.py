@@ -62,10 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend", default=None, help="kernel backend (see 'fastconv info'); default: the fastest available"
     )
     parser.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS; default: all cores")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per mini-batch")
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warm-up)")
-    parser.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer,
+                        help="adamw = decoupled weight decay; sgd = Nesterov momentum 0.9")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                        help="weight decay (biases and BatchNorm parameters exempt)")
     parser.add_argument(
         "--warmup-epochs",
         type=int,
@@ -84,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.patience,
         help="stop after this many epochs without a better validation score (0 = never)",
     )
-    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability before the linear layer")
     parser.add_argument("--width", type=int, default=d.width, help="channels of catnet's first conv (16 in DESIGN.md)")
     parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=d.batchnorm,
                         help="BatchNorm2d after every conv (DESIGN.md's catnet has none; see docs/training.md)")
@@ -92,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rotation", type=float, default=d.max_rotation, help="random rotation, degrees")
     parser.add_argument("--scale", type=float, default=d.scale, help="random zoom in [1-scale, 1+scale]")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
-    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                        help="label smoothing of the targets (0 = none)")
     parser.add_argument(
         "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
     )
