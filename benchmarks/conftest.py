@@ -19,9 +19,7 @@ BACKENDS, _, COMPARE = bench.suite_engines()
 def pytest_configure(config):
     K.set_num_threads(K.get_num_threads())  # applies FASTCONV_NUM_THREADS / all cores to BLAS too
     if COMPARE:
-        import torch
-
-        torch.set_num_threads(K.get_num_threads())
+        bench.import_torch().set_num_threads(K.get_num_threads())
     for backend in BACKENDS:
         compile_all = getattr(K.get_backend(backend), "compile_all", None)
         if callable(compile_all):

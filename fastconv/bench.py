@@ -329,6 +329,26 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def import_torch():
+    """Import torch for the comparison column with its OpenMP threads set to sleep when idle.
+
+    By default PyTorch's OpenMP workers spin for a while after every op; interleaved with our
+    engines on 2 cores, that spinning steals the cores from whatever runs next (measured: numpy's
+    BLAS conv backward 3-5x slower right after a torch op). OMP_WAIT_POLICY=PASSIVE is read when
+    torch's bundled OpenMP runtime loads, so it is set just for that import (unless the user set
+    it) and does not change how our own OpenMP / Numba threads behave.
+    """
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            import torch
+        finally:
+            del os.environ["OMP_WAIT_POLICY"]
+    import torch
+
+    return torch
+
+
 def suite_engines() -> tuple[list[str], list[str], list[str]]:
     """Engines of the pytest-benchmark suites: (every available backend, the backends timed on catnet
     shapes = all but naive python, comparison engines = torch when importable and
@@ -340,7 +360,7 @@ def suite_engines() -> tuple[list[str], list[str], list[str]]:
 
 def _torch_case(kernel: str, wl: Workload, inputs: dict[str, np.ndarray]) -> Case:
     """PyTorch CPU on the same inputs, through aten ops so that no autograd bookkeeping is timed."""
-    import torch
+    torch = import_torch()
     import torch.nn.functional as F
 
     t = {k: torch.from_numpy(v) for k, v in inputs.items()}
@@ -557,7 +577,7 @@ def _catnet_params_of(model) -> dict[str, np.ndarray]:
 
 
 def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int, dropout: bool):
-    import torch
+    torch = import_torch()
     from torch import nn
 
     layers: list[nn.Module] = []
@@ -785,9 +805,7 @@ def _progress(total: int, enabled: bool):
 def _set_threads(n: int, engines: Iterable[str]) -> None:
     K.set_num_threads(n)
     if "torch" in engines:
-        import torch
-
-        torch.set_num_threads(n)
+        import_torch().set_num_threads(n)
 
 
 def warm_up_backends(backends: Iterable[str], dtype: np.dtype | type | None = None) -> dict[str, float]:
@@ -873,9 +891,10 @@ def run_benchmarks(config: BenchConfig | None = None) -> dict[str, Any]:
     engines = [*cfg.backends, *compare]
     _set_threads(cfg.threads, engines)
     if "torch" in compare:
-        import torch
-
-        notes.append(f"torch {torch.__version__} CPU, torch.set_num_threads({cfg.threads}).")
+        notes.append(
+            f"torch {import_torch().__version__} CPU, torch.set_num_threads({cfg.threads}), its OpenMP "
+            "threads imported with OMP_WAIT_POLICY=PASSIVE (no spinning that would slow the next engine)."
+        )
     t_start = time.perf_counter()
     warm = warm_up_backends(cfg.backends, dtype)
     rungs = ladder_rungs(cfg.backends) if cfg.full else []  # the LADDER rungs: --full only
