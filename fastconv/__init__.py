@@ -2,7 +2,7 @@
 
 >>> import fastconv
 >>> fastconv.kernels.available_backends()        # doctest: +SKIP
-['cython', 'numba', 'numpy', 'python']
+['numba', 'cython', 'numpy', 'python']
 
 The model API (numpy arrays in and out, NCHW)::
 

@@ -1141,13 +1141,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (fastconv.model.atomic_write: temporary file
-    in the same directory, then os.replace); creates the parent directory."""
-    from fastconv.model import atomic_write
+    """Write ``text`` (UTF-8) to ``path`` atomically; see fastconv._io.atomic_write."""
+    from fastconv._io import atomic_write_text as write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    write(path, text)
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
