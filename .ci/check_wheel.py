@@ -34,5 +34,8 @@ probe = (
     "b = k.available_backends(); print('installed wheel backends:', b);"
     "assert {'python', 'numpy'} <= set(b), b"
 )
-subprocess.run([sys.executable, "-c", probe], check=True, env={"PYTHONPATH": str(site.resolve()), "PATH": ""})
+# Run from the install folder: from the repo root, -c would put the source tree first on sys.path.
+subprocess.run(
+    [sys.executable, "-c", probe], check=True, cwd=site, env={"PYTHONPATH": str(site.resolve()), "PATH": ""}
+)
 print("wheel OK")
