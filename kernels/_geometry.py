@@ -57,7 +57,8 @@ class Conv2dGeometry:
     """Every size a conv2d kernel needs, validated and normalised.
 
     x: (n, c, h, w); weight: (k, c, r, s); y: (n, k, ho, wo).
-    stride (sh, sw), padding (ph, pw), dilation (dh, dw).
+    stride (sh, sw), padding (ph, pw), dilation (dh, dw); a stride along an axis with one output,
+    or a dilation along an axis of kernel size 1, is stored as 1 (it cannot change the result).
     """
 
     n: int
@@ -128,8 +129,13 @@ def conv2d_geometry(
             f"weight: kernel {r}x{s} with dilation ({dh}, {dw}) spans {eff_r}x{eff_s}, larger than the "
             f"padded input {h + 2 * ph}x{w + 2 * pw} (x {h}x{w}, padding ({ph}, {pw}))"
         )
+    _require_index_range(h + 2 * ph, w + 2 * pw, (ph, pw))
     ho = conv_output_size(h, r, sh, ph, dh)
     wo = conv_output_size(w, s, sw, pw, dw)
+    # A stride never used (one output along that axis) or a dilation never used (kernel size 1)
+    # is stored as 1: same result, and no backend ever sees a huge-but-irrelevant value.
+    sh, sw = (1 if ho == 1 else sh), (1 if wo == 1 else sw)
+    dh, dw = (1 if r == 1 else dh), (1 if s == 1 else dw)
     return Conv2dGeometry(n, c, h, w, k, r, s, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
@@ -191,9 +197,25 @@ def pool2d_geometry(
             f"kernel_size: window ({kh}, {kw}) is larger than the padded input "
             f"{h + 2 * ph}x{w + 2 * pw} (x {h}x{w}, padding ({ph}, {pw}))"
         )
+    _require_index_range(h + 2 * ph, w + 2 * pw, (ph, pw))
     ho = conv_output_size(h, kh, sh, ph, 1)
     wo = conv_output_size(w, kw, sw, pw, 1)
+    sh, sw = (1 if ho == 1 else sh), (1 if wo == 1 else sw)  # unused strides stored as 1
     return Pool2dGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo)
+
+
+# Largest padded extent any backend indexes. Every used stride, dilation and window is at most the
+# padded extent (checked above), so this one bound keeps all index arithmetic far from int64
+# overflow in compiled code (i*stride + r*dilation < 2**62).
+INDEX_LIMIT = 2**60
+
+
+def _require_index_range(padded_h: int, padded_w: int, padding: tuple[int, int]) -> None:
+    if max(padded_h, padded_w) >= INDEX_LIMIT:
+        raise ValueError(
+            f"padding: expected a padded input smaller than 2**60 along each axis, got padding {padding} "
+            f"(padded size {padded_h}x{padded_w})"
+        )
 
 
 def _require_positive(name: str, sizes: tuple[int, ...], labels: tuple[str, ...], shape) -> None:

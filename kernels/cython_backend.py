@@ -10,9 +10,9 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
 
 Safety: the compiled kernels run with bounds checks off, which is safe only because
 ``fastconv.kernels`` has validated every shape, dtype and layout before calling us. This layer
-adds the two guarantees the compiled code needs beyond that: every geometry value fits
-comfortably in 64-bit index arithmetic (otherwise the exact Python reference computes the
-result), and every GEMM size fits BLAS's 32-bit ``int`` (otherwise a clear ValueError).
+adds the one guarantee the compiled code needs beyond that (dispatch already keeps every index
+below 2**60, see ``_geometry.INDEX_LIMIT``): every GEMM size fits BLAS's 32-bit ``int``
+(otherwise a clear ValueError).
 
 Threads: ``fastconv.kernels.get_num_threads()`` is read on each call and passed explicitly to
 every ``prange``. Each OpenMP thread calls BLAS on its own tile, so SciPy's OpenBLAS must be
@@ -22,12 +22,11 @@ thread hook keeps it at 1. numpy's own BLAS (a different library) is not touched
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 
-from . import _openmp, cython_conv, cython_pool, cython_relu, python_backend
+from . import _openmp, cython_conv, cython_pool, cython_relu
 from ._geometry import Conv2dGeometry, Pool2dGeometry
 from ._threads import get_num_threads, register_thread_hook
 
@@ -37,10 +36,6 @@ DESCRIPTION = (
     + ("" if _openmp.openmp_enabled() else " (built without OpenMP: serial)")
 )
 
-# Geometry values at or above this are outside what the compiled index arithmetic is proven
-# safe for (products like i*stride + r*dilation stay below 2**62 only if every term does);
-# such absurd-but-valid problems (e.g. padding 10**30 with stride 10**30) go to the reference.
-_INDEX_LIMIT = 2**60
 # BLAS takes sizes and leading dimensions as 32-bit C ints.
 _BLAS_INT_MAX = 2**31 - 1
 # Scratch per thread per tile: ~256 KiB of float32, so the column tile and the GEMM's packed
@@ -82,31 +77,6 @@ def _threads(tasks: int) -> int:
     return max(1, min(get_num_threads(), tasks))
 
 
-def _normalized_conv(g: Conv2dGeometry) -> Conv2dGeometry | None:
-    """g with irrelevant stride/dilation set to 1, or None when it exceeds _INDEX_LIMIT.
-
-    A stride does not matter when there is one output along that axis (only i = 0 exists), and
-    a dilation does not matter for a kernel of size 1; resetting them keeps huge-but-irrelevant
-    values (stride=10**30) on the compiled path without any risk of overflow.
-    """
-    g = dataclasses.replace(
-        g,
-        sh=1 if g.ho == 1 else g.sh,
-        sw=1 if g.wo == 1 else g.sw,
-        dh=1 if g.r == 1 else g.dh,
-        dw=1 if g.s == 1 else g.dw,
-    )
-    values = (g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.h + 2 * g.ph, g.w + 2 * g.pw)
-    return g if max(values) < _INDEX_LIMIT else None
-
-
-def _normalized_pool(g: Pool2dGeometry) -> Pool2dGeometry | None:
-    """Pooling version of :func:`_normalized_conv`."""
-    g = dataclasses.replace(g, sh=1 if g.ho == 1 else g.sh, sw=1 if g.wo == 1 else g.sw)
-    values = (g.sh, g.sw, g.kh, g.kw, g.h + 2 * g.ph, g.w + 2 * g.pw)
-    return g if max(values) < _INDEX_LIMIT else None
-
-
 def _check_blas_sizes(g: Conv2dGeometry) -> None:
     """Raise ValueError when a GEMM size or leading dimension would not fit BLAS's C int.
 
@@ -130,18 +100,15 @@ def _tile(g: Conv2dGeometry) -> int:
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,C,R,S), b (K,) or None; one float dtype."""
-    gn = _normalized_conv(g)
-    if gn is None:
-        return python_backend.conv2d_forward(x, w, b, g)
-    y = np.empty(gn.y_shape, x.dtype)
-    _check_blas_sizes(gn)
-    tile = _tile(gn)
-    ntiles = -(-(gn.ho * gn.wo) // tile)
-    nt = _threads(gn.n * ntiles)
-    buf = np.empty((nt, gn.c * gn.r * gn.s * tile), x.dtype)
-    obuf = np.empty((nt, tile * gn.k), x.dtype)
+    y = np.empty(g.y_shape, x.dtype)
+    _check_blas_sizes(g)
+    tile = _tile(g)
+    ntiles = -(-(g.ho * g.wo) // tile)
+    nt = _threads(g.n * ntiles)
+    buf = np.empty((nt, g.c * g.r * g.s * tile), x.dtype)
+    obuf = np.empty((nt, tile * g.k), x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
-    cython_conv.conv2d_forward(x, w, bias, y, buf, obuf, gn, tile, b is not None, nt)
+    cython_conv.conv2d_forward(x, w, bias, y, buf, obuf, g, tile, b is not None, nt)
     return y
 
 
@@ -149,34 +116,28 @@ def conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(dx (N,C,H,W) or None, dw (K,C,R,S), db (K,)) for dy (N,K,Ho,Wo); one float dtype."""
-    gn = _normalized_conv(g)
-    if gn is None:
-        return python_backend.conv2d_backward(dy, x, w, g, need_dx)
     dtype = x.dtype
-    dx = np.empty(gn.x_shape if need_dx else (0, 0, 0, 0), dtype)
-    _check_blas_sizes(gn)
-    crs = gn.c * gn.r * gn.s
-    tile = _tile(gn)
-    nt = _threads(gn.n)
+    dx = np.empty(g.x_shape if need_dx else (0, 0, 0, 0), dtype)
+    _check_blas_sizes(g)
+    crs = g.c * g.r * g.s
+    tile = _tile(g)
+    nt = _threads(g.n)
     buf = np.empty((nt, crs * tile), dtype)
     dbuf = np.empty((nt, crs * tile if need_dx else 0), dtype)
-    dw_part = np.zeros((nt, gn.k * crs), dtype)
-    db_part = np.zeros((nt, gn.k), np.float64)
-    cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, gn, tile, need_dx, nt)
+    dw_part = np.zeros((nt, g.k * crs), dtype)
+    db_part = np.zeros((nt, g.k), np.float64)
+    cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, g, tile, need_dx, nt)
     # the partials hold dW transposed, (C*R*S, K): see cython_conv.conv2d_backward
-    dw = np.ascontiguousarray(dw_part.sum(axis=0, dtype=dtype).reshape(crs, gn.k).T).reshape(gn.w_shape)
+    dw = np.ascontiguousarray(dw_part.sum(axis=0, dtype=dtype).reshape(crs, g.k).T).reshape(g.w_shape)
     db = db_part.sum(axis=0).astype(dtype)
     return (dx if need_dx else None), dw, db
 
 
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(y, argmax int64) both (N,C,Ho,Wo); argmax = flat h*W + w, first max / first NaN wins."""
-    gn = _normalized_pool(g)
-    if gn is None:
-        return python_backend.max_pool2d_forward(x, g)
-    y = np.empty(gn.y_shape, x.dtype)
-    argmax = np.empty(gn.y_shape, np.int64)
-    cython_pool.max_pool2d_forward(x, y, argmax, gn, _threads(gn.n * gn.c))
+    y = np.empty(g.y_shape, x.dtype)
+    argmax = np.empty(g.y_shape, np.int64)
+    cython_pool.max_pool2d_forward(x, y, argmax, g, _threads(g.n * g.c))
     return y, argmax
 
 
@@ -189,21 +150,15 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -
 
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y (N,C,Ho,Wo) = window sum / (kh*kw), padding counted as zeros."""
-    gn = _normalized_pool(g)
-    if gn is None:
-        return python_backend.avg_pool2d_forward(x, g)
-    y = np.empty(gn.y_shape, x.dtype)
-    cython_pool.avg_pool2d_forward(x, y, gn, _threads(gn.n * gn.c))
+    y = np.empty(g.y_shape, x.dtype)
+    cython_pool.avg_pool2d_forward(x, y, g, _threads(g.n * g.c))
     return y
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): each dy element spread as dy/(kh*kw) over its window's real inputs."""
-    gn = _normalized_pool(g)
-    if gn is None:
-        return python_backend.avg_pool2d_backward(dy, g)
-    dx = np.empty(gn.x_shape, dy.dtype)
-    cython_pool.avg_pool2d_backward(dy, dx, gn, _threads(gn.n * gn.c))
+    dx = np.empty(g.x_shape, dy.dtype)
+    cython_pool.avg_pool2d_backward(dy, dx, g, _threads(g.n * g.c))
     return dx
 
 

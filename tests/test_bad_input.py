@@ -265,3 +265,26 @@ def test_unknown_backend():
     x, w, b = _conv_args()
     with pytest.raises(ValueError, match=r"backend: expected one of .* got 'cuda'"):
         K.conv2d_forward(x, w, b, backend="cuda")
+
+
+def test_huge_but_irrelevant_stride_and_dilation_are_computed(backend):
+    """One output along an axis makes its stride unused, a 1-wide kernel its dilation: such
+    values, however large, must not reach (or overflow in) a backend."""
+    x, w, b = _conv_args()  # x 6x5, w 3x3
+    ref = K.conv2d_forward(x, w, b, stride=1, padding=0, backend="python")[:, :, :1, :1]
+    np.testing.assert_allclose(K.conv2d_forward(x[:, :, :3, :3], w, b, stride=10**30, backend=backend), ref,
+                               rtol=1e-12)
+    one = w[:, :, :1, :1].copy()
+    np.testing.assert_allclose(K.conv2d_forward(x, one, b, dilation=2**70, backend=backend),
+                               K.conv2d_forward(x, one, b, backend="python"), rtol=1e-12)
+    y, idx = K.max_pool2d_forward(x, (6, 5), stride=10**30, backend=backend)
+    assert y.shape == (2, 3, 1, 1) and np.array_equal(y[..., 0, 0], x.max(axis=(2, 3)))
+    np.testing.assert_array_equal(idx[..., 0, 0], x.reshape(2, 3, -1).argmax(axis=-1))
+
+
+def test_padding_beyond_the_index_range(backend):
+    x, w, b = _conv_args()
+    with pytest.raises(ValueError, match=r"padding: expected a padded input smaller than 2\*\*60.*got padding"):
+        K.conv2d_forward(x, w, b, stride=2**62, padding=2**61, backend=backend)
+    with pytest.raises(ValueError, match=r"padding: expected a padded input smaller than 2\*\*60"):
+        K.avg_pool2d_forward(x, 2**62, 2**62, 2**61, backend=backend)
