@@ -98,8 +98,63 @@ def _tile(g: Conv2dGeometry) -> int:
     return max(1, min(g.ho * g.wo, _TILE_ELEMENTS // (g.c * g.r * g.s)))
 
 
+def _conv_module():
+    """The build of cython_conv.pyx to run: the AVX2 + FMA one (cython_conv_avx2) when the CPU
+    supports it and it was built, else the baseline x86-64 (SSE2) one, which runs anywhere.
+
+    The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
+    included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
+    forces the baseline build (to compare the two)."""
+    if os.environ.get("FASTCONV_CYTHON_SIMD", "").lower() != "sse2" and cython_conv.cpu_has_avx2_fma():
+        try:
+            from . import cython_conv_avx2
+        except ImportError:  # built without it (non-x86 compiler, or one without -mavx2)
+            return cython_conv
+        return cython_conv_avx2
+    return cython_conv
+
+
+_conv = _conv_module()
+
+
+def _use_direct(g: Conv2dGeometry) -> bool:
+    """Whether conv2d takes the direct (register-blocked) kernels instead of im2col + GEMM.
+
+    The direct kernels need stride 1 (each tap is then a contiguous run of inputs)."""
+    return g.sh == 1 and g.sw == 1
+
+
+def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:
+    """(R*S,) flat offset r*dh*row_stride + s*dw of tap (r, s) in a padded plane, as C Py_ssize_t."""
+    return (np.arange(g.r)[:, None] * (g.dh * row_stride) + np.arange(g.s)[None, :] * g.dw).reshape(-1).astype(np.intp)
+
+
+def _pack(w3: np.ndarray) -> np.ndarray:
+    """w3 (O, I, T) -> flat (ceil(O/KB), I, T, KB), zeros past channel O: the KB weights that one
+    loaded input vector is multiplied by are adjacent (KB = cython_conv.BLOCK_CHANNELS)."""
+    o, i, t = w3.shape
+    kb = _conv.BLOCK_CHANNELS
+    blocks = -(-o // kb)
+    packed = np.zeros((blocks * kb, i, t), w3.dtype)
+    packed[:o] = w3
+    return packed.reshape(blocks, kb, i, t).transpose(0, 2, 3, 1).reshape(-1)
+
+
+def _conv_forward_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    y = np.empty(g.y_shape, x.dtype)
+    nt = _threads(g.n)
+    wp = g.w + 2 * g.pw
+    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), x.dtype)
+    bias = np.zeros(g.k, x.dtype) if b is None else b
+    w3 = w.reshape(g.k, g.c, g.r * g.s)
+    _conv.conv2d_forward_direct(x, _pack(w3), bias, _tap_offsets(g, wp), y, xbuf, g, nt)
+    return y
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,C,R,S), b (K,) or None; one float dtype."""
+    if _use_direct(g):
+        return _conv_forward_direct(x, w, b, g)
     y = np.empty(g.y_shape, x.dtype)
     _check_blas_sizes(g)
     tile = _tile(g)
@@ -108,14 +163,46 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
     buf = np.empty((nt, g.c * g.r * g.s * tile), x.dtype)
     obuf = np.empty((nt, tile * g.k), x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
-    cython_conv.conv2d_forward(x, w, bias, y, buf, obuf, g, tile, b is not None, nt)
+    _conv.conv2d_forward(x, w, bias, y, buf, obuf, g, tile, b is not None, nt)
     return y
+
+
+def _conv_backward_direct(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    dtype = x.dtype
+    nt = _threads(g.n)
+    taps = g.r * g.s
+    wp, wq = g.w + 2 * g.pw, g.w + (g.s - 1) * g.dw
+    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), dtype)
+    dw_part = np.zeros((nt, g.k * g.c * taps), np.float64)
+    db_part = np.zeros((nt, g.k), np.float64)
+    if need_dx:
+        dx = np.empty(g.x_shape, dtype)
+        dybuf = np.empty((nt, g.k * _conv.padded_plane_size(g.h + (g.r - 1) * g.dh, wq)), dtype)
+        # dx correlates dy with the kernel flipped in (r, s) and transposed to (C, K)
+        wt = _pack(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(g.c, g.k, taps))
+    else:
+        dx = np.empty((0, 0, 0, 0), dtype)
+        dybuf = np.empty((nt, 0), dtype)
+        wt = np.empty(0, dtype)
+    _conv.conv2d_backward_direct(
+        dy, x, wt, np.zeros(g.c, dtype), _tap_offsets(g, wp), _tap_offsets(g, wq),
+        dx, dw_part, db_part, xbuf, dybuf, g, need_dx, nt,
+    )  # fmt: skip
+    dw = dw_part.sum(axis=0).astype(dtype).reshape(g.w_shape)
+    db = db_part.sum(axis=0).astype(dtype)
+    return (dx if need_dx else None), dw, db
 
 
 def conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(dx (N,C,H,W) or None, dw (K,C,R,S), db (K,)) for dy (N,K,Ho,Wo); one float dtype."""
+    # The direct dx multiplies w by the zero margin around dy; with an inf in w that is NaN where
+    # the reference (which skips the margin) and im2col + GEMM give a number: use the latter.
+    if _use_direct(g) and not (need_dx and not np.isfinite(w).all()):
+        return _conv_backward_direct(dy, x, w, g, need_dx)
     dtype = x.dtype
     dx = np.empty(g.x_shape if need_dx else (0, 0, 0, 0), dtype)
     _check_blas_sizes(g)
@@ -126,7 +213,7 @@ def conv2d_backward(
     dbuf = np.empty((nt, crs * tile if need_dx else 0), dtype)
     dw_part = np.zeros((nt, g.k * crs), dtype)
     db_part = np.zeros((nt, g.k), np.float64)
-    cython_conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, g, tile, need_dx, nt)
+    _conv.conv2d_backward(dy, x, w, dx, dw_part, db_part, buf, dbuf, g, tile, need_dx, nt)
     # the partials hold dW transposed, (C*R*S, K): see cython_conv.conv2d_backward
     dw = np.ascontiguousarray(dw_part.sum(axis=0, dtype=dtype).reshape(crs, g.k).T).reshape(g.w_shape)
     db = db_part.sum(axis=0).astype(dtype)

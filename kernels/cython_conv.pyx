@@ -183,6 +183,224 @@ cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
             and g.ho == g.h and g.wo == g.w)
 
 
+# ---------------------------------------------------------------- direct path (stride 1)
+#
+# For catnet's first layer the GEMM above is a poor fit: the reduction is only C*R*S = 27 deep
+# and K = 16 wide, so OpenBLAS spends its time packing panels, and im2col writes 9 values per
+# input value. The direct path instead computes the convolution in registers:
+#
+# * each image is copied once into zero-padded planes of width Wp (a per-thread buffer that stays
+#   in L2), so tap (r, s) of output pixel (i, j) is plane[(i + r*dh)*Wp + j + s*dw]: for a run of
+#   V consecutive outputs of one row, every tap is one *contiguous* load of V values at a constant
+#   offset, with no padding tests in the loop;
+# * the accumulators are a small fixed-size local array, acc[KB][V]: KB output channels times V
+#   output pixels (2 SIMD registers wide). All loop bounds inside are compile-time constants, so
+#   gcc unrolls them and keeps acc in SIMD registers for the whole C*R*S reduction: per tap it
+#   does 2 loads of x and KB weight broadcasts for 2*KB multiply-adds, and acc is written to y
+#   once at the end. (A loop of `y[p] += w * x[p]` instead loads and stores y per multiply-add.)
+# * nothing here is a reduction across SIMD lanes (each lane is its own output pixel), so gcc
+#   vectorises it with plain -O3, without -ffast-math: results keep IEEE semantics (NaN/inf
+#   propagate); only the summation order differs from the reference, like any BLAS.
+#
+# The weight gradient is a reduction (dW[k,c,r,s] = sum over pixels of dy * x): it keeps
+# L = one register of independent partial sums per (channel, tap) in acc[KB][SB][L], which is
+# again lane-parallel and needs no reassociation; the L lanes are added up once per plane.
+#
+# SIMD width is fixed per build: this file is compiled twice (setup.py), once for baseline
+# x86-64 (SSE2, 16-byte registers) and once, as cython_conv_avx2, with -mavx2 -mfma (32-byte
+# registers, fused multiply-add); cython_backend imports the AVX2 build only when the CPU has it.
+
+cdef extern from *:
+    """
+    #if defined(__AVX2__) && defined(__FMA__)
+    #define FC_SIMD "avx2+fma"
+    #define FC_VEC_BYTES 32
+    #else
+    #define FC_SIMD "sse2"
+    #define FC_VEC_BYTES 16
+    #endif
+    /* 1 when this CPU (and OS) can run AVX2 + FMA code. libgcc's __builtin_cpu_supports reads
+       CPUID and checks that the OS saves the YMM registers (XGETBV). */
+    static int fc_cpu_has_avx2_fma(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
+    """
+    enum: FC_VEC_BYTES
+    const char* FC_SIMD
+    int fc_cpu_has_avx2_fma() noexcept nogil
+
+# KB output channels share each loaded input vector; SB taps share each loaded dy vector (dW).
+# MAXL = most lanes of any build (8 float32 in a 32-byte register), sizes the local arrays.
+cdef enum:
+    KB = 4
+    SB = 3
+    MAXL = 8
+
+
+def simd() -> str:
+    """The SIMD instruction set this build of the kernels was compiled for: 'sse2' or 'avx2+fma'."""
+    return FC_SIMD.decode()
+
+
+def cpu_has_avx2_fma() -> bool:
+    """True when this CPU can run the AVX2 + FMA build (cython_conv_avx2)."""
+    return fc_cpu_has_avx2_fma() != 0
+
+
+cdef void _pad_planes(const floating* src, Py_ssize_t nplanes, Py_ssize_t h, Py_ssize_t w,
+                      floating* dst, Py_ssize_t plane, Py_ssize_t hp, Py_ssize_t wp,
+                      Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """dst (nplanes, plane): plane q holds src[q] (h, w) at rows top.., columns left.. of an
+    (hp, wp) grid of zeros, then zeros up to `plane` (>= hp*wp). top/left may be negative (the
+    source is then cropped). Every element of dst is written once (no separate zero pass)."""
+    cdef Py_ssize_t q, a, b, srow, blo, bhi
+    cdef const floating* s
+    cdef floating* d
+    blo = min(wp, max(0, left))           # destination columns [blo, bhi) come from src
+    bhi = max(blo, min(wp, left + w))
+    for q in range(nplanes):
+        d = dst + q * plane
+        for a in range(hp):
+            srow = a - top
+            if srow < 0 or srow >= h:
+                for b in range(wp):
+                    d[b] = 0
+            else:
+                s = src + (q * h + srow) * w - left
+                for b in range(blo):
+                    d[b] = 0
+                for b in range(blo, bhi):
+                    d[b] = s[b]
+                for b in range(bhi, wp):
+                    d[b] = 0
+            d += wp
+        for b in range(hp * wp, plane):
+            dst[q * plane + b] = 0
+
+
+cdef void _correlate_image(const floating* inp, Py_ssize_t ci, Py_ssize_t plane, Py_ssize_t wp,
+                           const floating* wpk, const Py_ssize_t* offs, Py_ssize_t ntaps,
+                           const floating* bias, floating* out, Py_ssize_t co, Py_ssize_t ho,
+                           Py_ssize_t wo) noexcept nogil:
+    """out (co, ho, wo) = bias[o] + sum_{c < ci, t < ntaps} w[o, c, t] * inp[c*plane + i*wp + j + offs[t]].
+
+    inp: ci zero-padded planes (see _pad_planes) with row stride wp; every index read is below
+    ci*plane (the caller sizes plane = hp*wp + one block of V). wpk: weights packed as
+    (ceil(co/KB), ci, ntaps, KB), zero past channel co, so the KB weights of one tap are adjacent.
+    """
+    cdef Py_ssize_t V = 2 * (FC_VEC_BYTES // sizeof(floating))   # output pixels per block
+    cdef floating acc[KB * 2 * MAXL]
+    cdef Py_ssize_t ob, i, jb, j0, c, t, kk, p, o, nout
+    cdef const floating* src
+    cdef const floating* xv
+    cdef const floating* wv
+    cdef floating* dst
+    for ob in range((co + KB - 1) // KB):
+        for i in range(ho):
+            for jb in range((wo + V - 1) // V):
+                j0 = jb * V
+                for kk in range(KB):
+                    o = min(ob * KB + kk, co - 1)
+                    for p in range(V):
+                        acc[kk * V + p] = bias[o]
+                for c in range(ci):
+                    src = inp + c * plane + i * wp + j0
+                    wv = wpk + (ob * ci + c) * ntaps * KB
+                    for t in range(ntaps):
+                        xv = src + offs[t]
+                        # KB*V multiply-adds on V loaded inputs and KB weights; constant bounds.
+                        for kk in range(KB):
+                            for p in range(V):
+                                acc[kk * V + p] += wv[kk] * xv[p]
+                        wv += KB
+                # past wo, the block computed wrap-around garbage (next row's pixels): dropped
+                nout = min(V, wo - j0)
+                for kk in range(KB):
+                    o = ob * KB + kk
+                    if o < co:
+                        dst = out + (o * ho + i) * wo + j0
+                        for p in range(nout):
+                            dst[p] = acc[kk * V + p]
+
+
+cdef void _weight_grad_image(const floating* dy, Py_ssize_t k_, Py_ssize_t ho, Py_ssize_t wo,
+                             const floating* xp, Py_ssize_t c_, Py_ssize_t plane, Py_ssize_t wp,
+                             const Geo* g, double* dwp, double* dbp) noexcept nogil:
+    """dwp (K, C, R*S) += sum_{i,j} dy[k, i, j] * xp[c, (i + r*dh)*wp + j + s*dw]; dbp (K) += sum dy.
+
+    One image: dy (K, Ho, Wo), xp its input as padded planes. Only pixels j < Wo are paired, so
+    a NaN or inf of x in the padding columns never meets a dy (the result matches im2col's)."""
+    cdef Py_ssize_t L = FC_VEC_BYTES // sizeof(floating)   # lanes of independent partial sums
+    cdef Py_ssize_t wfull = wo - wo % L
+    cdef Py_ssize_t ntaps = g.r * g.s
+    cdef floating acc[KB * SB * MAXL]
+    cdef floating tot
+    cdef const floating* d[KB]
+    cdef const floating* xr[SB]
+    cdef Py_ssize_t kb0, kb, c, r, sb, s0, i, j, jb, j0, kk, ss, p
+    for kb0 in range((k_ + KB - 1) // KB):
+        kb = kb0 * KB
+        for c in range(c_):
+            for r in range(g.r):
+                for sb in range((g.s + SB - 1) // SB):
+                    s0 = sb * SB
+                    for p in range(KB * SB * L):
+                        acc[p] = 0
+                    for i in range(ho):
+                        # past the last channel / tap, blocks re-read the last one (not stored)
+                        for kk in range(KB):
+                            d[kk] = dy + (min(kb + kk, k_ - 1) * ho + i) * wo
+                        for ss in range(SB):
+                            xr[ss] = xp + c * plane + (i + r * g.dh) * wp + min(s0 + ss, g.s - 1) * g.dw
+                        for jb in range(wfull // L):
+                            j0 = jb * L
+                            for kk in range(KB):
+                                for ss in range(SB):
+                                    for p in range(L):
+                                        acc[(kk * SB + ss) * L + p] += d[kk][j0 + p] * xr[ss][j0 + p]
+                        for j in range(wfull, wo):
+                            for kk in range(KB):
+                                for ss in range(SB):
+                                    acc[(kk * SB + ss) * L] += d[kk][j] * xr[ss][j]
+                    for kk in range(KB):
+                        for ss in range(SB):
+                            if kb + kk < k_ and s0 + ss < g.s:
+                                tot = 0
+                                for p in range(L):
+                                    tot = tot + acc[(kk * SB + ss) * L + p]
+                                dwp[((kb + kk) * c_ + c) * ntaps + r * g.s + s0 + ss] += tot
+    _plane_sums(dy, k_, ho * wo, dbp)
+
+
+cdef void _plane_sums(const floating* a, Py_ssize_t nplanes, Py_ssize_t m, double* out) noexcept nogil:
+    """out[q] += sum of a[q*m : (q+1)*m], in L lanes of partial sums (a single running sum
+    would be one long dependency chain of additions: no SIMD, one add per ~3 cycles)."""
+    cdef Py_ssize_t L = FC_VEC_BYTES // sizeof(floating)
+    cdef Py_ssize_t mfull = m - m % L
+    cdef floating lane[MAXL]
+    cdef floating tot
+    cdef const floating* row
+    cdef Py_ssize_t q, j, p
+    for q in range(nplanes):
+        row = a + q * m
+        for p in range(L):
+            lane[p] = 0
+        for j in range(mfull // L):
+            for p in range(L):
+                lane[p] += row[j * L + p]
+        tot = 0
+        for p in range(L):
+            tot = tot + lane[p]
+        for j in range(mfull, m):
+            tot = tot + row[j]
+        out[q] += tot
+
+
 cdef Geo _geo(object g):
     cdef Geo out
     out.n, out.c, out.h, out.w = g.n, g.c, g.h, g.w
@@ -281,3 +499,93 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                           &w[0, 0, 0, 0], crs, 0, &dbuf[tid, 0], p1 - p0)
                     _col2im_tile(&dbuf[tid, 0], &dx[n, 0, 0, 0], p0, p1, &g)
             p0 = p1
+
+
+# ---------------------------------------------------------------- direct path: entry points
+
+def padded_plane_size(Py_ssize_t hp, Py_ssize_t wp) -> int:
+    """Elements per padded plane of an (hp, wp) grid: one output block (2*MAXL values) more, for
+    the wrap-around reads of a row's last block (_correlate_image)."""
+    return hp * wp + 2 * MAXL
+
+
+BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs weights by it
+
+
+cdef Py_ssize_t _check_direct(Py_ssize_t have, Py_ssize_t nplanes, Py_ssize_t hp, Py_ssize_t wp,
+                              Py_ssize_t ntaps, Py_ssize_t noffs, Py_ssize_t rows, Py_ssize_t need) except -1:
+    # Cheap guards on what the caller allocated: a wrong scratch size would be an out-of-bounds write.
+    if have < nplanes * (hp * wp + 2 * MAXL) or noffs != ntaps or rows < need:
+        raise ValueError("conv2d direct kernel: scratch buffers do not match the geometry")
+    return hp * wp + 2 * MAXL
+
+
+def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wpk,
+                          const floating[::1] bias, const Py_ssize_t[::1] offs,
+                          floating[:, :, :, ::1] y, floating[:, ::1] xbuf, object geometry,
+                          int num_threads):
+    """y (N,K,Ho,Wo) = bias (K,) + conv(x (N,C,H,W), w), stride 1, any padding / dilation.
+
+    wpk: w (K, C, R*S) packed by cython_backend as (ceil(K/KB), C, R*S, KB); offs (R*S,):
+    r*dh*Wp + s*dw, Wp = W + 2*pw; xbuf (threads, C * padded_plane_size(H + 2*ph, Wp)).
+    One task = one image: its thread pads it into xbuf[thread] (L2-sized) and computes all of
+    y[n] from there; tasks write disjoint images, so there is nothing to synchronise.
+    """
+    cdef Geo g = _geo(geometry)
+    cdef Py_ssize_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw
+    cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, g.r * g.s, offs.shape[0],
+                                          xbuf.shape[0], num_threads)
+    cdef Py_ssize_t n, tid
+    if wpk.shape[0] < (g.k + KB - 1) // KB * KB * g.c * g.r * g.s or bias.shape[0] < g.k:
+        raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
+    for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        _pad_planes(&x[n, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0], plane, hp, wp, g.ph, g.pw)
+        _correlate_image(&xbuf[tid, 0], g.c, plane, wp, &wpk[0], &offs[0], g.r * g.s, &bias[0],
+                         &y[n, 0, 0, 0], g.k, g.ho, g.wo)
+
+
+def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                           const floating[::1] wtpk, const floating[::1] zeros,
+                           const Py_ssize_t[::1] offs, const Py_ssize_t[::1] offs_dx,
+                           floating[:, :, :, ::1] dx, double[:, ::1] dw_part, double[:, ::1] db_part,
+                           floating[:, ::1] xbuf, floating[:, ::1] dybuf, object geometry,
+                           bint need_dx, int num_threads):
+    """Stride-1 backward. Accumulates dW (K, C, R*S) into dw_part[thread] and db into
+    db_part[thread] (float64, zeroed by the caller, which sums the partials); when need_dx
+    writes dx (N,C,H,W) completely.
+
+    dx is a forward correlation too: dx[c, h, w] = sum_{k,r,s} dy[k, h + ph - r*dh, w + pw - s*dw]
+    * w[k, c, r, s]; with dy zero-padded into planes of Hq = H + (R-1)*dh rows of Wq = W + (S-1)*dw
+    (top-left margin (R-1)*dh - ph, (S-1)*dw - pw, cropping when negative) this is the kernel of
+    the forward pass on the flipped, transposed weights wtpk (packed (ceil(C/KB), K, R*S, KB))
+    with offs_dx[t] = r*dh*Wq + s*dw; zeros (C,) is its bias.
+    xbuf (threads, C * padded_plane_size(H + 2*ph, W + 2*pw)), dybuf (threads,
+    K * padded_plane_size(Hq, Wq)) or (threads, 0) without dx.
+    """
+    cdef Geo g = _geo(geometry)
+    cdef Py_ssize_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw
+    cdef Py_ssize_t hq = g.h + (g.r - 1) * g.dh, wq = g.w + (g.s - 1) * g.dw
+    cdef Py_ssize_t ntaps = g.r * g.s
+    cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, ntaps, offs.shape[0],
+                                          xbuf.shape[0], num_threads)
+    cdef Py_ssize_t qplane = 0
+    cdef Py_ssize_t n, tid
+    if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps \
+            or db_part.shape[0] < num_threads or db_part.shape[1] < g.k:
+        raise ValueError("conv2d direct kernel: gradient partials do not match the geometry")
+    if need_dx:
+        qplane = _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0], dybuf.shape[0],
+                               num_threads)
+        if wtpk.shape[0] < (g.c + KB - 1) // KB * KB * g.k * ntaps or zeros.shape[0] < g.c:
+            raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
+    for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        _pad_planes(&x[n, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0], plane, hp, wp, g.ph, g.pw)
+        _weight_grad_image(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &xbuf[tid, 0], g.c, plane, wp, &g,
+                           &dw_part[tid, 0], &db_part[tid, 0])
+        if need_dx:
+            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq,
+                        (g.r - 1) * g.dh - g.ph, (g.s - 1) * g.dw - g.pw)
+            _correlate_image(&dybuf[tid, 0], g.k, qplane, wq, &wtpk[0], &offs_dx[0], ntaps,
+                             &zeros[0], &dx[n, 0, 0, 0], g.c, g.h, g.w)
