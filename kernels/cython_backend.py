@@ -169,30 +169,36 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
 
 def _conv_backward_direct(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray] | None:
+    """The stride-1 backward of cython_conv.conv2d_backward_direct, or None when its dW holds a
+    NaN: the flat dW sums also multiply the zero dy of wrap-around columns by real x values, so
+    an inf in x can give 0 * inf = NaN where the reference (valid pairs only) is finite. Rare
+    (non-finite data) and cheap to detect on the small dW; the caller then uses im2col + GEMM."""
     dtype = x.dtype
     nt = _threads(g.n)
     taps = g.r * g.s
     wp, wq = g.w + 2 * g.pw, g.w + (g.s - 1) * g.dw
     xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), dtype)
+    qplane = _conv.padded_plane_size(g.ho, wp)
     dw_part = np.zeros((nt, g.k * g.c * taps), np.float64)
     db_part = np.zeros((nt, g.k), np.float64)
     if need_dx:
         dx = np.empty(g.x_shape, dtype)
-        dybuf = np.empty((nt, g.k * _conv.padded_plane_size(g.h + (g.r - 1) * g.dh, wq)), dtype)
+        qplane = max(qplane, _conv.padded_plane_size(g.h + (g.r - 1) * g.dh, wq))
         # dx correlates dy with the kernel flipped in (r, s) and transposed to (C, K)
         wt = _pack(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(g.c, g.k, taps))
     else:
         dx = np.empty((0, 0, 0, 0), dtype)
-        dybuf = np.empty((nt, 0), dtype)
         wt = np.empty(0, dtype)
+    dybuf = np.empty((nt, g.k * qplane), dtype)
     _conv.conv2d_backward_direct(
         dy, x, wt, np.zeros(g.c, dtype), _tap_offsets(g, wp), _tap_offsets(g, wq),
         dx, dw_part, db_part, xbuf, dybuf, g, need_dx, nt,
     )  # fmt: skip
-    dw = dw_part.sum(axis=0).astype(dtype).reshape(g.w_shape)
-    db = db_part.sum(axis=0).astype(dtype)
-    return (dx if need_dx else None), dw, db
+    dw64 = dw_part.sum(axis=0)
+    if np.isnan(dw64).any():
+        return None
+    return (dx if need_dx else None), dw64.astype(dtype).reshape(g.w_shape), db_part.sum(axis=0).astype(dtype)
 
 
 def conv2d_backward(
@@ -202,7 +208,9 @@ def conv2d_backward(
     # The direct dx multiplies w by the zero margin around dy; with an inf in w that is NaN where
     # the reference (which skips the margin) and im2col + GEMM give a number: use the latter.
     if _use_direct(g) and not (need_dx and not np.isfinite(w).all()):
-        return _conv_backward_direct(dy, x, w, g, need_dx)
+        grads = _conv_backward_direct(dy, x, w, g, need_dx)
+        if grads is not None:
+            return grads
     dtype = x.dtype
     dx = np.empty(g.x_shape if need_dx else (0, 0, 0, 0), dtype)
     _check_blas_sizes(g)

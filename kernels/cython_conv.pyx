@@ -328,53 +328,50 @@ cdef void _correlate_image(const floating* inp, Py_ssize_t ci, Py_ssize_t plane,
                             dst[p] = acc[kk * V + p]
 
 
-cdef void _weight_grad_image(const floating* dy, Py_ssize_t k_, Py_ssize_t ho, Py_ssize_t wo,
-                             const floating* xp, Py_ssize_t c_, Py_ssize_t plane, Py_ssize_t wp,
-                             const Geo* g, double* dwp, double* dbp) noexcept nogil:
-    """dwp (K, C, R*S) += sum_{i,j} dy[k, i, j] * xp[c, (i + r*dh)*wp + j + s*dw]; dbp (K) += sum dy.
+cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplane, Py_ssize_t m,
+                            const floating* xp, Py_ssize_t c_, Py_ssize_t plane,
+                            const Py_ssize_t* offs, Py_ssize_t ntaps, double* dwp) noexcept nogil:
+    """dwp (K, C, ntaps) += sum_{q < m} dyp[k*dplane + q] * xp[c*plane + q + offs[t]], one image.
 
-    One image: dy (K, Ho, Wo), xp its input as padded planes. Only pixels j < Wo are paired, so
-    a NaN or inf of x in the padding columns never meets a dy (the result matches im2col's)."""
+    dyp holds dy (K, Ho, Wo) in rows of the padded input's width Wp with zeros in the Wp - Wo
+    wrap-around columns, so flat position q = i*Wp + j pairs dy[k, i, j] with the input pixel of
+    tap t of output (i, j), and m = (Ho-1)*Wp + Wo. The flat loop has no per-row overhead (catnet's
+    16x16 layer has rows of just 2 AVX registers). dyp is zero from m to m rounded up to L lanes,
+    and xp has slack past that, so every loaded vector is whole (no scalar remainder loop).
+    The wrap-around zeros are multiplied by real x values: the caller redoes dW when an inf
+    there makes a NaN (0 * inf) that the reference would not have."""
     cdef Py_ssize_t L = FC_VEC_BYTES // sizeof(floating)   # lanes of independent partial sums
-    cdef Py_ssize_t wfull = wo - wo % L
-    cdef Py_ssize_t ntaps = g.r * g.s
+    cdef Py_ssize_t nvec = (m + L - 1) // L
     cdef floating acc[KB * SB * MAXL]
     cdef floating tot
     cdef const floating* d[KB]
     cdef const floating* xr[SB]
-    cdef Py_ssize_t kb0, kb, c, r, sb, s0, i, j, jb, j0, kk, ss, p
+    cdef Py_ssize_t kb0, kb, c, tb, t0, q, kk, ss, p
     for kb0 in range((k_ + KB - 1) // KB):
         kb = kb0 * KB
+        # past the last channel / tap, a block re-reads the last one (those sums are not stored)
+        for kk in range(KB):
+            d[kk] = dyp + min(kb + kk, k_ - 1) * dplane
         for c in range(c_):
-            for r in range(g.r):
-                for sb in range((g.s + SB - 1) // SB):
-                    s0 = sb * SB
-                    for p in range(KB * SB * L):
-                        acc[p] = 0
-                    for i in range(ho):
-                        # past the last channel / tap, blocks re-read the last one (not stored)
-                        for kk in range(KB):
-                            d[kk] = dy + (min(kb + kk, k_ - 1) * ho + i) * wo
-                        for ss in range(SB):
-                            xr[ss] = xp + c * plane + (i + r * g.dh) * wp + min(s0 + ss, g.s - 1) * g.dw
-                        for jb in range(wfull // L):
-                            j0 = jb * L
-                            for kk in range(KB):
-                                for ss in range(SB):
-                                    for p in range(L):
-                                        acc[(kk * SB + ss) * L + p] += d[kk][j0 + p] * xr[ss][j0 + p]
-                        for j in range(wfull, wo):
-                            for kk in range(KB):
-                                for ss in range(SB):
-                                    acc[(kk * SB + ss) * L] += d[kk][j] * xr[ss][j]
+            for tb in range((ntaps + SB - 1) // SB):
+                t0 = tb * SB
+                for ss in range(SB):
+                    xr[ss] = xp + c * plane + offs[min(t0 + ss, ntaps - 1)]
+                for p in range(KB * SB * L):
+                    acc[p] = 0
+                # per L pixels: KB + SB loads, KB*SB multiply-adds into lane-wise partial sums
+                for q in range(nvec):
                     for kk in range(KB):
                         for ss in range(SB):
-                            if kb + kk < k_ and s0 + ss < g.s:
-                                tot = 0
-                                for p in range(L):
-                                    tot = tot + acc[(kk * SB + ss) * L + p]
-                                dwp[((kb + kk) * c_ + c) * ntaps + r * g.s + s0 + ss] += tot
-    _plane_sums(dy, k_, ho * wo, dbp)
+                            for p in range(L):
+                                acc[(kk * SB + ss) * L + p] += d[kk][q * L + p] * xr[ss][q * L + p]
+                for kk in range(KB):
+                    for ss in range(SB):
+                        if kb + kk < k_ and t0 + ss < ntaps:
+                            tot = 0
+                            for p in range(L):
+                                tot = tot + acc[(kk * SB + ss) * L + p]
+                            dwp[((kb + kk) * c_ + c) * ntaps + t0 + ss] += tot
 
 
 cdef void _plane_sums(const floating* a, Py_ssize_t nplanes, Py_ssize_t m, double* out) noexcept nogil:
@@ -555,37 +552,56 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     db_part[thread] (float64, zeroed by the caller, which sums the partials); when need_dx
     writes dx (N,C,H,W) completely.
 
+    dW: dy is laid out in rows of Wp = W + 2*pw (see _weight_grad_flat) and correlated with
+    the padded input planes, offs[t] = r*dh*Wp + s*dw as in the forward pass.
+
     dx is a forward correlation too: dx[c, h, w] = sum_{k,r,s} dy[k, h + ph - r*dh, w + pw - s*dw]
     * w[k, c, r, s]; with dy zero-padded into planes of Hq = H + (R-1)*dh rows of Wq = W + (S-1)*dw
     (top-left margin (R-1)*dh - ph, (S-1)*dw - pw, cropping when negative) this is the kernel of
     the forward pass on the flipped, transposed weights wtpk (packed (ceil(C/KB), K, R*S, KB))
-    with offs_dx[t] = r*dh*Wq + s*dw; zeros (C,) is its bias.
-    xbuf (threads, C * padded_plane_size(H + 2*ph, W + 2*pw)), dybuf (threads,
-    K * padded_plane_size(Hq, Wq)) or (threads, 0) without dx.
+    with offs_dx[t] = r*dh*Wq + s*dw; zeros (C,) is its bias. With "same" padding ((R-1)*dh =
+    2*ph, (S-1)*dw = 2*pw, as in catnet) Wq = Wp and the dx layout serves dW as well, shifted by
+    its margin: dy is then padded once per image, not twice.
+
+    xbuf (threads, C * padded_plane_size(H + 2*ph, Wp)); dybuf (threads, K * qplane), qplane >=
+    padded_plane_size of both layouts used: (Ho, Wp) for dW, (Hq, Wq) for dx.
     """
     cdef Geo g = _geo(geometry)
     cdef Py_ssize_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw
     cdef Py_ssize_t hq = g.h + (g.r - 1) * g.dh, wq = g.w + (g.s - 1) * g.dw
+    cdef Py_ssize_t top = (g.r - 1) * g.dh - g.ph, left = (g.s - 1) * g.dw - g.pw
     cdef Py_ssize_t ntaps = g.r * g.s
+    cdef Py_ssize_t m = (g.ho - 1) * wp + g.wo
     cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, ntaps, offs.shape[0],
                                           xbuf.shape[0], num_threads)
-    cdef Py_ssize_t qplane = 0
+    cdef Py_ssize_t qplane = max(_check_direct(dybuf.shape[1], g.k, g.ho, wp, ntaps, offs.shape[0],
+                                               dybuf.shape[0], num_threads),
+                                 hq * wq + 2 * MAXL if need_dx else 0)
+    cdef bint shared = need_dx and wq == wp and top >= 0 and left >= 0
     cdef Py_ssize_t n, tid
     if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps \
             or db_part.shape[0] < num_threads or db_part.shape[1] < g.k:
         raise ValueError("conv2d direct kernel: gradient partials do not match the geometry")
     if need_dx:
-        qplane = _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0], dybuf.shape[0],
-                               num_threads)
+        _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0], dybuf.shape[0], num_threads)
         if wtpk.shape[0] < (g.c + KB - 1) // KB * KB * g.k * ntaps or zeros.shape[0] < g.c:
             raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
+    if dybuf.shape[1] < g.k * qplane:
+        raise ValueError("conv2d direct kernel: scratch buffers do not match the geometry")
     for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
         _pad_planes(&x[n, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0], plane, hp, wp, g.ph, g.pw)
-        _weight_grad_image(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &xbuf[tid, 0], g.c, plane, wp, &g,
-                           &dw_part[tid, 0], &db_part[tid, 0])
+        if shared:
+            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq, top, left)
+            _weight_grad_flat(&dybuf[tid, 0] + top * wq + left, g.k, qplane, m, &xbuf[tid, 0], g.c,
+                              plane, &offs[0], ntaps, &dw_part[tid, 0])
+        else:
+            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, g.ho, wp, 0, 0)
+            _weight_grad_flat(&dybuf[tid, 0], g.k, qplane, m, &xbuf[tid, 0], g.c, plane, &offs[0],
+                              ntaps, &dw_part[tid, 0])
+            if need_dx:
+                _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq, top, left)
+        _plane_sums(&dy[n, 0, 0, 0], g.k, g.ho * g.wo, &db_part[tid, 0])
         if need_dx:
-            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq,
-                        (g.r - 1) * g.dh - g.ph, (g.s - 1) * g.dw - g.pw)
             _correlate_image(&dybuf[tid, 0], g.k, qplane, wq, &wtpk[0], &offs_dx[0], ntaps,
                              &zeros[0], &dx[n, 0, 0, 0], g.c, g.h, g.w)
