@@ -321,6 +321,43 @@ class Sequential:
             raise ValueError(f"{path}: {exc}") from exc
         return metadata
 
+    def feature_layers(self) -> int:
+        """Number of leading layers that form the feature extractor: everything before the first
+        Flatten (for catnet: the convs, BatchNorms, ReLUs and poolings), or all layers if there is none."""
+        for i, layer in enumerate(self.layers):
+            if type(layer).__name__ == "Flatten":
+                return i
+        return len(self.layers)
+
+    def load_backbone(self, path: PathLike) -> dict:
+        """Transfer learning: copy the feature extractor's weights (and BatchNorm statistics) from a
+        model file; the layers from the first Flatten on (the classifier head) keep their initialisation.
+
+        The file's layers before its first Flatten must equal ours (types and configs; dtype and
+        seeds may differ), so a backbone pretrained at another image size or for other classes
+        fits. Returns the file's metadata. ValueError naming the file on any mismatch; nothing is
+        modified unless every check passes.
+        """
+        architecture, state, metadata = read_model_file(path)
+        n = self.feature_layers()
+        if not isinstance(architecture, list):
+            raise ValueError(f"{path}: the file's architecture is not a list of layers")
+        flat = [i for i, e in enumerate(architecture) if isinstance(e, dict) and e.get("type") == "Flatten"]
+        theirs = flat[0] if flat else len(architecture)
+        ours = self.architecture()[:n]
+        difference = _architecture_difference(architecture[:theirs], ours)
+        if difference:
+            raise ValueError(f"{path}: its feature layers differ from this model's: {difference}")
+        wanted = {key for key, _ in self._state_entries() if int(key.split(".", 1)[0]) < n}
+        missing = sorted(wanted - set(state))
+        if missing:
+            raise ValueError(f"{path}: the file lacks feature-layer weights {missing}")
+        try:
+            self.load_state_dict({key: state[key] for key in wanted}, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return metadata
+
 
 # Config keys that do not change what a layer computes or which weights it holds.
 _RUNTIME_KEYS = ("dtype", "seed")

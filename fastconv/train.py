@@ -47,6 +47,9 @@ __all__ = [
 
 #: the pretrained catnet shipped with the package (see docs/training.md for the command that made it)
 BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "catnet.npz"
+#: catnet (BatchNorm, width 16) pretrained on the 10,000 CIFAR-10 cat / not-cat images upsampled to
+#: 64x64; ``TrainConfig.init`` copies its feature layers (docs/training.md has the command that made it)
+PRETRAINED_BACKBONE = Path(__file__).resolve().parent / "weights" / "catnet_cifar_backbone.npz"
 
 MODEL_FILE = "model.npz"
 HISTORY_JSON = "history.json"
@@ -78,7 +81,10 @@ class TrainConfig:
     cosine decay to ``min_lr`` at the last epoch. ``patience`` epochs without a better validation
     score stop the run early (0 = never). ``monitor``: ``"val_accuracy"`` (ties broken by the
     lower validation loss) or ``"val_loss"``. ``tta``: average the predictions on the image and
-    its horizontal mirror at evaluation time (stored in the model file).
+    its horizontal mirror at evaluation time (stored in the model file). ``init``: where the
+    feature layers start from — ``None`` (random, He initialisation), ``"pretrained"`` (the
+    bundled CIFAR-10 backbone), a model file path, or ``"auto"``: pretrained for catvnoncat,
+    random for any other dataset (resolved by :func:`train_classifier`).
     """
 
     epochs: int = 60
@@ -103,6 +109,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tta: bool = True
     refit: bool = True
+    init: str | None = None
     backend: str | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw', 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.init is not None and not isinstance(self.init, (str, os.PathLike)):
+            raise ValueError(f"init: expected 'auto', 'pretrained', a model file path or None, got {self.init!r}")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise ValueError(f"monitor: expected 'val_accuracy' or 'val_loss', got {self.monitor!r}")
 
@@ -563,7 +572,8 @@ def train_classifier(
     """
     from .data import train_val_split
 
-    config = config or TrainConfig()
+    config = dataclasses.replace(config or TrainConfig())
+    config.init = resolve_init(config.init, dataset)
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
     if len(classes) < 2:
@@ -609,12 +619,37 @@ def train_classifier(
     return model, result
 
 
+def resolve_init(init: str | os.PathLike | None, dataset: str) -> str | None:
+    """The model file whose feature layers start a run (``TrainConfig.init``), or None for random.
+
+    ``"auto"``: the bundled CIFAR-10 backbone for catvnoncat, None for any other dataset (a
+    user's own folder may hold CIFAR images themselves, whose validation split the backbone
+    has seen). ``"pretrained"``: the bundled backbone. ``"none"``/None: random. Anything else is
+    a path, which must exist.
+    """
+    if init is None or str(init).lower() == "none":
+        return None
+    if init == "auto":
+        return str(PRETRAINED_BACKBONE) if dataset == "catvnoncat" else None
+    if init == "pretrained":
+        return str(PRETRAINED_BACKBONE)
+    if not Path(init).is_file():
+        raise FileNotFoundError(
+            f"init: model file {init} not found (expected 'auto', 'pretrained', 'none' or a model file path)"
+        )
+    return str(init)
+
+
 def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConfig, dataset: str):
-    """(catnet, Normalizer fitted on ``x_fit``, model-file metadata) for one training run."""
+    """(catnet, Normalizer, model-file metadata) for one training run.
+
+    With ``config.init`` (a path, see :func:`resolve_init`) the feature layers are copied from
+    that file and its normaliser is kept, since the first conv's weights and the BatchNorm
+    statistics were learnt on inputs normalised that way; otherwise the normaliser is fitted on ``x_fit``.
+    """
     from . import zoo
     from .data import Normalizer
 
-    normalizer = Normalizer().fit(x_fit)
     model = zoo.catnet(
         in_channels=x_fit.shape[1],
         image_size=x_fit.shape[2],
@@ -625,6 +660,15 @@ def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConf
         seed=config.seed,
         backend=config.backend,
     )
+    normalizer = None
+    init = None
+    if config.init is not None:
+        backbone_meta = model.load_backbone(config.init)
+        if "normalizer" in backbone_meta:
+            normalizer = Normalizer.from_dict(backbone_meta["normalizer"])
+        init = {"file": Path(config.init).name, "dataset": backbone_meta.get("dataset", "")}
+    if normalizer is None:
+        normalizer = Normalizer().fit(x_fit)
     metadata = {
         "kind": "fastconv-classifier",
         "architecture": "catnet",
@@ -636,6 +680,7 @@ def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConf
         "dataset": dataset,
         "train_size": len(x_fit),
         "refit": False,
+        "init": init,
     }
     return model, normalizer, metadata
 

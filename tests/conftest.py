@@ -7,7 +7,10 @@ folder exists; the library itself never assumes it. Tests that need real data us
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 _default_data = ROOT.parent / "shared" / "data"
 if "FASTCONV_DATA" not in os.environ and _default_data.is_dir():
     os.environ["FASTCONV_DATA"] = str(_default_data)
+
+# Tests never read or fill the user's cache (~/.cache/fastconv): decoded image folders and
+# downloads go to a throw-away folder for this session, even when FASTCONV_CACHE is set.
+_test_cache = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+atexit.register(shutil.rmtree, _test_cache, ignore_errors=True)
+os.environ["FASTCONV_CACHE"] = _test_cache
 
 import fastconv.kernels as K  # noqa: E402  (after FASTCONV_DATA is set)
 

@@ -4,6 +4,7 @@ early stopping, NaN handling, history files, and the Classifier loader."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -246,3 +247,78 @@ def test_refit_trains_on_all_images_and_keeps_the_validation_checkpoint(data, tm
     assert not (tmp_path / ".refit").exists()
     for a, b in zip(model.parameters(), final.parameters()):
         np.testing.assert_array_equal(a.data, b.data)  # the returned model is the shipped one
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer learning: TrainConfig.init / Sequential.load_backbone
+
+
+def _conv_state(model) -> dict[str, np.ndarray]:
+    n = model.feature_layers()
+    return {k: v for k, v in model.state_dict().items() if int(k.split(".")[0]) < n}
+
+
+def test_load_backbone_copies_feature_layers_only_across_image_sizes(tmp_path):
+    src = zoo.catnet(image_size=32, batchnorm=True, seed=1)
+    bn = next(layer for layer in src.layers if type(layer).__name__ == "BatchNorm2d")
+    bn.running_mean[:] = np.arange(bn.running_mean.size)  # buffers must travel too, not only parameters
+    src.save(tmp_path / "src.npz", metadata={"dataset": "somewhere"})
+    dst = zoo.catnet(image_size=64, batchnorm=True, seed=2)
+    head_before = dst.layers[-1].weight.data.copy()
+    meta = dst.load_backbone(tmp_path / "src.npz")
+    assert meta["dataset"] == "somewhere"
+    theirs, ours = _conv_state(src), _conv_state(dst)
+    assert theirs.keys() == ours.keys() and any("running_mean" in k for k in ours)
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    np.testing.assert_array_equal(dst.layers[-1].weight.data, head_before)  # the head keeps its own init
+
+
+@pytest.mark.parametrize("other", [dict(width=8, batchnorm=True), dict(batchnorm=False)])
+def test_load_backbone_rejects_other_feature_layers(tmp_path, other):
+    zoo.catnet(**other).save(tmp_path / "other.npz")
+    dst = zoo.catnet(batchnorm=True, seed=3)
+    before = dst.state_dict()
+    with pytest.raises(ValueError, match="feature layers differ"):
+        dst.load_backbone(tmp_path / "other.npz")
+    for key, value in dst.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])  # nothing modified
+
+
+def test_resolve_init():
+    from fastconv.train import PRETRAINED_BACKBONE, resolve_init
+
+    assert resolve_init("auto", "catvnoncat") == str(PRETRAINED_BACKBONE)
+    assert resolve_init("auto", "/photos/cats") is None
+    assert resolve_init("pretrained", "/photos/cats") == str(PRETRAINED_BACKBONE)
+    assert resolve_init("none", "catvnoncat") is None and resolve_init(None, "catvnoncat") is None
+    with pytest.raises(FileNotFoundError, match=r"no-such\.npz"):
+        resolve_init("no-such.npz", "catvnoncat")
+
+
+def test_bundled_backbone_fits_the_default_catnet_at_any_image_size():
+    from fastconv.train import PRETRAINED_BACKBONE
+
+    for size in (64, 32):
+        model = zoo.catnet(image_size=size, batchnorm=True, seed=0)
+        random_init = _conv_state(model)
+        meta = model.load_backbone(PRETRAINED_BACKBONE)
+        changed = [k for k, v in _conv_state(model).items() if not np.array_equal(v, random_init[k])]
+        assert len(changed) == len(random_init)
+        assert set(meta["normalizer"]) >= {"mean", "std"}
+
+
+def test_training_from_a_backbone_starts_from_its_weights_and_normaliser(data, tmp_path):
+    x, y = data
+    cfg = tiny_config(epochs=2, batchnorm=True, width=4)
+    train_classifier(x, y, ["h", "v"], dataclasses.replace(cfg, init=None), out_dir=tmp_path / "a", progress=False)
+    first, first_meta = load_with_metadata(tmp_path / "a" / "model.npz")
+    # Zero epochs of learning would be ideal; lr ~ 0 is the closest: the weights stay where they started.
+    cfg0 = dataclasses.replace(cfg, init=str(tmp_path / "a" / "model.npz"), lr=1e-12, weight_decay=0.0)
+    model, _ = train_classifier(x[:40] * 0.5, y[:40], ["h", "v"], cfg0, out_dir=tmp_path / "b", progress=False)
+    _, meta = load_with_metadata(tmp_path / "b" / "model.npz")
+    assert meta["init"] == {"file": "model.npz", "dataset": ""}
+    assert meta["normalizer"] == first_meta["normalizer"]  # not refitted on the (darker) new images
+    for key, value in _conv_state(first).items():
+        if "running" not in key:  # BatchNorm statistics keep moving in train mode
+            np.testing.assert_allclose(_conv_state(model)[key], value, rtol=1e-6, atol=1e-9, err_msg=key)

@@ -104,6 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "for the same number of epochs and ship that as model.npz (the validation run's best "
                         f"checkpoint is kept as model_val.npz); default: on, off for datasets of more than "
                         f"{LARGE_DATASET} images")
+    parser.add_argument(
+        "--init",
+        default=d.init,
+        metavar="FROM",
+        help="where the conv layers start: 'pretrained' = the bundled catnet backbone trained on 10,000 CIFAR-10 "
+        "cat/not-cat images (fastconv/weights/catnet_cifar_backbone.npz; needs --width 16 and BatchNorm), "
+        "'none' = random initialisation, or a model file whose layers before Flatten match; the classifier "
+        "head always starts fresh; 'auto' = pretrained for catvnoncat, none for image folders",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -115,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         TrainConfig,
         TrainingDiverged,
         load_dataset,
+        resolve_init,
         train_classifier,
     )
 
@@ -162,12 +172,15 @@ def run(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         tta=not args.no_tta,
         refit=refit,
+        init=args.init,
         backend=backend,
     )
+    init = resolve_init(config.init, data.name)  # fails early on a missing file
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
         f"training catnet: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-        f"backend {backend}, {fastconv.get_num_threads()} threads, seed {config.seed} -> {args.out}"
+        f"backend {backend}, {fastconv.get_num_threads()} threads, seed {config.seed}, "
+        f"conv layers from {Path(init).name if init else 'random initialisation'} -> {args.out}"
     )
     out = Path(args.out)
     try:
