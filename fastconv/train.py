@@ -51,6 +51,11 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "catnet.npz"
 #: 64x64; ``TrainConfig.init`` copies its feature layers (docs/training.md has the command that made it)
 PRETRAINED_BACKBONE = Path(__file__).resolve().parent / "weights" / "catnet_cifar_backbone.npz"
 
+#: peak learning rates when ``TrainConfig.lr`` is None: from random weights, and when fine-tuning a
+#: pretrained backbone (a smaller step keeps what it learnt; chosen on validation, docs/training.md)
+LR_SCRATCH = 2e-3
+LR_FINETUNE = 5e-4
+
 MODEL_FILE = "model.npz"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
@@ -89,7 +94,7 @@ class TrainConfig:
 
     epochs: int = 60
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float | None = None  # None: LR_SCRATCH, or LR_FINETUNE when the conv layers start from a backbone
     optimizer: str = "adamw"  # adamw | adam | sgd
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.05
@@ -109,7 +114,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tta: bool = True
     refit: bool = True
-    init: str | None = None
+    init: str | None = "auto"
     backend: str | None = None
 
     def __post_init__(self) -> None:
@@ -121,7 +126,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
@@ -248,11 +253,12 @@ def _make_optimizer(model, config: TrainConfig):
     from . import optim
 
     params = model.parameters()
+    lr = config.lr if config.lr is not None else LR_SCRATCH
     if config.optimizer == "adamw":
-        return optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+        return optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    return optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
 
 
 def _make_loss(num_outputs: int, label_smoothing: float = 0.0):
@@ -574,6 +580,8 @@ def train_classifier(
 
     config = dataclasses.replace(config or TrainConfig())
     config.init = resolve_init(config.init, dataset)
+    if config.lr is None:
+        config.lr = LR_FINETUNE if config.init else LR_SCRATCH
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
     if len(classes) < 2:

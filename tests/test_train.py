@@ -322,3 +322,18 @@ def test_training_from_a_backbone_starts_from_its_weights_and_normaliser(data, t
     for key, value in _conv_state(first).items():
         if "running" not in key:  # BatchNorm statistics keep moving in train mode
             np.testing.assert_allclose(_conv_state(model)[key], value, rtol=1e-6, atol=1e-9, err_msg=key)
+
+
+def test_default_learning_rate_depends_on_the_start(data, tmp_path):
+    from fastconv.train import LR_FINETUNE, LR_SCRATCH
+
+    assert LR_FINETUNE < LR_SCRATCH
+    x, y = data
+    cfg = tiny_config(epochs=1, batchnorm=True, width=4, lr=None)
+    train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path / "a", progress=False)
+    _, meta = load_with_metadata(tmp_path / "a" / "model.npz")
+    assert meta["config"]["lr"] == LR_SCRATCH and meta["init"] is None
+    cfg = dataclasses.replace(cfg, init=str(tmp_path / "a" / "model.npz"))
+    train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path / "b", progress=False)
+    _, meta = load_with_metadata(tmp_path / "b" / "model.npz")
+    assert meta["config"]["lr"] == LR_FINETUNE and meta["init"]["file"] == "model.npz"

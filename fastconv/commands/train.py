@@ -22,7 +22,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastconv.train import LARGE_DATASET, LARGE_DATASET_EPOCHS, TrainConfig
+    from fastconv.train import LARGE_DATASET, LARGE_DATASET_EPOCHS, LR_FINETUNE, LR_SCRATCH, TrainConfig
 
     d = TrainConfig()
     parser.add_argument(
@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS; default: all cores")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per mini-batch")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warm-up)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate (after warm-up); default {LR_FINETUNE:g} when the conv layers start "
+                        f"from a pretrained backbone (--init), {LR_SCRATCH:g} from random weights")
     parser.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer,
                         help="adamw = decoupled weight decay; sgd = Nesterov momentum 0.9")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from fastconv.train import (
         LARGE_DATASET,
         LARGE_DATASET_EPOCHS,
+        LR_FINETUNE,
+        LR_SCRATCH,
         TrainConfig,
         TrainingDiverged,
         load_dataset,
@@ -176,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         backend=backend,
     )
     init = resolve_init(config.init, data.name)  # fails early on a missing file
+    if config.lr is None:
+        config.lr = LR_FINETUNE if init else LR_SCRATCH
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
         f"training catnet: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
