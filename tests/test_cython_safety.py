@@ -22,6 +22,8 @@ Sizes are kept small so that every accepted case can be checked against the naiv
 
 from __future__ import annotations
 
+import contextlib
+
 import fastconv.kernels as K
 import numpy as np
 import pytest
@@ -33,6 +35,45 @@ pytestmark = [
     # NaN/inf inputs make the reference's scalar float arithmetic warn; that is expected here
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
+
+
+
+def _simd_builds() -> dict:
+    """The builds of cython_conv.pyx this machine can run: 'sse2' always, 'avx2+fma' when built and supported."""
+    if "cython" not in K.available_backends():
+        return {}
+    from fastconv.kernels import cython_conv
+
+    builds = {cython_conv.simd(): cython_conv}
+    if cython_conv.cpu_has_avx2_fma():
+        with contextlib.suppress(ImportError):
+            from fastconv.kernels import cython_conv_avx2
+
+            builds[cython_conv_avx2.simd()] = cython_conv_avx2
+    return builds
+
+
+SIMD_BUILDS = _simd_builds()
+# "auto": the backend's own choice of conv kernels (on this file's small shapes: im2col + GEMM).
+# "direct-<simd>": every stride-1 conv forced through the direct kernels of that build, including
+# shapes the backend would not send there (rows shorter than a register block, 1x1 kernels,
+# padding wider than the kernel, a single output row): their index arithmetic must hold anyway.
+CONV_PATHS = ["auto", *(f"direct-{name}" for name in SIMD_BUILDS)]
+
+
+@contextlib.contextmanager
+def conv_path(path: str):
+    from fastconv.kernels import cython_backend as cb
+
+    saved = cb._conv, cb._use_direct
+    if path != "auto":
+        cb._conv = SIMD_BUILDS[path.removeprefix("direct-")]
+        cb._use_direct = lambda g: g.sh == 1 and g.sw == 1
+    try:
+        yield
+    finally:
+        cb._conv, cb._use_direct = saved
+
 
 CLEAN_ERRORS = (ValueError, TypeError, MemoryError)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,9 +197,10 @@ def _check(op, *args, exact: bool = False, **kwargs) -> None:
     _same(got, ref, exact=exact)
 
 
+@pytest.mark.parametrize("path", CONV_PATHS)
 @SETTINGS
 @given(st.data())
-def test_conv2d_forward_any_arguments(data):
+def test_conv2d_forward_any_arguments(path, data):
     dtype = _dtype(data)
     xs = _shape(data, ndim_ok=not _rarely(data, "wrong ndim"))
     x = _make(data, xs, dtype)
@@ -175,12 +217,14 @@ def test_conv2d_forward_any_arguments(data):
         out = 0
     if 1000 < out < 10**6:
         return  # allocatable but too big for the naive reference (huge padding on one axis only)
-    _check(K.conv2d_forward, x, w, bias, stride, padding, dilation)
+    with conv_path(path):
+        _check(K.conv2d_forward, x, w, bias, stride, padding, dilation)
 
 
+@pytest.mark.parametrize("path", CONV_PATHS)
 @SETTINGS
 @given(st.data())
-def test_conv2d_backward_any_arguments(data):
+def test_conv2d_backward_any_arguments(path, data):
     dtype = _dtype(data)
     xs = _shape(data)
     x = _make(data, xs, dtype)
@@ -198,7 +242,43 @@ def test_conv2d_backward_any_arguments(data):
     # the reference (skips padded taps) and im2col + GEMM (multiplies by the zeros: 0*NaN = NaN).
     dy = _make(data, ys, np.float64 if _rarely(data, "mixed dtypes") else dtype, nan=False)
     need_dx = data.draw(st.booleans(), label="need_dx")
-    _check(K.conv2d_backward, dy, x, w, stride, padding, dilation, need_dx=need_dx)
+    with conv_path(path):
+        _check(K.conv2d_backward, dy, x, w, stride, padding, dilation, need_dx=need_dx)
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_direct_conv_on_wide_rows_matches_numpy(path, data):
+    """Shapes the direct kernels are chosen for (stride 1, rows of 16+ pixels: several register
+    blocks per row, a partial last one), any padding / dilation / channel count, against the
+    numpy backend in float64 (sizes too big for the naive reference). x may hold NaN/inf: the
+    direct dW then falls back to im2col + GEMM where its wrap-around sums would differ."""
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    n, c, k = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(16, 40))
+    r, s = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    padding = (data.draw(st.integers(0, 4)), data.draw(st.integers(0, 4)))
+    dilation = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    try:
+        g = K.conv2d_geometry((n, c, h, w), (k, c, r, s), 1, padding, dilation)
+    except ValueError:
+        return  # kernel larger than the padded input
+    x = _make(data, g.x_shape, dtype)
+    wt = _make(data, g.w_shape, dtype, nan=False)
+    b = _make(data, (k,), dtype, nan=False)
+    dy = _make(data, g.y_shape, dtype, nan=False)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, wt, b, dy))
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    with conv_path(path):
+        y = K.conv2d_forward(x, wt, b, 1, padding, dilation, backend="cython")
+        grads = K.conv2d_backward(dy, x, wt, 1, padding, dilation, backend="cython")
+    ref = (K.conv2d_forward(x64, w64, b64, 1, padding, dilation, backend="numpy"),
+           *K.conv2d_backward(dy64, x64, w64, 1, padding, dilation, backend="numpy"))  # fmt: skip
+    for got, want in zip((y, *grads), ref):
+        assert got.dtype == dtype
+        scale = max(1.0, float(np.nanmax(np.abs(np.where(np.isinf(want), 0, want)), initial=0)))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, equal_nan=True)
 
 
 _kernel_ok = st.integers(1, 4)
