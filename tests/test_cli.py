@@ -37,7 +37,8 @@ def test_top_level_help_lists_the_commands(capsys):
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ("train", ["--epochs", "(default: 0.002)", "--out", "runs/catnet", "--val-fraction", "(default: 0.2)"]),
+        ("train", ["--epochs", "default 0.0005 when", "0.002 from random", "(default: auto)",
+                   "--out", "runs/catnet", "--val-fraction", "(default: 0.2)"]),
         ("evaluate", ["--model", "bundled", "--data", "catvnoncat"]),
         ("predict", ["--model", "bundled"]),
         ("demo", ["scikit-image", "--repeats", "(default: 5)"]),

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per mini-batch")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"peak learning rate (after warm-up); default {LR_FINETUNE:g} when the conv layers start "
-                        f"from a pretrained backbone (--init), {LR_SCRATCH:g} from random weights")
+                        f"from a pretrained backbone (--init), {LR_SCRATCH:g} from random weights%(default).0s")
     parser.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer,
                         help="adamw = decoupled weight decay; sgd = Nesterov momentum 0.9")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
