@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# peak (numpy {dtype.name} 2048^3 matmul, start/end): {peaks[0]:.0f} / {peaks[1]:.0f} GFLOP/s")
     info = B.machine_info(args.threads)
     print(f"# {info['cpu']}, simd {info['simd']}, {info['versions']}")
+    if "cython" in engines:
+        from fastconv.kernels import cython_backend
+
+        print(f"# cython conv kernels: {cython_backend._conv.simd()} build (FASTCONV_CYTHON_SIMD=sse2 forces baseline)")
     print(f"{'workload':<58} {'engine':<7} {'ms':>8} {'GFLOP/s':>8} {'%peak':>6} {'vs numpy':>9} {'vs torch':>9}")
     by = {(w, e): s for w, e, s, _ in rows}
     for w, e, s, flops in rows:

@@ -3,8 +3,11 @@
 This module is the thin Python layer: it allocates outputs and per-thread scratch buffers,
 picks the thread count, and calls the compiled kernels. The arithmetic lives in
 
-* ``cython_conv.pyx``  conv2d forward/backward: per-tile im2col + SciPy ``cython_blas`` GEMM,
-  tiles distributed over OpenMP threads, each calling a single-threaded GEMM;
+* ``cython_conv.pyx``  conv2d forward/backward: direct register-blocked kernels on zero-padded
+  planes where they win (stride 1, see ``_use_direct``), else per-tile im2col + SciPy
+  ``cython_blas`` GEMM, tiles distributed over OpenMP threads, each calling a single-threaded
+  GEMM. Compiled twice: for baseline x86-64 and, as ``cython_conv_avx2``, for AVX2 + FMA; the
+  AVX2 build is used when the CPU has it (``_conv_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
 
@@ -30,9 +33,29 @@ from . import _openmp, cython_conv, cython_pool, cython_relu
 from ._geometry import Conv2dGeometry, Pool2dGeometry
 from ._threads import get_num_threads, register_thread_hook
 
+
+def _conv_module():
+    """The build of cython_conv.pyx to run: the AVX2 + FMA one (cython_conv_avx2) when the CPU
+    supports it and it was built, else the baseline x86-64 (SSE2) one, which runs anywhere.
+
+    The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
+    included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
+    forces the baseline build (to compare the two)."""
+    if os.environ.get("FASTCONV_CYTHON_SIMD", "").lower() != "sse2" and cython_conv.cpu_has_avx2_fma():
+        try:
+            from . import cython_conv_avx2
+        except ImportError:  # built without it (non-x86 compiler, or one without -mavx2)
+            return cython_conv
+        return cython_conv_avx2
+    return cython_conv
+
+
+_conv = _conv_module()
+
 NAME = "cython"
 DESCRIPTION = (
-    "Cython: typed memoryviews, nogil, OpenMP prange; conv = per-tile im2col + SciPy cython_blas GEMM"
+    "Cython: typed memoryviews, nogil, OpenMP prange; conv = direct register-blocked kernels "
+    f"({_conv.simd()} build) or per-tile im2col + SciPy cython_blas GEMM"
     + ("" if _openmp.openmp_enabled() else " (built without OpenMP: serial)")
 )
 
@@ -96,25 +119,6 @@ def _check_blas_sizes(g: Conv2dGeometry) -> None:
 def _tile(g: Conv2dGeometry) -> int:
     """Output pixels per task: fills ~_TILE_ELEMENTS of im2col scratch, at most one image."""
     return max(1, min(g.ho * g.wo, _TILE_ELEMENTS // (g.c * g.r * g.s)))
-
-
-def _conv_module():
-    """The build of cython_conv.pyx to run: the AVX2 + FMA one (cython_conv_avx2) when the CPU
-    supports it and it was built, else the baseline x86-64 (SSE2) one, which runs anywhere.
-
-    The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
-    included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
-    forces the baseline build (to compare the two)."""
-    if os.environ.get("FASTCONV_CYTHON_SIMD", "").lower() != "sse2" and cython_conv.cpu_has_avx2_fma():
-        try:
-            from . import cython_conv_avx2
-        except ImportError:  # built without it (non-x86 compiler, or one without -mavx2)
-            return cython_conv
-        return cython_conv_avx2
-    return cython_conv
-
-
-_conv = _conv_module()
 
 
 def _use_direct(g: Conv2dGeometry) -> bool:
@@ -188,7 +192,7 @@ def _conv_backward_direct(
     wp, wq = g.w + 2 * g.pw, g.w + (g.s - 1) * g.dw
     xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), dtype)
     qplane = _conv.padded_plane_size(g.ho, wp)
-    dw_part = np.zeros((nt, g.k * g.c * taps), np.float64)
+    dw_part = np.zeros((nt, g.k * g.c * taps * _conv.DW_LANES), dtype)
     db_part = np.zeros((nt, g.k), np.float64)
     if need_dx:
         dx = np.empty(g.x_shape, dtype)
@@ -203,7 +207,8 @@ def _conv_backward_direct(
         dy, x, wt, np.zeros(g.c, dtype), _tap_offsets(g, wp), _tap_offsets(g, wq),
         dx, dw_part, db_part, xbuf, dybuf, g, need_dx, nt,
     )  # fmt: skip
-    dw64 = dw_part.sum(axis=0)
+    # threads x lanes partial sums of each dW element, added up in float64
+    dw64 = dw_part.reshape(nt, -1, _conv.DW_LANES).sum(axis=(0, 2), dtype=np.float64)
     if np.isnan(dw64).any():
         return None
     return (dx if need_dx else None), dw64.astype(dtype).reshape(g.w_shape), db_part.sum(axis=0).astype(dtype)

@@ -4,7 +4,13 @@
 # (kernels/_validate.py, kernels/_geometry.py), and cython_backend.py passes a geometry whose
 # products fit in 64-bit signed arithmetic. Calling these functions directly with inconsistent
 # shapes would read out of bounds: they are private (leading underscore in the backend module).
-"""Cython conv2d kernels: per-tile im2col into a thread-local buffer + BLAS GEMM, in prange.
+"""Cython conv2d kernels, two ways, side by side (cython_backend._use_direct picks one per call):
+
+* **im2col + GEMM** (any stride/padding/dilation): per-tile im2col into a thread-local buffer
+  and a SciPy BLAS GEMM on it, tiles in prange. The flops go to OpenBLAS.
+* **direct** (stride 1, the "direct path" section below): zero-padded planes and a
+  register-blocked loop nest written here, that gcc vectorises itself. Faster where the GEMM
+  is skinny (catnet's 3->16 layer: a 27-deep reduction) and needs no im2col copy at all.
 
 How this leaves the Python interpreter (check with ``cython -a``, see docs/cython.md):
 
@@ -16,12 +22,12 @@ How this leaves the Python interpreter (check with ``cython -a``, see docs/cytho
 * the kernels are ``noexcept nogil``: no Python object is touched, so the GIL is released and
   OpenMP threads (``prange``) run them truly in parallel;
 * the GEMM is SciPy's ``cython_blas`` (OpenBLAS, AVX2/FMA kernels chosen at run time). Our own
-  loops are compiled with plain ``-O3`` (SSE2 only, for portable wheels), so the flop-heavy part
-  goes to BLAS and our code only moves data.
+  loops are compiled with plain ``-O3`` for baseline x86-64 (SSE2, portable wheels) and a second
+  time as ``cython_conv_avx2`` with ``-mavx2 -mfma`` (setup.py; loaded only on CPUs that have it).
 
-Why this design (measured, see benchmarks/cython_bench.py): the numpy backend builds the *whole*
-column matrix (R*S times the size of x, 75 MB for catnet's 16->16 layer) and pays for its
-memory traffic. Here each task im2cols one tile of ~P output pixels of one image into a buffer
+Why the im2col path is tiled (measured, see benchmarks/cython_bench.py): the numpy backend
+builds the *whole* column matrix (R*S times the size of x, 75 MB for catnet's 16->16 layer) and
+pays for its memory traffic. Here each task im2cols one tile of ~P output pixels of one image into a buffer
 of ~256 KB that stays in L2, multiplies it straight away, and moves on; two OpenMP threads each
 run single-threaded GEMMs on independent tiles, so there is no fork/join per GEMM either.
 
@@ -195,9 +201,16 @@ cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
 #   offset, with no padding tests in the loop;
 # * the accumulators are a small fixed-size local array, acc[KB][V]: KB output channels times V
 #   output pixels (2 SIMD registers wide). All loop bounds inside are compile-time constants, so
-#   gcc unrolls them and keeps acc in SIMD registers for the whole C*R*S reduction: per tap it
-#   does 2 loads of x and KB weight broadcasts for 2*KB multiply-adds, and acc is written to y
-#   once at the end. (A loop of `y[p] += w * x[p]` instead loads and stores y per multiply-add.)
+#   gcc vectorises the innermost loop (V pixels = 2 registers), unrolls the KB loop and keeps acc
+#   in 2*KB SIMD registers for the whole C*R*S reduction: per tap it does 2 loads of x and KB
+#   weight broadcasts for 2*KB multiply-adds, and acc is written to y once at the end. (A loop of
+#   `y[p] += w * x[p]` instead loads and stores y per multiply-add.) One catch, measured: gcc's
+#   -O3 first *completely unrolls* such small constant loops (pass "cunrolli"), turning acc into
+#   64 scalar variables that the vectoriser never puts back into registers: 19 ms instead of
+#   2.4 ms for catnet's first layer. setup.py therefore compiles this file with
+#   -fdisable-tree-cunrolli (when the compiler knows it); the loops are still unrolled, later,
+#   after vectorisation. Check with `objdump -d`: the tap loop is 2 vmovups, 4 vbroadcastss and
+#   8 vfmadd231ps on ymm registers, nothing else.
 # * nothing here is a reduction across SIMD lanes (each lane is its own output pixel), so gcc
 #   vectorises it with plain -O3, without -ffast-math: results keep IEEE semantics (NaN/inf
 #   propagate); only the summation order differs from the reference, like any BLAS.
@@ -330,8 +343,13 @@ cdef void _correlate_image(const floating* inp, Py_ssize_t ci, Py_ssize_t plane,
 
 cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplane, Py_ssize_t m,
                             const floating* xp, Py_ssize_t c_, Py_ssize_t plane,
-                            const Py_ssize_t* offs, Py_ssize_t ntaps, double* dwp) noexcept nogil:
-    """dwp (K, C, ntaps) += sum_{q < m} dyp[k*dplane + q] * xp[c*plane + q + offs[t]], one image.
+                            const Py_ssize_t* offs, Py_ssize_t ntaps, floating* lanes) noexcept nogil:
+    """lanes (K, C, ntaps, MAXL) += the L-lane partial sums of sum_{q < m} dyp[k*dplane + q] *
+    xp[c*plane + q + offs[t]] for one image (lanes L.. stay 0; the caller adds the lanes up).
+
+    The lanes are added to memory, not summed across: a pass over catnet's 16x16 planes is
+    only ~36 vector steps, and summing 12 registers lane by lane after each pass cost about
+    as much again (measured). Summing the lanes once per call, after all images, is free.
 
     dyp holds dy (K, Ho, Wo) in rows of the padded input's width Wp with zeros in the Wp - Wo
     wrap-around columns, so flat position q = i*Wp + j pairs dy[k, i, j] with the input pixel of
@@ -343,7 +361,7 @@ cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplan
     cdef Py_ssize_t L = FC_VEC_BYTES // sizeof(floating)   # lanes of independent partial sums
     cdef Py_ssize_t nvec = (m + L - 1) // L
     cdef floating acc[KB * SB * MAXL]
-    cdef floating tot
+    cdef floating* dst
     cdef const floating* d[KB]
     cdef const floating* xr[SB]
     cdef Py_ssize_t kb0, kb, c, tb, t0, q, kk, ss, p
@@ -368,30 +386,30 @@ cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplan
                 for kk in range(KB):
                     for ss in range(SB):
                         if kb + kk < k_ and t0 + ss < ntaps:
-                            tot = 0
+                            dst = lanes + (((kb + kk) * c_ + c) * ntaps + t0 + ss) * MAXL
                             for p in range(L):
-                                tot = tot + acc[(kk * SB + ss) * L + p]
-                            dwp[((kb + kk) * c_ + c) * ntaps + t0 + ss] += tot
+                                dst[p] += acc[(kk * SB + ss) * L + p]
 
 
 cdef void _plane_sums(const floating* a, Py_ssize_t nplanes, Py_ssize_t m, double* out) noexcept nogil:
-    """out[q] += sum of a[q*m : (q+1)*m], in L lanes of partial sums (a single running sum
-    would be one long dependency chain of additions: no SIMD, one add per ~3 cycles)."""
-    cdef Py_ssize_t L = FC_VEC_BYTES // sizeof(floating)
-    cdef Py_ssize_t mfull = m - m % L
-    cdef floating lane[MAXL]
+    """out[q] += sum of a[q*m : (q+1)*m], in 4 registers of lanes of partial sums (a single
+    running sum would be one long dependency chain of additions: no SIMD, one add per ~3
+    cycles; one register of lanes still waits ~3 cycles per add: 4 keep the adder busy)."""
+    cdef Py_ssize_t L4 = 4 * (FC_VEC_BYTES // sizeof(floating))
+    cdef Py_ssize_t mfull = m - m % L4
+    cdef floating lane[4 * MAXL]
     cdef floating tot
     cdef const floating* row
     cdef Py_ssize_t q, j, p
     for q in range(nplanes):
         row = a + q * m
-        for p in range(L):
+        for p in range(L4):
             lane[p] = 0
-        for j in range(mfull // L):
-            for p in range(L):
-                lane[p] += row[j * L + p]
+        for j in range(mfull // L4):
+            for p in range(L4):
+                lane[p] += row[j * L4 + p]
         tot = 0
-        for p in range(L):
+        for p in range(L4):
             tot = tot + lane[p]
         for j in range(mfull, m):
             tot = tot + row[j]
@@ -507,6 +525,7 @@ def padded_plane_size(Py_ssize_t hp, Py_ssize_t wp) -> int:
 
 
 BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs weights by it
+DW_LANES = MAXL  # lane partial sums per dW element in conv2d_backward_direct's dw_part
 
 
 cdef Py_ssize_t _check_direct(Py_ssize_t have, Py_ssize_t nplanes, Py_ssize_t hp, Py_ssize_t wp,
@@ -545,12 +564,12 @@ def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wp
 def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                            const floating[::1] wtpk, const floating[::1] zeros,
                            const Py_ssize_t[::1] offs, const Py_ssize_t[::1] offs_dx,
-                           floating[:, :, :, ::1] dx, double[:, ::1] dw_part, double[:, ::1] db_part,
+                           floating[:, :, :, ::1] dx, floating[:, ::1] dw_part, double[:, ::1] db_part,
                            floating[:, ::1] xbuf, floating[:, ::1] dybuf, object geometry,
                            bint need_dx, int num_threads):
-    """Stride-1 backward. Accumulates dW (K, C, R*S) into dw_part[thread] and db into
-    db_part[thread] (float64, zeroed by the caller, which sums the partials); when need_dx
-    writes dx (N,C,H,W) completely.
+    """Stride-1 backward. Accumulates dW as lane partial sums (K, C, R*S, DW_LANES) into
+    dw_part[thread] and db into db_part[thread] (float64), both zeroed by the caller, which sums
+    the partials and the lanes; when need_dx writes dx (N,C,H,W) completely.
 
     dW: dy is laid out in rows of Wp = W + 2*pw (see _weight_grad_flat) and correlated with
     the padded input planes, offs[t] = r*dh*Wp + s*dw as in the forward pass.
@@ -579,7 +598,7 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
                                  hq * wq + 2 * MAXL if need_dx else 0)
     cdef bint shared = need_dx and wq == wp and top >= 0 and left >= 0
     cdef Py_ssize_t n, tid
-    if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps \
+    if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps * MAXL \
             or db_part.shape[0] < num_threads or db_part.shape[1] < g.k:
         raise ValueError("conv2d direct kernel: gradient partials do not match the geometry")
     if need_dx:

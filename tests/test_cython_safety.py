@@ -54,7 +54,8 @@ def _simd_builds() -> dict:
 
 
 SIMD_BUILDS = _simd_builds()
-# "auto": the backend's own choice of conv kernels (on this file's small shapes: im2col + GEMM).
+# "auto": the backend's own choice of conv kernels (on this file's small shapes: im2col + GEMM),
+# "gemm": im2col + GEMM forced.
 # "direct-<simd>": every stride-1 conv forced through the direct kernels of that build, including
 # shapes the backend would not send there (rows shorter than a register block, 1x1 kernels,
 # padding wider than the kernel, a single output row): their index arithmetic must hold anyway.
@@ -66,7 +67,9 @@ def conv_path(path: str):
     from fastconv.kernels import cython_backend as cb
 
     saved = cb._conv, cb._use_direct
-    if path != "auto":
+    if path == "gemm":
+        cb._use_direct = lambda g: False
+    elif path != "auto":
         cb._conv = SIMD_BUILDS[path.removeprefix("direct-")]
         cb._use_direct = lambda g: g.sh == 1 and g.sw == 1
     try:
@@ -398,20 +401,22 @@ def test_one_by_one_kernel_with_irrelevant_stride(x_shape):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
 
 
-def test_parallel_conv_backward_is_race_free_and_reproducible():
+@pytest.mark.parametrize("path", ["gemm", *CONV_PATHS[1:]])
+def test_parallel_conv_backward_is_race_free_and_reproducible(path):
     """Threads own whole images (dx) and private dW/db partials: with a fixed thread count the
     result is bitwise reproducible (a data race would make repeated runs differ), and it agrees
     with one thread up to summation order."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
+    x = rng.standard_normal((7, 3, 9, 20)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
+    dy = rng.standard_normal((7, 5, 9, 20)).astype(np.float32)
     before = K.get_num_threads()
     try:
-        K.set_num_threads(2)
-        runs = [K.conv2d_backward(dy, x, w, 1, 1, backend="cython") for _ in range(5)]
-        K.set_num_threads(1)
-        serial = K.conv2d_backward(dy, x, w, 1, 1, backend="cython")
+        with conv_path(path):
+            K.set_num_threads(2)
+            runs = [K.conv2d_backward(dy, x, w, 1, 1, backend="cython") for _ in range(5)]
+            K.set_num_threads(1)
+            serial = K.conv2d_backward(dy, x, w, 1, 1, backend="cython")
     finally:
         K.set_num_threads(before)
     for run in runs[1:]:
