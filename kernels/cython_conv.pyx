@@ -27,9 +27,10 @@ How this leaves the Python interpreter (check with ``cython -a``, see docs/cytho
 
 Why the im2col path is tiled (measured, see benchmarks/cython_bench.py): the numpy backend
 builds the *whole* column matrix (R*S times the size of x, 75 MB for catnet's 16->16 layer) and
-pays for its memory traffic. Here each task im2cols one tile of ~P output pixels of one image into a buffer
-of ~256 KB that stays in L2, multiplies it straight away, and moves on; two OpenMP threads each
-run single-threaded GEMMs on independent tiles, so there is no fork/join per GEMM either.
+pays for its memory traffic. Here each task im2cols one tile of ~P output pixels of one image
+into a buffer of ~256 KB that stays in L2, multiplies it straight away, and moves on; two OpenMP
+threads each run single-threaded GEMMs on independent tiles, so there is no fork/join per GEMM
+either.
 
 BLAS is Fortran (column-major). A row-major (M, N) matrix is a column-major (N, M) one, so the
 row-major product C = A @ B is computed as the column-major product C^T = B^T @ A^T, i.e. by
