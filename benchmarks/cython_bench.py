@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     engines = [e for e in wanted if e in available or (e == "torch" and B.torch_available())]
     K.set_num_threads(args.threads)  # OpenMP, Numba and BLAS alike
     if "torch" in engines:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        # fastconv.bench's import: torch's OpenMP workers sleep when idle instead of spinning
+        # through (and, in --cpu-time, being counted in) the next engine's measurement
+        B.import_torch().set_num_threads(args.threads)
     B.warm_up_backends([e for e in engines if e != "torch"])
 
     peaks = [measure_peak(dtype)]
