@@ -155,8 +155,8 @@ def _pack(w3: np.ndarray) -> np.ndarray:
 def _conv_forward_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     y = np.empty(g.y_shape, x.dtype)
     nt = _threads(g.n)
-    wp = g.w + 2 * g.pw
-    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), x.dtype)
+    hp, wp = _conv.input_grid(g)
+    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(hp, wp)), x.dtype)
     bias = np.zeros(g.k, x.dtype) if b is None else b
     w3 = w.reshape(g.k, g.c, g.r * g.s)
     _conv.conv2d_forward_direct(x, _pack(w3), bias, _tap_offsets(g, wp), y, xbuf, g, nt)
@@ -189,8 +189,9 @@ def _conv_backward_direct(
     dtype = x.dtype
     nt = _threads(g.n)
     taps = g.r * g.s
-    wp, wq = g.w + 2 * g.pw, g.w + (g.s - 1) * g.dw
-    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(g.h + 2 * g.ph, wp)), dtype)
+    hp, wp = _conv.input_grid(g)
+    wq = g.w + (g.s - 1) * g.dw
+    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(hp, wp)), dtype)
     qplane = _conv.padded_plane_size(g.ho, wp)
     dw_part = np.zeros((nt, g.k * g.c * taps * _conv.DW_LANES), dtype)
     db_part = np.zeros((nt, g.k), np.float64)

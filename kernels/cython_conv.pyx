@@ -525,6 +525,16 @@ def padded_plane_size(Py_ssize_t hp, Py_ssize_t wp) -> int:
     return hp * wp + 2 * MAXL
 
 
+def input_grid(object geometry) -> tuple:
+    """(Hp, Wp): the padded input planes of the direct kernels, the rows and columns that the
+    outputs actually read: Ho + (R-1)*dh by Wo + (S-1)*dw. With stride 1 that is H + 2*ph by
+    W + 2*pw, except where dispatch stored a stride of 1 because there is a single output along
+    an axis: there a padding of 10**6 and a stride of 10**6 (one output) must not allocate
+    10**6 padded rows (found by tests/test_cython_safety.py: a 4*10**12-element buffer)."""
+    cdef Geo g = _geo(geometry)
+    return g.ho + (g.r - 1) * g.dh, g.wo + (g.s - 1) * g.dw
+
+
 BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs weights by it
 DW_LANES = MAXL  # lane partial sums per dW element in conv2d_backward_direct's dw_part
 
@@ -544,12 +554,12 @@ def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wp
     """y (N,K,Ho,Wo) = bias (K,) + conv(x (N,C,H,W), w), stride 1, any padding / dilation.
 
     wpk: w (K, C, R*S) packed by cython_backend as (ceil(K/KB), C, R*S, KB); offs (R*S,):
-    r*dh*Wp + s*dw, Wp = W + 2*pw; xbuf (threads, C * padded_plane_size(H + 2*ph, Wp)).
+    r*dh*Wp + s*dw; xbuf (threads, C * padded_plane_size(Hp, Wp)), (Hp, Wp) = input_grid.
     One task = one image: its thread pads it into xbuf[thread] (L2-sized) and computes all of
     y[n] from there; tasks write disjoint images, so there is nothing to synchronise.
     """
     cdef Geo g = _geo(geometry)
-    cdef Py_ssize_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw
+    cdef Py_ssize_t hp = g.ho + (g.r - 1) * g.dh, wp = g.wo + (g.s - 1) * g.dw   # see input_grid
     cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, g.r * g.s, offs.shape[0],
                                           xbuf.shape[0], num_threads)
     cdef Py_ssize_t n, tid
@@ -572,7 +582,7 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     dw_part[thread] and db into db_part[thread] (float64), both zeroed by the caller, which sums
     the partials and the lanes; when need_dx writes dx (N,C,H,W) completely.
 
-    dW: dy is laid out in rows of Wp = W + 2*pw (see _weight_grad_flat) and correlated with
+    dW: dy is laid out in rows of Wp (input_grid; see _weight_grad_flat) and correlated with
     the padded input planes, offs[t] = r*dh*Wp + s*dw as in the forward pass.
 
     dx is a forward correlation too: dx[c, h, w] = sum_{k,r,s} dy[k, h + ph - r*dh, w + pw - s*dw]
@@ -583,11 +593,11 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     2*ph, (S-1)*dw = 2*pw, as in catnet) Wq = Wp and the dx layout serves dW as well, shifted by
     its margin: dy is then padded once per image, not twice.
 
-    xbuf (threads, C * padded_plane_size(H + 2*ph, Wp)); dybuf (threads, K * qplane), qplane >=
+    xbuf (threads, C * padded_plane_size(Hp, Wp)), (Hp, Wp) = input_grid; dybuf (threads, K * qplane), qplane >=
     padded_plane_size of both layouts used: (Ho, Wp) for dW, (Hq, Wq) for dx.
     """
     cdef Geo g = _geo(geometry)
-    cdef Py_ssize_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw
+    cdef Py_ssize_t hp = g.ho + (g.r - 1) * g.dh, wp = g.wo + (g.s - 1) * g.dw   # see input_grid
     cdef Py_ssize_t hq = g.h + (g.r - 1) * g.dh, wq = g.w + (g.s - 1) * g.dw
     cdef Py_ssize_t top = (g.r - 1) * g.dh - g.ph, left = (g.s - 1) * g.dw - g.pw
     cdef Py_ssize_t ntaps = g.r * g.s
