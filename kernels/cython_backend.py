@@ -131,9 +131,16 @@ def _use_direct(g: Conv2dGeometry) -> bool:
       while the direct dW still pads x and dy (fwd+bwd 5.5 vs 4.5 ms on 64 channels at 32x32);
     * output rows are short (Wo < 16): a register block covers 16 pixels of a row (8 of them
       wasted when Wo = 8) and the dW sums are flushed more often than they run (8x8, 64
-      channels: 7.9 vs 5.4 ms; 12x12: even).
+      channels: 7.9 vs 5.4 ms; 12x12: even);
+    * the CPU lacks AVX2/FMA, so the baseline (SSE2) build runs: half the SIMD width and no
+      fused multiply-add make the direct kernels 2-2.4x slower, while OpenBLAS still uses
+      whatever the CPU has. Measured (forced to SSE2 here): direct 16.8 / 71 / 33 / 36 ms on
+      catnet's four layers vs im2col + GEMM 16.6 / 53 / 23 / 20 ms.
     """
-    return g.sh == 1 and g.sw == 1 and g.r * g.s > 1 and g.wo >= 16
+    return _direct_kernels_fast and g.sh == 1 and g.sw == 1 and g.r * g.s > 1 and g.wo >= 16
+
+
+_direct_kernels_fast = _conv.simd() != "sse2"
 
 
 def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:
