@@ -116,7 +116,8 @@ kernel_size = _mostly(st.integers(1, 3), st.integers(0, 5))
 def _make(data, shape, dtype, *, nan: bool = True) -> np.ndarray:
     """A random array of ``shape``/``dtype`` in a drawn memory layout (same values either way)."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    values = rng.standard_normal(shape) * 3
+    # asarray: for shape () standard_normal returns a numpy scalar, whose astype(object) is a float
+    values = np.asarray(rng.standard_normal(shape) * 3)
     if nan and values.size and np.dtype(dtype).kind == "f" and data.draw(st.booleans(), label="nan/inf"):
         flat = values.reshape(-1)
         flat[rng.integers(0, flat.size, 2)] = [np.nan, np.inf][rng.integers(0, 2)]
