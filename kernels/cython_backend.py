@@ -137,10 +137,26 @@ def _use_direct(g: Conv2dGeometry) -> bool:
       whatever the CPU has. Measured (forced to SSE2 here): direct 16.8 / 71 / 33 / 36 ms on
       catnet's four layers vs im2col + GEMM 16.6 / 53 / 23 / 20 ms.
     """
-    return _direct_kernels_fast and g.sh == 1 and g.sw == 1 and g.r * g.s > 1 and g.wo >= 16
+    return _direct_kernels_fast and g.r * g.s > 1 and g.wo >= 16 and _direct_applies(g)
 
 
 _direct_kernels_fast = _conv.simd() != "sse2"
+
+
+def _direct_applies(g: Conv2dGeometry) -> bool:
+    """Whether the direct kernels can take this geometry at all: stride 1, and padded planes
+    (the input's, and dy's for dx) of at most 4x the larger of the input and output planes.
+
+    The size bound keeps out geometries where the planes would be mostly padding nobody reads
+    past, e.g. a dilation of 2**59 with a single output row (rows 2**59 apart): allocating
+    them is wasteful or impossible, and their element counts would overflow 64-bit index
+    arithmetic. Computed with Python ints, so the test itself cannot overflow."""
+    if g.sh != 1 or g.sw != 1:
+        return False
+    hp, wp = g.ho + (g.r - 1) * g.dh, g.wo + (g.s - 1) * g.dw  # as cython_conv.input_grid
+    hq, wq = g.h + (g.r - 1) * g.dh, g.w + (g.s - 1) * g.dw
+    bound = 4 * max(g.h * g.w, g.ho * g.wo)
+    return hp * wp <= bound and hq * wq <= bound
 
 
 def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:

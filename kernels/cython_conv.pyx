@@ -519,9 +519,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 # ---------------------------------------------------------------- direct path: entry points
 
-def padded_plane_size(Py_ssize_t hp, Py_ssize_t wp) -> int:
+def padded_plane_size(hp, wp) -> int:
     """Elements per padded plane of an (hp, wp) grid: one output block (2*MAXL values) more, for
-    the wrap-around reads of a row's last block (_correlate_image)."""
+    the wrap-around reads of a row's last block (_correlate_image). Python ints: no overflow."""
     return hp * wp + 2 * MAXL
 
 
@@ -539,12 +539,15 @@ BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs 
 DW_LANES = MAXL  # lane partial sums per dW element in conv2d_backward_direct's dw_part
 
 
-cdef Py_ssize_t _check_direct(Py_ssize_t have, Py_ssize_t nplanes, Py_ssize_t hp, Py_ssize_t wp,
-                              Py_ssize_t ntaps, Py_ssize_t noffs, Py_ssize_t rows, Py_ssize_t need) except -1:
-    # Cheap guards on what the caller allocated: a wrong scratch size would be an out-of-bounds write.
-    if have < nplanes * (hp * wp + 2 * MAXL) or noffs != ntaps or rows < need:
+cdef Py_ssize_t _check_direct(object have, object nplanes, object hp, object wp,
+                              object ntaps, object noffs, object rows, object need) except -1:
+    # Cheap guards on what the caller allocated: a wrong scratch size would be an out-of-bounds
+    # write. Python int arithmetic (object arguments), so a huge geometry cannot wrap around;
+    # once the buffer is known to hold nplanes planes, every index into it fits Py_ssize_t.
+    plane = padded_plane_size(hp, wp)
+    if have < nplanes * plane or noffs != ntaps or rows < need:
         raise ValueError("conv2d direct kernel: scratch buffers do not match the geometry")
-    return hp * wp + 2 * MAXL
+    return plane
 
 
 def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wpk,
@@ -604,20 +607,19 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     cdef Py_ssize_t m = (g.ho - 1) * wp + g.wo
     cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, ntaps, offs.shape[0],
                                           xbuf.shape[0], num_threads)
-    cdef Py_ssize_t qplane = max(_check_direct(dybuf.shape[1], g.k, g.ho, wp, ntaps, offs.shape[0],
-                                               dybuf.shape[0], num_threads),
-                                 hq * wq + 2 * MAXL if need_dx else 0)
+    # the dy planes serve both layouts: each check proves dybuf holds K planes of its size
+    cdef Py_ssize_t qplane = _check_direct(dybuf.shape[1], g.k, g.ho, wp, ntaps, offs.shape[0],
+                                           dybuf.shape[0], num_threads)
     cdef bint shared = need_dx and wq == wp and top >= 0 and left >= 0
     cdef Py_ssize_t n, tid
     if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps * MAXL \
             or db_part.shape[0] < num_threads or db_part.shape[1] < g.k:
         raise ValueError("conv2d direct kernel: gradient partials do not match the geometry")
     if need_dx:
-        _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0], dybuf.shape[0], num_threads)
+        qplane = max(qplane, _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0],
+                                           dybuf.shape[0], num_threads))
         if wtpk.shape[0] < (g.c + KB - 1) // KB * KB * g.k * ntaps or zeros.shape[0] < g.c:
             raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
-    if dybuf.shape[1] < g.k * qplane:
-        raise ValueError("conv2d direct kernel: scratch buffers do not match the geometry")
     for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
         _pad_planes(&x[n, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0], plane, hp, wp, g.ph, g.pw)

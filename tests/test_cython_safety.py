@@ -57,9 +57,10 @@ def _simd_builds() -> dict:
 SIMD_BUILDS = _simd_builds()
 # "auto": the backend's own choice of conv kernels (on this file's small shapes: im2col + GEMM),
 # "gemm": im2col + GEMM forced.
-# "direct-<simd>": every stride-1 conv forced through the direct kernels of that build, including
-# shapes the backend would not send there (rows shorter than a register block, 1x1 kernels,
-# padding wider than the kernel, a single output row): their index arithmetic must hold anyway.
+# "direct-<simd>": every conv the direct kernels can take (stride 1, bounded padded planes) forced
+# through those of that build, including shapes the backend would not send there for speed (rows
+# shorter than a register block, 1x1 kernels, padding wider than the kernel, a single output
+# row): their index arithmetic must hold anyway.
 CONV_PATHS = ["auto", *(f"direct-{name}" for name in SIMD_BUILDS)]
 
 
@@ -72,7 +73,7 @@ def conv_path(path: str):
         cb._use_direct = lambda g: False
     elif path != "auto":
         cb._conv = SIMD_BUILDS[path.removeprefix("direct-")]
-        cb._use_direct = lambda g: g.sh == 1 and g.sw == 1
+        cb._use_direct = cb._direct_applies  # without the speed rules of cb._use_direct
     try:
         yield
     finally:
@@ -430,3 +431,22 @@ def test_parallel_conv_backward_is_race_free_and_reproducible(path):
     for par, ser, r in zip(runs[0], serial, ref):
         np.testing.assert_allclose(par, r, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ser, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+def test_huge_dilation_with_a_single_output_row(path):
+    """Regression: padding 2**58 and dilation 2**59 on H leave one output row whose two kernel
+    rows are 2**59 apart (dispatch stores the stride as 1). Padded planes sized by padding or
+    dilation would have 2**64 elements (a wrapped, negative size: ValueError where the
+    reference computes): the direct kernels must not take it, or must size by what is read."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 2, 1, 17))
+    w = rng.standard_normal((3, 2, 2, 3))
+    padding, dilation = (2**58, 1), (2**59, 1)
+    with conv_path(path):
+        y = K.conv2d_forward(x, w, None, 1, padding, dilation, backend="cython")
+        grads = K.conv2d_backward(np.ones_like(y), x, w, 1, padding, dilation, backend="cython")
+    ref_y = K.conv2d_forward(x, w, None, 1, padding, dilation, backend="python")
+    ref_grads = K.conv2d_backward(np.ones_like(ref_y), x, w, 1, padding, dilation, backend="python")
+    for got, ref in zip((y, *grads), (ref_y, *ref_grads)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
