@@ -153,7 +153,7 @@ def _direct_applies(g: Conv2dGeometry) -> bool:
     arithmetic. Computed with Python ints, so the test itself cannot overflow."""
     if g.sh != 1 or g.sw != 1:
         return False
-    hp, wp = g.ho + (g.r - 1) * g.dh, g.wo + (g.s - 1) * g.dw  # as cython_conv.input_grid
+    hp, wp = _conv.input_grid(g)  # Python ints: the products below cannot overflow
     hq, wq = g.h + (g.r - 1) * g.dh, g.w + (g.s - 1) * g.dw
     bound = 4 * max(g.h * g.w, g.ho * g.wo)
     return hp * wp <= bound and hq * wq <= bound
@@ -176,6 +176,7 @@ def _pack(w3: np.ndarray) -> np.ndarray:
 
 
 def _conv_forward_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) by cython_conv.conv2d_forward_direct (stride 1; see _use_direct)."""
     y = np.empty(g.y_shape, x.dtype)
     nt = _threads(g.n)
     hp, wp = _conv.input_grid(g)
