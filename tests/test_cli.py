@@ -207,3 +207,21 @@ def test_refit_model_files_and_no_fake_validation_metrics(capsys, tmp_path):
     assert fastconv.model.load_with_metadata(out / "model.npz")[1]["train_size"] == 24  # every image
     code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(data), "--split", "val")
     assert code == 1 and "not held out" in err
+
+
+def test_info_reports_what_this_process_really_uses(capsys):
+    import fastconv.kernels as K
+    from fastconv.kernels import _openmp
+
+    code, out, _ = run_cli(capsys, "info", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["backends"] == K.available_backends()
+    assert info["default_backend"] == K.get_default_backend()
+    assert info["threads"] == K.get_num_threads()
+    assert info["openmp"].startswith("yes" if _openmp.openmp_enabled() else "no")
+    if "cython" in info["backends"]:
+        from fastconv.kernels import cython_backend
+
+        assert info["cython_simd"].split()[0] == cython_backend._conv.simd()
+        assert cython_backend._conv.simd() in ("sse2", "avx2+fma")

@@ -42,6 +42,11 @@ def collect() -> dict:
         )
     except ImportError as exc:
         info["openmp"] = f"unknown: Cython extensions not built ({exc})"
+    if "cython" in info["backends"]:
+        from fastconv.kernels import cython_backend
+
+        # which compiled copy of cython_conv.pyx runs: the AVX2+FMA one needs a CPU that has both
+        info["cython_simd"] = f"{cython_backend._conv.simd()} (FASTCONV_CYTHON_SIMD=sse2 forces the baseline build)"
     try:
         import numba
 
