@@ -110,6 +110,8 @@ def test_predict_folder_with_bad_files(capsys, tmp_path):
     assert "notes.txt" in err and "not an image" in err
 
 
+# imageio's DICOM plugin announces its deprecation when asked to read a non-image file
+@pytest.mark.filterwarnings("ignore:The legacy `DICOM` plugin:DeprecationWarning")
 def test_predict_nothing_readable_fails(capsys, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"nope")
     code, out, err = run_cli(capsys, "predict", str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"))
@@ -168,6 +170,7 @@ def test_train_on_a_folder_then_evaluate_its_validation_split(capsys, tmp_path):
     assert sum(map(sum, doc["confusion_matrix"])) == 4  # round(0.2 * 12) = 2 per class, 2 classes
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the divergence under test
 def test_train_with_a_huge_learning_rate_stops_cleanly(capsys, tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     _write_stripes_folder(data)
