@@ -38,8 +38,14 @@ def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
 def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, int num_threads):
     """dx = dy where x > 0 else 0 (NaN in x gives 0, as `NaN > 0` is false)."""
     cdef Py_ssize_t size = x.shape[0], nchunks = (size + CHUNK - 1) // CHUNK, ch, i, hi
+    cdef floating d
     for ch in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
                      use_threads_if=size >= PARALLEL_MIN):
         hi = min(size, (ch + 1) * CHUNK)
         for i in range(ch * CHUNK, hi):
-            dx[i] = dy[i] if x[i] > 0 else 0
+            # dy[i] is loaded unconditionally: written as `dy[i] if x[i] > 0 else 0`, the load
+            # sits on one branch only, gcc keeps the branch (it may not invent a load), and on
+            # random signs every other element is a misprediction: 13 ms instead of ~0.5 ms on
+            # catnet's largest activation. A select between two loaded values vectorises.
+            d = dy[i]
+            dx[i] = d if x[i] > 0 else 0
