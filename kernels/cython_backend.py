@@ -154,7 +154,7 @@ def _direct_applies(g: Conv2dGeometry) -> bool:
     if g.sh != 1 or g.sw != 1:
         return False
     hp, wp = _conv.input_grid(g)  # Python ints: the products below cannot overflow
-    hq, wq = g.h + (g.r - 1) * g.dh, g.w + (g.s - 1) * g.dw
+    hq, wq = _conv.dx_grid(g)
     bound = 4 * max(g.h * g.w, g.ho * g.wo)
     return hp * wp <= bound and hq * wq <= bound
 
@@ -214,14 +214,14 @@ def _conv_backward_direct(
     nt = _threads(g.n)
     taps = g.r * g.s
     hp, wp = _conv.input_grid(g)
-    wq = g.w + (g.s - 1) * g.dw
+    hq, wq = _conv.dx_grid(g)
     xbuf = np.empty((nt, g.c * _conv.padded_plane_size(hp, wp)), dtype)
     qplane = _conv.padded_plane_size(g.ho, wp)
     dw_part = np.zeros((nt, g.k * g.c * taps * _conv.DW_LANES), dtype)
     db_part = np.zeros((nt, g.k), np.float64)
     if need_dx:
         dx = np.empty(g.x_shape, dtype)
-        qplane = max(qplane, _conv.padded_plane_size(g.h + (g.r - 1) * g.dh, wq))
+        qplane = max(qplane, _conv.padded_plane_size(hq, wq))
         # dx correlates dy with the kernel flipped in (r, s) and transposed to (C, K)
         wt = _pack(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(g.c, g.k, taps))
     else:

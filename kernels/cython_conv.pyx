@@ -535,6 +535,13 @@ def input_grid(object geometry) -> tuple:
     return g.ho + (g.r - 1) * g.dh, g.wo + (g.s - 1) * g.dw
 
 
+def dx_grid(object geometry) -> tuple:
+    """(Hq, Wq) = (H + (R-1)*dh, W + (S-1)*dw): the zero-padded dy planes that dx correlates
+    (see conv2d_backward_direct). Python ints: no overflow."""
+    cdef Geo g = _geo(geometry)
+    return g.h + (g.r - 1) * g.dh, g.w + (g.s - 1) * g.dw
+
+
 BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs weights by it
 DW_LANES = MAXL  # lane partial sums per dW element in conv2d_backward_direct's dw_part
 
@@ -562,10 +569,9 @@ def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wp
     y[n] from there; tasks write disjoint images, so there is nothing to synchronise.
     """
     cdef Geo g = _geo(geometry)
-    cdef Py_ssize_t hp = g.ho + (g.r - 1) * g.dh, wp = g.wo + (g.s - 1) * g.dw   # see input_grid
-    cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, g.r * g.s, offs.shape[0],
-                                          xbuf.shape[0], num_threads)
-    cdef Py_ssize_t n, tid
+    cdef Py_ssize_t hp, wp, plane, n, tid
+    hp, wp = input_grid(geometry)
+    plane = _check_direct(xbuf.shape[1], g.c, hp, wp, g.r * g.s, offs.shape[0], xbuf.shape[0], num_threads)
     if wpk.shape[0] < (g.k + KB - 1) // KB * KB * g.c * g.r * g.s or bias.shape[0] < g.k:
         raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
     for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
@@ -600,8 +606,9 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     padded_plane_size of both layouts used: (Ho, Wp) for dW, (Hq, Wq) for dx.
     """
     cdef Geo g = _geo(geometry)
-    cdef Py_ssize_t hp = g.ho + (g.r - 1) * g.dh, wp = g.wo + (g.s - 1) * g.dw   # see input_grid
-    cdef Py_ssize_t hq = g.h + (g.r - 1) * g.dh, wq = g.w + (g.s - 1) * g.dw
+    cdef Py_ssize_t hp, wp, hq, wq
+    hp, wp = input_grid(geometry)
+    hq, wq = dx_grid(geometry)
     cdef Py_ssize_t top = (g.r - 1) * g.dh - g.ph, left = (g.s - 1) * g.dw - g.pw
     cdef Py_ssize_t ntaps = g.r * g.s
     cdef Py_ssize_t m = (g.ho - 1) * wp + g.wo
