@@ -29,7 +29,7 @@ import numpy as np
 
 from . import kernels as K
 from ._io import atomic_savez, atomic_write
-from .layers import LAYER_TYPES, Layer, Parameter
+from .layers import LAYER_TYPES, Flatten, Layer, Parameter
 
 __all__ = [
     "FORMAT_VERSION",
@@ -325,7 +325,7 @@ class Sequential:
         """Number of leading layers that form the feature extractor: everything before the first
         Flatten (for catnet: the convs, BatchNorms, ReLUs and poolings), or all layers if there is none."""
         for i, layer in enumerate(self.layers):
-            if type(layer).__name__ == "Flatten":
+            if isinstance(layer, Flatten):
                 return i
         return len(self.layers)
 

@@ -253,7 +253,7 @@ def _make_optimizer(model, config: TrainConfig):
     from . import optim
 
     params = model.parameters()
-    lr = config.lr if config.lr is not None else LR_SCRATCH
+    lr = resolve_lr(config.lr, None)  # fit() alone knows of no backbone: train_classifier resolves it
     if config.optimizer == "adamw":
         return optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -580,8 +580,7 @@ def train_classifier(
 
     config = dataclasses.replace(config or TrainConfig())
     config.init = resolve_init(config.init, dataset)
-    if config.lr is None:
-        config.lr = LR_FINETUNE if config.init else LR_SCRATCH
+    config.lr = resolve_lr(config.lr, config.init)
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
     if len(classes) < 2:
@@ -646,6 +645,14 @@ def resolve_init(init: str | os.PathLike | None, dataset: str) -> str | None:
             f"init: model file {init} not found (expected 'auto', 'pretrained', 'none' or a model file path)"
         )
     return str(init)
+
+
+def resolve_lr(lr: float | None, init: str | None) -> float:
+    """``TrainConfig.lr``, or when it is None the default peak rate: LR_FINETUNE when the conv
+    layers start from a backbone (``init``, as resolved by :func:`resolve_init`), else LR_SCRATCH."""
+    if lr is not None:
+        return lr
+    return LR_FINETUNE if init else LR_SCRATCH
 
 
 def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConfig, dataset: str):

@@ -123,12 +123,11 @@ def run(args: argparse.Namespace) -> int:
     from fastconv.train import (
         LARGE_DATASET,
         LARGE_DATASET_EPOCHS,
-        LR_FINETUNE,
-        LR_SCRATCH,
         TrainConfig,
         TrainingDiverged,
         load_dataset,
         resolve_init,
+        resolve_lr,
         train_classifier,
     )
 
@@ -180,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
         backend=backend,
     )
     init = resolve_init(config.init, data.name)  # fails early on a missing file
-    if config.lr is None:
-        config.lr = LR_FINETUNE if init else LR_SCRATCH
+    config.lr = resolve_lr(config.lr, init)
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
         f"training catnet: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
