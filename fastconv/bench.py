@@ -330,23 +330,55 @@ def torch_available() -> bool:
 
 
 def import_torch():
-    """Import torch for the comparison column with its OpenMP threads set to sleep when idle.
+    """Import torch for the comparison column, asking for its OpenMP threads to sleep when idle.
 
-    By default PyTorch's OpenMP workers spin for a while after every op; interleaved with our
-    engines on 2 cores, that spinning steals the cores from whatever runs next (measured: numpy's
-    BLAS conv backward 3-5x slower right after a torch op). OMP_WAIT_POLICY=PASSIVE is read when
-    torch's bundled OpenMP runtime loads, so it is set just for that import (unless the user set
-    it) and does not change how our own OpenMP / Numba threads behave.
+    By default OpenMP workers spin for a while after every parallel region; interleaved with our
+    engines on 2 cores, torch's spinning steals the cores from whatever runs next (measured: numpy's
+    BLAS conv backward 3-5x slower right after a torch op). OMP_WAIT_POLICY=PASSIVE is read once,
+    when the process first loads an OpenMP runtime, so it is set just for torch's import (unless
+    the user set it). It only takes effect when torch's import is what loads that runtime: PyTorch's
+    wheel links libgomp.so.1, the soname the Cython kernels and Numba's omp layer use, so once
+    fastconv's kernels have loaded the system libgomp, torch shares it and spins by default; when
+    torch loads it first, our kernels share torch's runtime and its passive policy
+    (:func:`torch_wait_policy` says which happened).
     """
-    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        try:
-            import torch
-        finally:
-            del os.environ["OMP_WAIT_POLICY"]
+    global _torch_wait_policy
+    if "torch" not in sys.modules:
+        if "OMP_WAIT_POLICY" in os.environ:
+            _torch_wait_policy = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} set by the user"
+        elif _openmp_runtime_loaded():
+            _torch_wait_policy = (
+                "default (spinning): torch shares the OpenMP runtime fastconv's kernels had already loaded, "
+                "so OMP_WAIT_POLICY=PASSIVE could not apply"
+            )
+        else:
+            _torch_wait_policy = "OMP_WAIT_POLICY=PASSIVE (its OpenMP threads sleep when idle)"
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            try:
+                import torch
+            finally:
+                del os.environ["OMP_WAIT_POLICY"]
     import torch
 
     return torch
+
+
+_torch_wait_policy = "unknown (torch was imported before fastconv.bench.import_torch)"
+
+
+def torch_wait_policy() -> str:
+    """How torch's OpenMP threads wait, as far as :func:`import_torch` could tell."""
+    return _torch_wait_policy
+
+
+def _openmp_runtime_loaded() -> bool:
+    """Whether an OpenMP runtime (libgomp / libomp / libiomp) is mapped into this process (Linux);
+    False where /proc/self/maps does not exist."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(name in line for line in f for name in ("libgomp", "libomp", "libiomp"))
+    except OSError:
+        return False
 
 
 def suite_engines() -> tuple[list[str], list[str], list[str]]:
@@ -892,8 +924,8 @@ def run_benchmarks(config: BenchConfig | None = None) -> dict[str, Any]:
     _set_threads(cfg.threads, engines)
     if "torch" in compare:
         notes.append(
-            f"torch {import_torch().__version__} CPU, torch.set_num_threads({cfg.threads}), its OpenMP "
-            "threads imported with OMP_WAIT_POLICY=PASSIVE (no spinning that would slow the next engine)."
+            f"torch {import_torch().__version__} CPU, torch.set_num_threads({cfg.threads}); its OpenMP "
+            f"wait policy: {torch_wait_policy()}."
         )
     t_start = time.perf_counter()
     warm = warm_up_backends(cfg.backends, dtype)

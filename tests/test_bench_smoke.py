@@ -349,3 +349,16 @@ def test_thread_setting_reaches_blas():
         assert all(d["num_threads"] == 1 for d in threadpool_info() if d["user_api"] == "blas")
     finally:
         K.set_num_threads(before)
+
+
+def test_openmp_runtime_detection_sees_the_kernels_runtime():
+    """import_torch's report of torch's wait policy rests on this detection: once the Cython
+    kernels (built with OpenMP) have run, a runtime is mapped and PASSIVE cannot apply to torch."""
+    from pathlib import Path
+
+    from fastconv.kernels import _openmp
+
+    if not Path("/proc/self/maps").exists() or not _openmp.openmp_enabled():
+        pytest.skip("needs Linux /proc and Cython kernels built with OpenMP")
+    K.set_num_threads(K.get_num_threads())  # loads the kernels' OpenMP runtime
+    assert bench._openmp_runtime_loaded()
