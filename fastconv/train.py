@@ -48,7 +48,9 @@ __all__ = [
 #: the pretrained catnet shipped with the package (see docs/training.md for the command that made it)
 BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "catnet.npz"
 #: catnet (BatchNorm, width 16) pretrained on the 10,000 CIFAR-10 cat / not-cat images upsampled to
-#: 64x64; ``TrainConfig.init`` copies its feature layers (docs/training.md has the command that made it)
+#: 64x64, labelled with their ten CIFAR-10 classes (ten logits: richer features than cat/not-cat
+#: alone, chosen on validation); ``TrainConfig.init`` copies its feature layers (docs/training.md
+#: has the command that made it)
 PRETRAINED_BACKBONE = Path(__file__).resolve().parent / "weights" / "catnet_cifar_backbone.npz"
 
 #: peak learning rates when ``TrainConfig.lr`` is None: from random weights, and when fine-tuning a

@@ -110,8 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init",
         default=d.init,
         metavar="FROM",
-        help="where the conv layers start: 'pretrained' = the bundled catnet backbone trained on 10,000 CIFAR-10 "
-        "cat/not-cat images (fastconv/weights/catnet_cifar_backbone.npz; needs --width 16 and BatchNorm), "
+        help="where the conv layers start: 'pretrained' = the bundled catnet backbone trained on the 10,000 "
+        "CIFAR-10 cat/not-cat images with their ten CIFAR-10 class labels "
+        "(fastconv/weights/catnet_cifar_backbone.npz; needs --width 16 and BatchNorm), "
         "'none' = random initialisation, or a model file whose layers before Flatten match; the classifier "
         "head always starts fresh; 'auto' = pretrained for catvnoncat, none for image folders",
     )
