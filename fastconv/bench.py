@@ -651,6 +651,12 @@ def _torch_step(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, bat
 # --------------------------------------------------------------------------------------------
 
 
+#: Untimed pause before every timed sample (see :func:`interleaved_medians`): longer than
+#: OpenBLAS's default spin-wait (2**28 cycles, ~0.1 s), so the previous engine's idle threads
+#: have gone to sleep before the next engine's clock starts.
+SETTLE_S = 0.15
+
+
 @dataclass
 class BenchConfig:
     """Settings of one ``fastconv bench`` run (defaults = the quick run)."""
@@ -665,6 +671,7 @@ class BenchConfig:
     python_budget_s: float | None = None  # naive python per call (estimated) above this is skipped
     compile_time: bool | None = None  # measure Numba's cold compile (subprocess); None: only with full
     slow: tuple[float, int] | None = None  # None: calls over 0.3 s get 2 samples (quick) / 1.0 s get 5 (full)
+    settle_s: float | None = None  # untimed pause before every sample; None: SETTLE_S
     progress: bool = True
 
     def resolved(self) -> BenchConfig:
@@ -673,6 +680,7 @@ class BenchConfig:
         c.min_sample_s = c.min_sample_s or (0.05 if c.full else 0.02)
         c.python_budget_s = c.python_budget_s or (1e9 if c.full else 1.2)
         c.slow = c.slow or ((1.0, 5) if c.full else (0.3, 2))
+        c.settle_s = SETTLE_S if c.settle_s is None else c.settle_s
         if c.compile_time is None:
             c.compile_time = c.full
         c.threads = c.threads or _threads.cpu_count()
@@ -703,6 +711,24 @@ def _time_once(fn: Callable[[], Any], number: int) -> float:
             gc.enable()
 
 
+#: After a settle pause, the function runs untimed for at least this long (at least once): on a
+#: virtual machine an idle vCPU can take milliseconds to come back, which a 20 us kernel would
+#: otherwise report as its own time.
+REWARM_S = 0.01
+
+
+def _settle(seconds: float, fn: Callable[[], Any], rewarm: bool) -> None:
+    """Sleep ``seconds`` (if > 0), then with ``rewarm`` run ``fn`` untimed for >= REWARM_S."""
+    if seconds <= 0:
+        return
+    time.sleep(seconds)
+    if rewarm:
+        t0 = time.perf_counter()
+        fn()
+        while time.perf_counter() - t0 < REWARM_S:
+            fn()
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], Any]],
     repeats: int,
@@ -712,6 +738,7 @@ def interleaved_medians(
     slow: tuple[float, int] | None = None,
     warmup: bool = True,
     cold: Iterable[str] = (),
+    settle_s: float = 0.0,
     tick: Callable[[], None] | None = None,
 ) -> dict[str, tuple[float, int]]:
     """Median seconds per call of each function, timed round-robin.
@@ -724,6 +751,13 @@ def interleaved_medians(
     ``slow=(seconds, n)`` also caps at ``n`` samples every function whose calibration call took
     longer than ``seconds`` (its run-to-run spread is small next to its length, and the time budget
     of a quick run goes further on the fast, noisy ones).
+    ``settle_s``: an untimed pause before every sample. Thread pools keep their threads
+    spin-waiting for a while after a call returns (OpenBLAS ~0.1 s, libgomp less); on a machine
+    with few cores those spinning threads steal cores from the function timed next, so without
+    a pause each engine's time depends on which engine ran before it (measured on 2 cores:
+    cython's conv4 fwd+bwd 17-20 ms timed right after numpy's, 9-11 ms after a 0.15 s pause,
+    8.5-9 ms alone in its process). After the pause the function runs untimed for
+    :data:`REWARM_S` (not the ``cold`` ones) so that its own threads are awake again.
     Returns name -> (median seconds per call, number of samples).
     """
     caps = dict(max_repeats or {})
@@ -732,6 +766,7 @@ def interleaved_medians(
     for name, fn in fns.items():
         if warmup and caps.get(name, repeats) > 1 and name not in cold:
             fn()
+        _settle(settle_s, fn, rewarm=name not in cold)
         first = _time_once(fn, 1)
         samples[name].append(first)  # the calibration call is a valid sample too
         numbers[name] = max(1, math.ceil(min_sample_s / max(first, 1e-9)))
@@ -742,6 +777,7 @@ def interleaved_medians(
         shift = rnd % len(order)
         for name in order[shift:] + order[:shift]:
             if len(samples[name]) < caps.get(name, repeats):
+                _settle(settle_s, fns[name], rewarm=name not in cold)
                 samples[name].append(_time_once(fns[name], numbers[name]))
         if tick:
             tick()
@@ -972,6 +1008,7 @@ def run_benchmarks(config: BenchConfig | None = None) -> dict[str, Any]:
         "mode": "full" if cfg.full else "quick",
         "dtype": dtype.name,
         "repeats": cfg.repeats,
+        "settle_s": cfg.settle_s,
         "machine": machine_info(cfg.threads),
         "peak_gflops": peak,
         "peak_samples_gflops": peak_samples,
@@ -1002,7 +1039,8 @@ def _bench_one(kernel, wl, cfg, dtype, engines, rungs, tick) -> list[dict[str, A
         fns[engine] = make_case(kernel, run_wl, engine, dtype).fn
         batch_of[engine] = run_wl.n
     timed = interleaved_medians(
-        fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold={"python"}, tick=tick
+        fns, cfg.repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold={"python"}, settle_s=cfg.settle_s,
+        tick=tick,
     )
     out = []
     for engine in engine_order(timed, rungs):
@@ -1038,7 +1076,9 @@ def _bench_steps(step_impls, cfg, dtype, tick) -> list[dict[str, Any]]:
         batch_of[f"{impl}:{engine}"] = batch
     repeats = cfg.repeats if cfg.full else min(cfg.repeats, 3)
     cold = {k for k in fns if k.endswith(":python")}
-    timed = interleaved_medians(fns, repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold=cold, tick=tick)
+    timed = interleaved_medians(
+        fns, repeats, cfg.min_sample_s, max_repeats=caps, slow=cfg.slow, cold=cold, settle_s=cfg.settle_s, tick=tick
+    )
     out = []
     for key, (sec, n) in timed.items():
         impl, engine = key.split(":", 1)
@@ -1098,12 +1138,17 @@ def _fmt_x(ratio: float | None) -> str:
     return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x" if ratio < 100 else f"{ratio:,.0f}x"
 
 
+def _settle_words(report: dict[str, Any]) -> str:
+    settle = report.get("settle_s")  # reports written before the pause existed have none
+    return f", {settle:g} s untimed pause before each sample" if settle else ""
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as fixed-width text: machine header, per-kernel table, catnet step, compile time."""
     m = report["machine"]
     lines = [
         f"fastconv bench ({report['mode']}, {report['dtype']}, median of up to {report['repeats']} interleaved "
-        f"rounds after warm-up) {report['created']}",
+        f"rounds after warm-up{_settle_words(report)}) {report['created']}",
         f"CPU      {m['cpu']}, {', '.join(m['simd']) or 'no AVX2'}; {m['cores']} cores; {m['threads']} threads; "
         f"caches/core {', '.join(f'{k} {v}' for k, v in m.get('caches_per_core', {}).items())}",
         f"BLAS     {'; '.join(m['blas']) or 'unknown'}",
@@ -1324,7 +1369,8 @@ def _bench_section(what: str, opts: dict[str, str], report: dict[str, Any]) -> s
             f"on {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, "
             f"{m['threads']} threads, BLAS {'; '.join(m['blas'])}; {versions}. {report['dtype']}, "
             f"`fastconv bench` {report['mode']} mode, median of up to {report['repeats']} interleaved "
-            f"rounds after warm-up. Peak = {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}). "
+            f"rounds after warm-up{_settle_words(report)}. Peak = {report['peak_gflops']:.1f} GFLOP/s "
+            f"({report['peak_method']}). "
             f"1-minute load average at the end of the run: {m.get('load_average_1min') or 0:.1f} on {m['cores']} cores."
         )
     if what == "best_gflops":

@@ -232,6 +232,40 @@ def test_interleaved_medians_rotates_order_and_caps_slow_engines():
     assert {k: n for k, (_, n) in out.items()} == {"a": 4, "b": 4, "c": 2}
 
 
+def test_interleaved_medians_pauses_untimed_before_every_sample(monkeypatch):
+    # Every timed sample (calibration included) is preceded by one settle of that function, with
+    # a re-warm unless the function is cold; the pause is outside the clock.
+    events = []
+    monkeypatch.setattr(bench, "_settle", lambda s, fn, rewarm: events.append(("settle", s, fn, rewarm)))
+    fns = {name: (lambda name=name: events.append(("call", name))) for name in ("a", "b")}
+    bench.interleaved_medians(fns, repeats=3, min_sample_s=0.0, settle_s=0.05, warmup=False, cold={"b"})
+    calls = [i for i, e in enumerate(events) if e[0] == "call"]
+    assert len(calls) == 6
+    for i in calls:
+        name = events[i][1]
+        assert events[i - 1] == ("settle", 0.05, fns[name], name != "b")
+    monkeypatch.undo()
+    out = bench.interleaved_medians({"x": lambda: None}, repeats=3, min_sample_s=0.0, settle_s=0.05, warmup=False)
+    assert out["x"][0] < 0.01
+
+
+def test_settle_sleeps_then_rewarms_for_rewarm_s(monkeypatch):
+    slept, calls = [], []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    bench._settle(0.2, lambda: calls.append(bench.time.perf_counter()), rewarm=True)
+    assert slept == [0.2] and calls[-1] - calls[0] >= 0.5 * bench.REWARM_S
+    assert calls[-1] - calls[0] < bench.REWARM_S + 0.05
+    calls.clear()
+    bench._settle(0.2, lambda: calls.append(1), rewarm=False)
+    bench._settle(0.0, lambda: calls.append(1), rewarm=True)
+    assert calls == [] and slept == [0.2, 0.2]
+
+
+def test_bench_config_settles_by_default():
+    assert bench.BenchConfig(backends=["numpy"]).resolved().settle_s == bench.SETTLE_S > 0
+    assert bench.BenchConfig(backends=["numpy"], settle_s=0.0).resolved().settle_s == 0.0
+
+
 def _synthetic_report():
     wl = bench.CONV_WORKLOADS[0]
     flops = bench.kernel_flops("conv_fwd", wl)
@@ -264,6 +298,8 @@ def test_derived_columns_and_table():
     text = bench.format_report(report)
     assert "Test CPU" in text and "100.0 GFLOP/s" in text
     assert "8,000x" in text and "4.00x" in text
+    assert "untimed pause" not in text  # the synthetic report predates the pause: nothing claimed
+    assert "0.15 s untimed pause before each sample" in bench.format_report({**report, "settle_s": 0.15})
     assert "40000*" in text and "scaled per image" in text  # the python row says it was scaled
 
 
@@ -306,6 +342,8 @@ def test_cli_rejects_unknown_backend_and_bad_report(tmp_path, capsys):
     assert main(["bench", "--backends", "numpy,nope", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "nope" in err and "available" in err
+    assert main(["bench", "--settle", "-0.1", "--no-progress"]) == 1
+    assert "--settle: expected a number of seconds >= 0, got -0.1" in capsys.readouterr().err
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"hello": 1}))
     assert main(["bench", "--from-json", str(bad)]) == 1

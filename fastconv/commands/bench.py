@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 NAME = "bench"
 HELP = "benchmark the kernels and the catnet step on every backend (GFLOP/s, %% of peak, speedups)"
@@ -22,6 +23,8 @@ _NO_AUTO = "%(default).0s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastconv.bench import SETTLE_S
+
     parser.add_argument(
         "--full",
         action="store_true",
@@ -44,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="array dtype")
     parser.add_argument(
         "--repeats", type=int, default=None, metavar="R", help="rounds per case (default: 5; --full: 15)" + _NO_AUTO
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="untimed pause in seconds before every timed sample, so that the thread pool of the engine "
+        "timed before (OpenBLAS spin-waits ~0.1 s) is asleep when the next one starts "
+        f"(default: {SETTLE_S:g}; 0 = none)" + _NO_AUTO,
     )
     parser.add_argument(
         "--json", default=None, metavar="PATH", help="also save the report as JSON (atomic write)" + _NO_AUTO
@@ -86,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats: expected a positive integer, got {args.repeats}")
+    if args.settle is not None and not (args.settle >= 0 and math.isfinite(args.settle)):
+        raise ValueError(f"--settle: expected a number of seconds >= 0, got {args.settle}")
     if args.from_json:
         report = bench.load_json(args.from_json)
     else:
@@ -100,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             compare=list(dict.fromkeys(args.compare)),
             repeats=args.repeats,
             compile_time=args.compile_time,
+            settle_s=args.settle,
             progress=not args.no_progress,
         )
         report = bench.run_benchmarks(config)
