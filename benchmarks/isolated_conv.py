@@ -4,10 +4,11 @@
 
 Why it exists: `fastconv bench` interleaves engines round by round in one process. On a 2-core
 machine a thread pool that spin-waits after its work (OpenBLAS under numpy, libgomp under the
-Cython kernels, torch's OpenMP) can steal the cores from the engine timed next, so a ratio can
-depend on which engines share the run (measured: cython conv4 8.8 ms alone, 16.3 ms when
-interleaved with numpy only). Running each backend in its own process removes that coupling;
-compare its medians with the interleaved report before trusting a close ratio.
+Cython kernels, torch's OpenMP) can steal the cores from the engine timed next, so a ratio could
+depend on which engines shared the run (measured: cython conv4 8.8 ms alone, 16.3 ms when
+interleaved with numpy only). `fastconv bench` now pauses before every sample (`--settle`);
+this script is the independent check of that: one backend per process, no other pool to
+disturb it. Compare its medians with the interleaved report before trusting a close ratio.
 """
 
 from __future__ import annotations
