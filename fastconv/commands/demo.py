@@ -82,7 +82,8 @@ def backend_race(repeats: int = 5, include_python: bool = True) -> list[tuple[st
     flops = bench.kernel_flops("conv_fwd", wl)
     backends = [b for b in fastconv.available_backends() if b != "python"]
     fns = {b: bench.make_case("conv_fwd", wl, b).fn for b in backends}
-    timed = bench.interleaved_medians(fns, repeats=repeats, min_sample_s=0.05)
+    # the pause keeps one engine's idle (spin-waiting) threads from slowing the next; see bench.SETTLE_S
+    timed = bench.interleaved_medians(fns, repeats=repeats, min_sample_s=0.05, settle_s=bench.SETTLE_S)
     rows = [(b, 1e3 * t, flops / t / 1e9, "") for b, (t, _) in timed.items()]
     if include_python and "python" in fastconv.available_backends():
         one = wl.with_batch(1)
