@@ -307,6 +307,10 @@ def test_bundled_backbone_fits_the_default_catnet_at_any_image_size():
         changed = [k for k, v in _conv_state(model).items() if not np.array_equal(v, random_init[k])]
         assert len(changed) == len(random_init)
         assert set(meta["normalizer"]) >= {"mean", "std"}
+    # docs/training.md: pretrained on the ten CIFAR-10 classes (cat + nine others), not cat/not-cat
+    assert len(meta["classes"]) == 10 and "cat" in meta["classes"] and "dog" in meta["classes"]
+    backbone, _ = load_with_metadata(PRETRAINED_BACKBONE)
+    assert backbone.layers[-1].out_features == 10
 
 
 def test_training_from_a_backbone_starts_from_its_weights_and_normaliser(data, tmp_path):
