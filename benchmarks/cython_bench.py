@@ -38,12 +38,17 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _cpu_medians(fns: dict, repeats: int) -> dict:
-    """Like fastconv.bench.interleaved_medians, but one call per sample timed in process CPU time."""
+    """Like fastconv.bench.interleaved_medians, but one call per sample timed in process CPU time.
+
+    Process CPU time counts every thread of the process, so each sample follows the same untimed
+    pause as fastconv bench (B.SETTLE_S): the previous engine's spin-waiting threads must not be
+    charged to this one."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in fns.items():
+            B._settle(B.SETTLE_S, fn, rewarm=True)
             t0 = time.process_time()
             fn()
             samples[name].append(time.process_time() - t0)
@@ -79,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         medians = lambda fns, repeats, _min_s: _cpu_medians(fns, repeats)  # noqa: E731
         measure_peak = _cpu_peak
     else:
-        medians, measure_peak = B.interleaved_medians, lambda dt: B.measure_peak(dt, repeats=5)
+        def medians(fns: dict, repeats: int, min_s: float) -> dict:
+            return B.interleaved_medians(fns, repeats, min_s, settle_s=B.SETTLE_S)
+
+        measure_peak = lambda dt: B.measure_peak(dt, repeats=5)  # noqa: E731
 
     dtype = np.dtype(args.dtype)
     wanted = ["cython", "numpy", "numba", "torch"] if args.engines is None else args.engines.split(",")
@@ -87,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     engines = [e for e in wanted if e in available or (e == "torch" and B.torch_available())]
     K.set_num_threads(args.threads)  # OpenMP, Numba and BLAS alike
     if "torch" in engines:
-        # fastconv.bench's import: torch's OpenMP workers sleep when idle instead of spinning
-        # through (and, in --cpu-time, being counted in) the next engine's measurement
+        # torch shares the libgomp our kernels loaded first, so its idle workers spin (the wait
+        # policy cannot be changed any more); the settle pause before every sample keeps that
+        # spinning out of the next engine's measurement
         B.import_torch().set_num_threads(args.threads)
     B.warm_up_backends([e for e in engines if e != "torch"])
 
