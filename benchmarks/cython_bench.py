@@ -23,6 +23,7 @@ issue-4 targets and adds the vs-torch column. A benchmark, not a test: nothing i
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -84,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         medians = lambda fns, repeats, _min_s: _cpu_medians(fns, repeats)  # noqa: E731
         measure_peak = _cpu_peak
     else:
-        def medians(fns: dict, repeats: int, min_s: float) -> dict:
-            return B.interleaved_medians(fns, repeats, min_s, settle_s=B.SETTLE_S)
-
-        measure_peak = lambda dt: B.measure_peak(dt, repeats=5)  # noqa: E731
+        medians = functools.partial(B.interleaved_medians, settle_s=B.SETTLE_S)
+        measure_peak = functools.partial(B.measure_peak, repeats=5)
 
     dtype = np.dtype(args.dtype)
     wanted = ["cython", "numpy", "numba", "torch"] if args.engines is None else args.engines.split(",")

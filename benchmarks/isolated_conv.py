@@ -17,31 +17,23 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
+from fastconv import bench
 from fastconv import kernels as K
-
-#: name -> (in_channels, image size, out_channels); 3x3 kernels, padding 1 (DESIGN.md's catnet)
-LAYERS = {"conv1": (3, 64, 16), "conv2": (16, 64, 16), "conv3": (16, 32, 32), "conv4": (32, 16, 64)}
 
 
 def main(backend: str, repeats: int = 25, threads: int = 2) -> None:
+    """Median fwd+bwd time of each catnet conv layer (bench.CONV_WORKLOADS, the same inputs and
+    body as `fastconv bench`'s conv_fwd_bwd), one call per sample, after one warm-up call."""
     K.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    for name, (c, size, k) in LAYERS.items():
-        x = rng.standard_normal((32, c, size, size), dtype=np.float32)
-        w = rng.standard_normal((k, c, 3, 3), dtype=np.float32)
-        b = np.zeros(k, np.float32)
-        dy = rng.standard_normal((32, k, size, size), dtype=np.float32)
-
+    for wl in bench.CONV_WORKLOADS:
+        fn = bench.make_case("conv_fwd_bwd", wl, backend).fn
+        fn()  # warm-up: compilation (numba), first-touch page faults
         times = []
-        for i in range(repeats + 1):  # the first run warms up: compilation (numba), first-touch page faults
+        for _ in range(repeats):
             t0 = time.perf_counter()
-            K.conv2d_forward(x, w, b, 1, 1, backend=backend)
-            K.conv2d_backward(dy, x, w, 1, 1, backend=backend)
-            if i:
-                times.append(time.perf_counter() - t0)
-        print(f"{backend:<8} {name}  fwd+bwd median {statistics.median(times) * 1e3:8.2f} ms  ({repeats} runs)")
+            fn()
+            times.append(time.perf_counter() - t0)
+        print(f"{backend:<8} {wl.name}  fwd+bwd median {statistics.median(times) * 1e3:8.2f} ms  ({repeats} runs)")
 
 
 if __name__ == "__main__":
