@@ -11,6 +11,17 @@ from collections.abc import Sequence
 COMMANDS: tuple[str, ...] = ("demo", "train", "evaluate", "predict", "bench", "pictures", "info")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to each option's help, except where the default is None: such an
+    option's default is computed at run time (the bundled model, the fastest backend, all
+    cores...) and its help text says what it is, which "(default: None)" would contradict."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastconv",
@@ -18,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
             "fastconv: a CNN engine with conv/pool kernels written four ways (python loops, numpy, "
             "numba, cython/OpenMP) and a cat / not-cat classifier. Run 'fastconv demo' to see it work."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     from fastconv import __version__
 
@@ -35,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             module.NAME,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -54,6 +54,17 @@ def test_subcommand_help_states_defaults(capsys, command, expected):
     assert "default" in out
 
 
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_subcommand_help_never_shows_default_none(capsys, command):
+    # Options whose default is computed at run time describe it in words; "(default: None)"
+    # next to "default: the bundled model" would contradict the text.
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: None" not in out
+    assert "(default: " in out
+
+
 def _independent_predictions(model_path: Path, x_nhwc_uint8: np.ndarray) -> np.ndarray:
     """Predicted labels computed here from the raw file: normalise with the stored statistics,
     average the logits of the image and its mirror when the file says so, threshold at 0."""
