@@ -14,10 +14,13 @@ Prints, for float32 at batch 32 on ``--threads`` threads (Numba, BLAS and torch 
   ("naive" runs one image and is scaled by the batch, marked ``*``).
 
 All engines of a table row are timed round-robin (fastconv.bench.interleaved_medians), so
-load from other processes hits them alike. On a machine shared with other jobs, wall-clock
-medians at 2 threads mostly measure who got the cores; ``--clock cpu --threads 1`` instead
-reports the minimum CPU time (time.process_time) of each engine on one thread, which is far
-less sensitive to load (it is the per-core efficiency, not a 2-thread wall time).
+load from other processes hits them alike, with ``fastconv bench``'s untimed pause before every
+sample (``--settle``): without it the previous engine's spin-waiting threads (OpenBLAS, libgomp)
+take a core from the one being timed, and round-robin makes that bias systematic. On a machine
+shared with other jobs, wall-clock medians at 2 threads mostly measure who got the cores;
+``--clock cpu --threads 1`` instead reports the minimum CPU time (time.process_time) of each
+engine on one thread, which is far less sensitive to load (it is the per-core efficiency, not
+a 2-thread wall time).
 Compilation happens in ``compile_all()`` before any timing and is reported on its own line.
 Speed is never asserted anywhere; this only reports.
 """
@@ -83,14 +86,18 @@ def _torch_maxpool(x: np.ndarray) -> Callable[[], object]:
     return run
 
 
-def _min_cpu_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def _min_cpu_times(fns: dict[str, Callable[[], object]], repeats: int, settle_s: float = 0.0) -> dict[str, float]:
     """Minimum process CPU seconds per call of each function, called round-robin (after one
-    warm-up call each). Meaningful at one thread, where CPU time = time on the core."""
+    warm-up call each). Meaningful at one thread, where CPU time = time on the core.
+
+    ``settle_s``: the pause (then a short untimed re-warm) of ``fastconv bench --settle`` before
+    every timed call: process CPU time also counts the previous engine's spin-waiting threads."""
     best = {name: math.inf for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
+            bench._settle(settle_s, fn, rewarm=True)
             t0 = time.process_time()
             fn()
             best[name] = min(best[name], time.process_time() - t0)
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-sample-s", type=float, default=0.05)
     parser.add_argument("--no-ladder", action="store_true", help="skip the ladder table")
     parser.add_argument(
+        "--settle", type=float, default=bench.SETTLE_S, metavar="S",
+        help=f"untimed pause before every sample, as in fastconv bench (default {bench.SETTLE_S} s; 0 = none)",
+    )
+    parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall",
         help="wall: interleaved wall-clock medians (default); cpu: minimum process CPU time per call",
     )
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = bench.measure_peak(np.float32) if args.clock == "wall" else _cpu_peak(args.repeats)
     how = (f"median of {args.repeats} interleaved rounds" if args.clock == "wall"
            else f"minimum CPU time of {args.repeats} round-robin calls")
+    how += f", {args.settle:g} s pause before each sample"
     print(f"threads {args.threads}; peak = 2048^3 float32 numpy matmul: {peak:.1f} GFLOP/s ({args.clock} clock); "
           f"{how}; ratios = other time / numba time; load average {os.getloadavg()[0]:.1f}")
     head = ["workload".ljust(22), f"{'numba ms':>8}", f"{'GFLOP/s':>7}", f"{'%peak':>7}"]
@@ -153,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
         if args.clock == "cpu":
-            return _min_cpu_times(fns, args.repeats)
-        res = bench.interleaved_medians(fns, args.repeats, args.min_sample_s)
+            return _min_cpu_times(fns, args.repeats, args.settle)
+        res = bench.interleaved_medians(fns, args.repeats, args.min_sample_s, settle_s=args.settle)
         return {name: sec for name, (sec, _) in res.items()}
 
     for wl in bench.CONV_WORKLOADS:
@@ -191,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             fns[rung] = (lambda f=fn, i=inp, gg=use.geometry: f(i["x"], i["w"], i["b"], gg))
             scale[rung] = wl.n / use.n
         if args.clock == "cpu":
-            res = _min_cpu_times(fns, 3)
+            res = _min_cpu_times(fns, 3, args.settle)
         else:
-            med = bench.interleaved_medians(fns, 3, args.min_sample_s, max_repeats={"naive": 2})
+            med = bench.interleaved_medians(fns, 3, args.min_sample_s, max_repeats={"naive": 2}, settle_s=args.settle)
             res = {rung: sec for rung, (sec, _) in med.items()}
         cells = []
         for rung, sec in res.items():
