@@ -756,6 +756,33 @@ def train_val_split(
     return x[~is_val], y[~is_val], x[is_val], y[is_val]
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold number int64 (N,) in [0, folds) of each example, for k-fold cross-validation.
+
+    Each class is shuffled (``np.random.default_rng(seed)``, classes in ascending order) and dealt
+    round-robin to folds 0, 1, ..., so every fold holds within one of the same number of each
+    class. ``folds`` >= 2 and at most the size of the smallest class (every fold then holds out
+    at least one example of each class and every training part keeps all classes).
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"y: expected a non-empty 1-D array of class labels, got shape {y.shape}")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds: expected an int >= 2, got {folds!r}")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < folds:
+        raise ValueError(
+            f"{folds}-fold cross-validation needs at least {folds} examples of every class; "
+            f"class {classes[counts.argmin()].item()} has {counts.min()}"
+        )
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        fold[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % folds
+    return fold
+
+
 class Normalizer:
     """Per-channel standardisation ``(x - mean) / std`` for NCHW batches.
 

@@ -580,13 +580,7 @@ def train_classifier(
     """
     from .data import train_val_split
 
-    config = dataclasses.replace(config or TrainConfig())
-    config.init = resolve_init(config.init, dataset)
-    config.lr = resolve_lr(config.lr, config.init)
-    if x.ndim != 4 or x.shape[2] != x.shape[3]:
-        raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
-    if len(classes) < 2:
-        raise ValueError(f"need at least two classes to train a classifier, got {list(classes)}")
+    config = _resolved(config, x, classes, dataset)
     if config.val_fraction > 0:
         x_tr, y_tr, x_va, y_va = train_val_split(x, y, val_fraction=config.val_fraction, seed=config.seed)
     else:
@@ -626,6 +620,163 @@ def train_classifier(
         refit_dir.rmdir()
     result.seconds += refit.seconds
     return model, result
+
+
+def _resolved(config: TrainConfig | None, x: np.ndarray, classes: Sequence[str], dataset: str) -> TrainConfig:
+    """A copy of ``config`` with ``init`` and ``lr`` resolved for ``dataset``, after checking the images."""
+    config = dataclasses.replace(config or TrainConfig())
+    config.init = resolve_init(config.init, dataset)
+    config.lr = resolve_lr(config.lr, config.init)
+    if x.ndim != 4 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
+    if len(classes) < 2:
+        raise ValueError(f"need at least two classes to train a classifier, got {list(classes)}")
+    return config
+
+
+# Fold draws use their own seed stream (seed + CV_FOLD_SEED_OFFSET), apart from the run seeds.
+CV_FOLD_SEED_OFFSET = 1000
+CV_MAX_FOLDS = 10
+
+
+@dataclass
+class CVResult:
+    """What :func:`cross_validate` returns: every held-out prediction, M = repeats * N of them.
+
+    ``index`` int64 (M,): the image (row of ``x``) each prediction is for — every image once per
+    repetition; ``repeat``, ``fold`` int64 (M,); ``y`` int64 (M,) its label; ``logits`` float64
+    (M, outputs) from the last-epoch model of the one fold that held the image out (flip-averaged
+    when ``config.tta``). ``fold_seconds``: training time of each fold, in order.
+    """
+
+    classes: list[str]
+    folds: int
+    repeats: int
+    config: TrainConfig
+    index: np.ndarray
+    repeat: np.ndarray
+    fold: np.ndarray
+    y: np.ndarray
+    logits: np.ndarray
+    fold_seconds: list[float] = field(default_factory=list)
+
+    def predicted(self) -> np.ndarray:
+        """Predicted class int64 (M,) of every held-out prediction."""
+        return _predicted(self.logits)
+
+    def report(self) -> metrics.Report:
+        """Accuracy, precision, recall, F1 (binary: of class 1) and confusion matrix, pooled over all M."""
+        return metrics.classification_report(self.y, self.predicted(), self.classes)
+
+    def loss(self) -> float:
+        """Mean cross-entropy (binary: BCE on the logit) of the M held-out predictions."""
+        z = self.logits
+        if z.shape[1] == 1:
+            return float(np.mean(np.logaddexp(0.0, z[:, 0]) - self.y * z[:, 0]))
+        top = z.max(axis=1)
+        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+        return float(np.mean(lse - z[np.arange(len(z)), self.y]))
+
+    def repeat_accuracies(self) -> list[float]:
+        """Accuracy of each repetition alone (each covers every image once)."""
+        hit = self.predicted() == self.y
+        return [float(hit[self.repeat == r].mean()) for r in range(self.repeats)]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the pooled scores, the recipe and every held-out prediction."""
+        rep = self.report()
+        return {
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "classes": list(self.classes),
+            "accuracy": rep.accuracy,
+            "loss": self.loss(),
+            "precision": rep.precision,
+            "recall": rep.recall,
+            "f1": rep.f1,
+            "average": rep.average,
+            "confusion_matrix": rep.confusion.tolist(),
+            "repeat_accuracies": self.repeat_accuracies(),
+            "fold_seconds": [round(t, 3) for t in self.fold_seconds],
+            "config": self.config.to_dict(),
+            "predictions": {
+                "index": self.index.tolist(),
+                "repeat": self.repeat.tolist(),
+                "fold": self.fold.tolist(),
+                "y": self.y.tolist(),
+                "logits": self.logits.tolist(),
+            },
+        }
+
+
+def cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    config: TrainConfig | None = None,
+    *,
+    folds: int = 5,
+    repeats: int = 1,
+    dataset: str = "",
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CVResult:
+    """Stratified k-fold cross-validation of the training recipe ``config`` on ``(x, y)``.
+
+    x: float32 (N, 3, S, S) in [0, 1]; y: int64 (N,). Repetition r (0 <= r < ``repeats``) uses
+    seed s = config.seed + r: folds from :func:`~fastconv.data.stratified_folds` with seed
+    s + CV_FOLD_SEED_OFFSET, and fold f trains a fresh catnet (same init rule, normaliser and
+    recipe as :func:`train_classifier`, no validation split, no refit) with run seed 10*s + f on
+    the other folds for ``config.epochs`` epochs, then predicts the held-out fold with its
+    last-epoch weights. So ``repeats=2`` at seed 0 is the union of ``repeats=1`` at seeds 0 and 1.
+    Every image is predicted once per repetition by a model that never saw it: a less noisy
+    yardstick than one validation split when the data set is small (209 images: 41 validation
+    images put accuracy in steps of 2.4 points). ``folds``: 2 to CV_MAX_FOLDS (10).
+    """
+    from .data import stratified_folds
+
+    config = _resolved(config, x, classes, dataset)
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= CV_MAX_FOLDS:
+        raise ValueError(f"folds (--cv): expected an int from 2 to {CV_MAX_FOLDS}, got {folds!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeats (--cv-repeats): expected a positive int, got {repeats!r}")
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
+    parts: dict[str, list[np.ndarray]] = {"index": [], "repeat": [], "fold": [], "logits": []}
+    seconds: list[float] = []
+    for r in range(repeats):
+        s = config.seed + r
+        fold_of = stratified_folds(y, folds, seed=s + CV_FOLD_SEED_OFFSET)
+        for f in range(folds):
+            held = fold_of == f
+            run = dataclasses.replace(config, seed=10 * s + f, val_fraction=0.0, refit=False)
+            model, normalizer, _ = _new_classifier(x[~held], classes, run, dataset)
+            result = fit(model, x[~held], y[~held], None, None, run, transform=normalizer, progress=progress)
+            model.eval()
+            logits = predict_logits(model, normalizer(x[held]), tta=run.tta).astype(np.float64)
+            parts["index"].append(np.flatnonzero(held))
+            parts["repeat"].append(np.full(int(held.sum()), r))
+            parts["fold"].append(np.full(int(held.sum()), f))
+            parts["logits"].append(logits)
+            seconds.append(result.seconds)
+            if log is not None:
+                hit = float((_predicted(logits) == y[held]).mean())
+                log(f"repeat {r + 1}/{repeats} fold {f + 1}/{folds}: {int(held.sum())} held out, "
+                    f"accuracy {hit:.3f}, {result.seconds:.1f} s")  # fmt: skip
+    index = np.concatenate(parts["index"]).astype(np.int64)
+    return CVResult(
+        classes=[str(c) for c in classes],
+        folds=int(folds),
+        repeats=int(repeats),
+        config=config,
+        index=index,
+        repeat=np.concatenate(parts["repeat"]).astype(np.int64),
+        fold=np.concatenate(parts["fold"]).astype(np.int64),
+        y=y[index].astype(np.int64),
+        logits=np.concatenate(parts["logits"]),
+        fold_seconds=seconds,
+    )
 
 
 def resolve_init(init: str | os.PathLike | None, dataset: str) -> str | None:

@@ -181,6 +181,25 @@ def test_train_on_a_folder_then_evaluate_its_validation_split(capsys, tmp_path):
     assert sum(map(sum, doc["confusion_matrix"])) == 4  # round(0.2 * 12) = 2 per class, 2 classes
 
 
+def test_train_cv_reports_pooled_held_out_scores_and_writes_them(capsys, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    code, stdout, err = run_cli(
+        capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), "--cv", "3", "--cv-repeats", "2"
+    )
+    assert code == 0, err
+    assert not (out / "model.npz").exists()  # cross-validation trains no model to ship
+    doc = json.loads((out / "cv.json").read_text())
+    assert doc["folds"] == 3 and doc["repeats"] == 2 and len(doc["predictions"]["y"]) == 48
+    z = np.array(doc["predictions"]["logits"])[:, 0]
+    yy = np.array(doc["predictions"]["y"])
+    assert doc["accuracy"] == pytest.approx(np.mean((z > 0) == (yy == 1)))
+    assert f"accuracy: {doc['accuracy']:.3f}" in stdout
+    assert "accuracy per repetition:" in stdout and "true \\ predicted" in stdout
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), "--cv", "11")
+    assert code != 0 and "from 2 to 10, got 11" in err
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow / invalid values: the divergence under test
 def test_train_with_a_huge_learning_rate_stops_cleanly(capsys, tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"

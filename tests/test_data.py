@@ -501,6 +501,27 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(other[2], x_va)
 
 
+def test_stratified_folds_partition_each_class_evenly():
+    y = np.array([1] * 72 + [0] * 137 + [2] * 11)
+    np.random.default_rng(2).shuffle(y)
+    fold = D.stratified_folds(y, 5, seed=7)
+    assert fold.shape == y.shape and fold.dtype == np.int64
+    assert set(fold.tolist()) == {0, 1, 2, 3, 4}  # each image in exactly one fold: a partition
+    for c in (0, 1, 2):
+        per_fold = np.bincount(fold[y == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+    np.testing.assert_array_equal(D.stratified_folds(y, 5, seed=7), fold)
+    assert not np.array_equal(D.stratified_folds(y, 5, seed=8), fold)
+
+
+@pytest.mark.parametrize(("folds", "words"), [(1, "int >= 2"), (2.0, "int >= 2"), (True, "int >= 2"),
+                                                (12, "class 2 has 11")])
+def test_stratified_folds_reject_impossible_requests(folds, words):
+    y = np.array([0] * 20 + [1] * 15 + [2] * 11)
+    with pytest.raises(ValueError, match=words):
+        D.stratified_folds(y, folds)
+
+
 def test_split_without_stratification_and_edge_cases():
     y = np.array([0] * 95 + [1] * 5)
     x = np.arange(100)

@@ -19,6 +19,7 @@ from fastconv.train import (
     Classifier,
     TrainConfig,
     TrainingDiverged,
+    cross_validate,
     fit,
     predict_logits,
     train_classifier,
@@ -342,3 +343,63 @@ def test_default_learning_rate_depends_on_the_start(data, tmp_path):
     train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path / "b", progress=False)
     _, meta = load_with_metadata(tmp_path / "b" / "model.npz")
     assert meta["config"]["lr"] == LR_FINETUNE and meta["init"]["file"] == "model.npz"
+
+
+def test_cross_validation_predicts_every_image_once_per_repetition_from_a_model_that_never_saw_it(
+    data, monkeypatch
+):
+    import fastconv.train as T
+
+    x, y = data
+    x = x.copy()
+    x[:, 0, 0, 0] = np.arange(len(x)) / len(x)  # pixel (0, 0) of channel 0 tags each image
+    seen = []
+    real_fit = T.fit
+
+    def spy(model, x_train, *args, **kw):
+        seen.append(set(np.rint(x_train[:, 0, 0, 0] * len(x)).astype(int).tolist()))
+        return real_fit(model, x_train, *args, **kw)
+
+    monkeypatch.setattr(T, "fit", spy)
+    res = cross_validate(x, y, ["horizontal", "vertical"], tiny_config(epochs=2), folds=4, repeats=2)
+    assert len(seen) == 8 and len(res.y) == 2 * len(x)
+    for r in range(2):
+        mine = res.repeat == r
+        assert sorted(res.index[mine].tolist()) == list(range(len(x)))  # every image once
+        for f in range(4):
+            held = set(res.index[mine & (res.fold == f)].tolist())
+            assert held and held.isdisjoint(seen[4 * r + f])  # its model never trained on it
+            assert held | seen[4 * r + f] == set(range(len(x)))
+    np.testing.assert_array_equal(res.y, y[res.index])
+    # pooled scores, recomputed here from the held-out logits
+    z = res.logits[:, 0]
+    assert res.report().accuracy == pytest.approx(np.mean((z > 0) == (res.y == 1)))
+    assert res.loss() == pytest.approx(np.mean(np.log1p(np.exp(-np.where(res.y == 1, z, -z)))))
+    assert res.repeat_accuracies() == pytest.approx(
+        [np.mean((z[res.repeat == r] > 0) == (res.y[res.repeat == r] == 1)) for r in range(2)]
+    )
+
+
+def test_cross_validation_repetitions_are_consecutive_seeds(data):
+    x, y = data
+    classes = ["horizontal", "vertical"]
+    both = cross_validate(x, y, classes, tiny_config(epochs=2, seed=3), folds=3, repeats=2)
+    second = cross_validate(x, y, classes, tiny_config(epochs=2, seed=4), folds=3, repeats=1)
+    mine = both.repeat == 1
+    np.testing.assert_array_equal(both.index[mine], second.index)
+    np.testing.assert_array_equal(both.logits[mine], second.logits)
+    assert not np.array_equal(both.index[~mine], second.index)  # repetition 0 drew other folds
+
+
+def test_cross_validation_learns_the_separable_problem_and_rejects_bad_arguments(data):
+    x, y = data
+    res = cross_validate(x, y, ["horizontal", "vertical"], tiny_config(), folds=3)
+    assert res.report().accuracy >= 0.9  # held-out images of a problem the model can learn
+    d = res.to_dict()
+    assert d["accuracy"] == res.report().accuracy and len(d["predictions"]["logits"]) == len(x)
+    json.dumps(d)  # JSON-ready
+    for folds in (1, 11):
+        with pytest.raises(ValueError, match="folds"):
+            cross_validate(x, y, ["horizontal", "vertical"], tiny_config(), folds=folds)
+    with pytest.raises(ValueError, match="repeats"):
+        cross_validate(x, y, ["horizontal", "vertical"], tiny_config(), folds=3, repeats=0)

@@ -116,6 +116,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'none' = random initialisation, or a model file whose layers before Flatten match; the classifier "
         "head always starts fresh; 'auto' = pretrained for catvnoncat, none for image folders",
     )
+    parser.add_argument(
+        "--cv", type=int, default=0, metavar="K",
+        help="instead of training a model: stratified K-fold cross-validation of this recipe (K from 2 to 10) "
+        "on the training images; every image is predicted once per repetition by the last-epoch model of "
+        "the fold that held it out; prints pooled accuracy, loss, precision, recall, F1 and the confusion "
+        "matrix and writes them, with every held-out logit, to OUT/cv.json (0 = off)",
+    )
+    parser.add_argument("--cv-repeats", type=int, default=1, metavar="R",
+                        help="repetitions of --cv with fresh folds (repetition r uses seed --seed + r)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -188,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         f"conv layers from {Path(init).name if init else 'random initialisation'} -> {args.out}"
     )
     out = Path(args.out)
+    if args.cv:
+        return _cross_validate(args, data, config, out, say)
     try:
         _, result = train_classifier(
             data.x,
@@ -197,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
             dataset=data.name,
             progress=False if args.quiet else None,
-            log=None if args.quiet else print,
+            log=None if args.quiet else _print_now,
         )
     except TrainingDiverged as exc:
         print(f"fastconv train: {exc}", file=sys.stderr)
@@ -218,4 +229,37 @@ def run(args: argparse.Namespace) -> int:
     if data.kind == "folder":
         evaluate_hint += f" --data {data.name} --split val"
     print(f"next: {evaluate_hint}")
+    return 0
+
+
+def _print_now(line: str) -> None:
+    # flushed: per-epoch / per-fold lines must show up as they happen when stdout is a file or pipe
+    print(line, flush=True)
+
+
+def _cross_validate(args: argparse.Namespace, data, config, out: Path, say) -> int:
+    """``fastconv train --cv K``: pooled held-out scores, printed and written to OUT/cv.json."""
+    import json
+
+    from fastconv._io import atomic_write_text
+    from fastconv.metrics import format_confusion
+    from fastconv.train import cross_validate
+
+    say(f"cross-validation: {args.cv} folds x {args.cv_repeats} repetition(s) of {config.epochs} epochs each")
+    res = cross_validate(
+        data.x, data.y, data.classes, config, folds=args.cv, repeats=args.cv_repeats, dataset=data.name,
+        progress=False if args.quiet else None, log=None if args.quiet else _print_now,
+    )  # fmt: skip
+    rep = res.report()
+    which = f"of {res.classes[1]}" if rep.average == "binary" else "macro"
+    print(f"{len(res.y)} held-out predictions ({args.cv} folds x {args.cv_repeats}), last-epoch models, "
+          f"{sum(res.fold_seconds):.0f} s of training")  # fmt: skip
+    print(f"accuracy: {rep.accuracy:.3f}")
+    print(f"loss: {res.loss():.4f}")
+    print(f"precision {which}: {rep.precision:.3f}  recall: {rep.recall:.3f}  F1: {rep.f1:.3f}")
+    if args.cv_repeats > 1:
+        print("accuracy per repetition: " + ", ".join(f"{a:.3f}" for a in res.repeat_accuracies()))
+    print(format_confusion(rep.confusion, res.classes))
+    atomic_write_text(out / "cv.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    print(f"wrote {out / 'cv.json'}")
     return 0
