@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, precision, recall, F1 and the confusion matrix.
+"""Classification metrics: accuracy, precision, recall, F1, the confusion matrix, and McNemar's
+exact test for comparing two classifiers on the same examples.
 
 Labels are integer class indices ``0 .. num_classes-1`` (int64 arrays of shape (N,)).
 For two classes, "positive" is class 1 (``cat`` in catvnoncat, whose classes are
@@ -162,3 +163,31 @@ def precision_recall_f1(y_true, y_pred, average: str = "binary") -> tuple[float,
     if average == "macro":
         return float(precision.mean()), float(recall.mean()), float(f1.mean())
     raise ValueError(f"average: expected 'binary' or 'macro', got {average!r}")
+
+
+def mcnemar(correct_a, correct_b) -> tuple[int, int, float]:
+    """Paired comparison of two classifiers on the same examples: ``(a_only, b_only, p)``.
+
+    ``correct_a``, ``correct_b``: bool arrays (N,), whether each classifier got example i right.
+    ``a_only`` / ``b_only`` count the examples only A / only B got right (the discordant pairs;
+    examples both got right or both got wrong say nothing about which is better). ``p`` is the
+    exact two-sided McNemar p-value: the probability, if A and B were equally good, of a split
+    of the ``a_only + b_only`` discordant pairs at least this uneven (binomial with p = 1/2;
+    1.0 when there are none). Small samples need the exact test, not the chi-square form.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"correct_a and correct_b: expected two 1-D arrays of one length, got {a.shape} and {b.shape}")
+    a_only = int(np.sum(a & ~b))
+    b_only = int(np.sum(b & ~a))
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return a_only, b_only, 1.0
+    # P(X <= k) for X ~ Binomial(n, 1/2), summed in log space so that large n cannot overflow.
+    from math import lgamma, log
+
+    logs = [lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) - n * log(2.0) for i in range(k + 1)]
+    top = max(logs)
+    tail = float(np.exp(top) * np.sum(np.exp(np.array(logs) - top)))
+    return a_only, b_only, min(1.0, 2.0 * tail)

@@ -709,6 +709,44 @@ class CVResult:
         }
 
 
+def compare_cv(ours: CVResult, theirs: dict, name: str = "the other run") -> dict:
+    """Paired comparison of two cross-validations of the same images (``theirs``: a loaded
+    ``cv.json``, i.e. :meth:`CVResult.to_dict`). Predictions pair up by (repetition, image).
+
+    Returns ``{"n", "ours_only", "theirs_only", "p_value", "accuracy_difference"}``: the
+    predictions only this run / only the other got right and the exact McNemar p-value
+    (:func:`~fastconv.metrics.mcnemar`). Same seed, folds and repetitions pair each image's
+    predictions from models trained on the same other images, the most sensitive comparison.
+    ValueError (naming ``name``) unless both cover the same images with the same labels.
+    """
+    try:
+        p = theirs["predictions"]
+        key_t = {(int(r), int(i)): k for k, (r, i) in enumerate(zip(p["repeat"], p["index"]))}
+        y_t = np.asarray(p["y"], dtype=np.int64)
+        logits_t = np.asarray(p["logits"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: not a cv.json written by 'fastconv train --cv' ({exc})") from None
+    keys = list(zip(ours.repeat.tolist(), ours.index.tolist()))
+    if set(keys) != set(key_t) or logits_t.ndim != 2 or logits_t.shape[1] != ours.logits.shape[1]:
+        raise ValueError(
+            f"{name}: its predictions are not for the same images: {len(key_t)} (repetition, image) pairs "
+            f"vs {len(keys)} here; use the same data, --cv-repeats and number of classes"
+        )
+    order = np.array([key_t[k] for k in keys])
+    if not np.array_equal(y_t[order], ours.y):
+        raise ValueError(f"{name}: the same images carry other labels there; it is another data set")
+    ours_right = ours.predicted() == ours.y
+    theirs_right = _predicted(logits_t[order]) == ours.y
+    ours_only, theirs_only, p_value = metrics.mcnemar(ours_right, theirs_right)
+    return {
+        "n": len(keys),
+        "ours_only": ours_only,
+        "theirs_only": theirs_only,
+        "p_value": p_value,
+        "accuracy_difference": float(ours_right.mean() - theirs_right.mean()),
+    }
+
+
 def cross_validate(
     x: np.ndarray,
     y: np.ndarray,

@@ -198,6 +198,21 @@ def test_train_cv_reports_pooled_held_out_scores_and_writes_them(capsys, tmp_pat
     assert "accuracy per repetition:" in stdout and "true \\ predicted" in stdout
     code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), "--cv", "11")
     assert code != 0 and "from 2 to 10, got 11" in err
+    # a second recipe on the same folds, paired with the first run's predictions
+    out2 = tmp_path / "run2"
+    code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out2), *TINY.split(), "--cv", "3",
+                                "--cv-repeats", "2", "--lr", "1e-6", "--compare", str(out / "cv.json"))
+    assert code == 0, err
+    doc2 = json.loads((out2 / "cv.json").read_text())
+    right1 = (z > 0) == (yy == 1)
+    right2 = (np.array(doc2["predictions"]["logits"])[:, 0] > 0) == (yy == 1)
+    assert doc2["compare"]["ours_only"] == int(np.sum(right2 & ~right1))
+    assert doc2["compare"]["theirs_only"] == int(np.sum(right1 & ~right2))
+    assert f"exact McNemar p = {doc2['compare']['p_value']:.3g}" in stdout
+    for bad, words in ((["--compare", str(out / "cv.json")], "needs --cv"),
+                       (["--cv", "3", "--compare", str(tmp_path / "missing.json")], "cannot read it")):
+        code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out2), *TINY.split(), *bad)
+        assert code != 0 and words in err
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow / invalid values: the divergence under test

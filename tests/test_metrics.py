@@ -89,3 +89,23 @@ def test_format_labels_rows_and_columns():
     row_cat = next(line for line in lines if line.startswith("cat "))
     assert row_cat.split()[1:] == ["1", "3"]
     assert rep.to_dict()["confusion_matrix"] == [[3, 1], [1, 3]]
+
+
+@pytest.mark.parametrize(("a_only", "b_only", "both", "neither"), [(0, 0, 5, 2), (3, 1, 10, 0), (0, 10, 0, 0),
+                                                                    (16, 10, 788, 22), (7, 7, 1, 1), (40, 200, 3, 3)])
+def test_mcnemar_matches_an_exact_binomial_test(a_only, b_only, both, neither):
+    from scipy import stats  # the oracle (SciPy is installed with scikit-image; the kernels use its BLAS)
+    a = np.array([1] * a_only + [0] * b_only + [1] * both + [0] * neither, dtype=bool)
+    b = np.array([0] * a_only + [1] * b_only + [1] * both + [0] * neither, dtype=bool)
+    perm = np.random.default_rng(0).permutation(len(a))
+    got = metrics.mcnemar(a[perm], b[perm])
+    assert got[:2] == (a_only, b_only)
+    n = a_only + b_only
+    expected = stats.binomtest(min(a_only, b_only), n, 0.5).pvalue if n else 1.0
+    assert got[2] == pytest.approx(expected, rel=1e-9)
+    assert metrics.mcnemar(b, a)[2] == pytest.approx(got[2])
+
+
+def test_mcnemar_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="one length"):
+        metrics.mcnemar(np.ones(3, bool), np.ones(4, bool))

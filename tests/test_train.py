@@ -19,6 +19,7 @@ from fastconv.train import (
     Classifier,
     TrainConfig,
     TrainingDiverged,
+    compare_cv,
     cross_validate,
     fit,
     predict_logits,
@@ -403,3 +404,32 @@ def test_cross_validation_learns_the_separable_problem_and_rejects_bad_arguments
             cross_validate(x, y, ["horizontal", "vertical"], tiny_config(), folds=folds)
     with pytest.raises(ValueError, match="repeats"):
         cross_validate(x, y, ["horizontal", "vertical"], tiny_config(), folds=3, repeats=0)
+
+
+def test_compare_cv_pairs_predictions_by_image_and_rejects_other_data(data):
+    x, y = data
+    classes = ["horizontal", "vertical"]
+    a = cross_validate(x, y, classes, tiny_config(epochs=2), folds=3)
+    b = cross_validate(x, y, classes, tiny_config(epochs=2, lr=1e-5), folds=3)  # barely trained
+    doc = b.to_dict()
+    # shuffle the other file's prediction order: pairing must go by (repetition, image), not position
+    perm = np.random.default_rng(0).permutation(len(x))
+    doc["predictions"] = {k: [v[i] for i in perm] for k, v in doc["predictions"].items()}
+    c = compare_cv(a, doc)
+    right_a = a.predicted() == a.y
+    right_b = b.predicted() == b.y  # a and b list the images in the same order (same seed and folds)
+    np.testing.assert_array_equal(a.index, b.index)
+    assert c["ours_only"] == int(np.sum(right_a & ~right_b)) and c["theirs_only"] == int(np.sum(right_b & ~right_a))
+    assert c["accuracy_difference"] == pytest.approx(right_a.mean() - right_b.mean())
+    assert c["n"] == len(x) and 0.0 <= c["p_value"] <= 1.0
+    assert compare_cv(a, a.to_dict())["p_value"] == 1.0  # identical runs: no discordant pairs
+    flipped = a.to_dict()
+    flipped["predictions"]["y"] = [1 - v for v in flipped["predictions"]["y"]]
+    with pytest.raises(ValueError, match="other labels"):
+        compare_cv(a, flipped)
+    fewer = a.to_dict()
+    fewer["predictions"] = {k: v[:-1] for k, v in fewer["predictions"].items()}
+    with pytest.raises(ValueError, match="not for the same images"):
+        compare_cv(a, fewer, name="fewer.json")
+    with pytest.raises(ValueError, match=r"not a cv\.json"):
+        compare_cv(a, {"accuracy": 0.9})

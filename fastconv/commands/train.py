@@ -125,6 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cv-repeats", type=int, default=1, metavar="R",
                         help="repetitions of --cv with fresh folds (repetition r uses seed --seed + r)")
+    parser.add_argument("--compare", default=None, metavar="CV_JSON",
+                        help="with --cv: pair every held-out prediction with the same image's in another run's "
+                        "cv.json (same data, --seed, --cv and --cv-repeats: identical folds) and print how many "
+                        "only each got right and the exact McNemar p-value; default: no comparison")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -151,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    other = _read_compare(args) if args.compare else None  # fail before minutes of training, not after
     t0 = time.perf_counter()
     data = load_dataset(args.data, args.image_size)
     for path, reason in data.skipped:
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     if args.cv:
-        return _cross_validate(args, data, config, out, say)
+        return _cross_validate(args, data, config, out, say, other)
     try:
         _, result = train_classifier(
             data.x,
@@ -237,13 +242,27 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def _cross_validate(args: argparse.Namespace, data, config, out: Path, say) -> int:
+def _read_compare(args: argparse.Namespace) -> dict:
+    import json
+
+    if not args.cv:
+        raise ValueError("--compare needs --cv: it pairs two cross-validations' held-out predictions")
+    try:
+        other = json.loads(Path(args.compare).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--compare {args.compare}: cannot read it as a cv.json ({exc})") from None
+    if not isinstance(other, dict) or "predictions" not in other:
+        raise ValueError(f"--compare {args.compare}: not a cv.json written by 'fastconv train --cv'")
+    return other
+
+
+def _cross_validate(args: argparse.Namespace, data, config, out: Path, say, other: dict | None) -> int:
     """``fastconv train --cv K``: pooled held-out scores, printed and written to OUT/cv.json."""
     import json
 
     from fastconv._io import atomic_write_text
     from fastconv.metrics import format_confusion
-    from fastconv.train import cross_validate
+    from fastconv.train import compare_cv, cross_validate
 
     say(f"cross-validation: {args.cv} folds x {args.cv_repeats} repetition(s) of {config.epochs} epochs each")
     res = cross_validate(
@@ -260,6 +279,14 @@ def _cross_validate(args: argparse.Namespace, data, config, out: Path, say) -> i
     if args.cv_repeats > 1:
         print("accuracy per repetition: " + ", ".join(f"{a:.3f}" for a in res.repeat_accuracies()))
     print(format_confusion(rep.confusion, res.classes))
-    atomic_write_text(out / "cv.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    doc = res.to_dict()
+    atomic_write_text(out / "cv.json", json.dumps(doc, indent=1) + "\n")  # kept even if --compare fails
+    if other is not None:
+        c = compare_cv(res, other, name=args.compare)
+        print(f"paired with {args.compare} ({c['n']} predictions): accuracy {c['accuracy_difference']:+.3f}; "
+              f"right only here {c['ours_only']}, only there {c['theirs_only']}; "
+              f"exact McNemar p = {c['p_value']:.3g}")  # fmt: skip
+        doc["compare"] = {"with": str(args.compare), **c}
+        atomic_write_text(out / "cv.json", json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out / 'cv.json'}")
     return 0
