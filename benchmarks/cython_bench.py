@@ -49,7 +49,7 @@ def _cpu_medians(fns: dict, repeats: int) -> dict:
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in fns.items():
-            B._settle(B.SETTLE_S, fn, rewarm=True)
+            B.settle(B.SETTLE_S, fn, rewarm=True)
             t0 = time.process_time()
             fn()
             samples[name].append(time.process_time() - t0)

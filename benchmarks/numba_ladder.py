@@ -97,7 +97,7 @@ def _min_cpu_times(fns: dict[str, Callable[[], object]], repeats: int, settle_s:
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            bench._settle(settle_s, fn, rewarm=True)
+            bench.settle(settle_s, fn, rewarm=True)
             t0 = time.process_time()
             fn()
             best[name] = min(best[name], time.process_time() - t0)

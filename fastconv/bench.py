@@ -717,8 +717,9 @@ def _time_once(fn: Callable[[], Any], number: int) -> float:
 REWARM_S = 0.01
 
 
-def _settle(seconds: float, fn: Callable[[], Any], rewarm: bool) -> None:
-    """Sleep ``seconds`` (if > 0), then with ``rewarm`` run ``fn`` untimed for >= REWARM_S."""
+def settle(seconds: float, fn: Callable[[], Any], rewarm: bool) -> None:
+    """Sleep ``seconds`` (if > 0), then with ``rewarm`` run ``fn`` untimed for >= REWARM_S: the pause
+    before every timed sample of :func:`interleaved_medians` and of the CPU-time loops in benchmarks/."""
     if seconds <= 0:
         return
     time.sleep(seconds)
@@ -766,7 +767,7 @@ def interleaved_medians(
     for name, fn in fns.items():
         if warmup and caps.get(name, repeats) > 1 and name not in cold:
             fn()
-        _settle(settle_s, fn, rewarm=name not in cold)
+        settle(settle_s, fn, rewarm=name not in cold)
         first = _time_once(fn, 1)
         samples[name].append(first)  # the calibration call is a valid sample too
         numbers[name] = max(1, math.ceil(min_sample_s / max(first, 1e-9)))
@@ -777,7 +778,7 @@ def interleaved_medians(
         shift = rnd % len(order)
         for name in order[shift:] + order[:shift]:
             if len(samples[name]) < caps.get(name, repeats):
-                _settle(settle_s, fns[name], rewarm=name not in cold)
+                settle(settle_s, fns[name], rewarm=name not in cold)
                 samples[name].append(_time_once(fns[name], numbers[name]))
         if tick:
             tick()
@@ -1139,8 +1140,8 @@ def _fmt_x(ratio: float | None) -> str:
 
 
 def _settle_words(report: dict[str, Any]) -> str:
-    settle = report.get("settle_s")  # reports written before the pause existed have none
-    return f", {settle:g} s untimed pause before each sample" if settle else ""
+    pause = report.get("settle_s")  # reports written before the pause existed have none
+    return f", {pause:g} s untimed pause before each sample" if pause else ""
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -12,12 +12,14 @@ COMMANDS: tuple[str, ...] = ("demo", "train", "evaluate", "predict", "bench", "p
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" to each option's help, except where the default is None: such an
-    option's default is computed at run time (the bundled model, the fastest backend, all
-    cores...) and its help text says what it is, which "(default: None)" would contradict."""
+    """Appends "(default: X)" to the help of each option that takes a value, except where the
+    default is None or empty: such an option's default is computed at run time (the bundled
+    model, the fastest backend, all cores...) and its help text says what it is, which
+    "(default: None)" would contradict. On/off flags (store_true) say nothing: "(default:
+    False)" only restates that a flag is off unless given."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.default == [] or (action.nargs == 0 and action.default is False):
             return action.help
         return super()._get_help_string(action)
 

@@ -669,13 +669,10 @@ class CVResult:
         return metrics.classification_report(self.y, self.predicted(), self.classes)
 
     def loss(self) -> float:
-        """Mean cross-entropy (binary: BCE on the logit) of the M held-out predictions."""
-        z = self.logits
-        if z.shape[1] == 1:
-            return float(np.mean(np.logaddexp(0.0, z[:, 0]) - self.y * z[:, 0]))
-        top = z.max(axis=1)
-        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-        return float(np.mean(lse - z[np.arange(len(z)), self.y]))
+        """Mean cross-entropy (binary: BCE on the logit) of the M held-out predictions: the
+        validation loss of :func:`fit`, computed in float64."""
+        outputs = self.logits.shape[1]
+        return _make_loss(outputs).forward(self.logits, _targets(self.y, outputs, 0.0, np.float64))
 
     def repeat_accuracies(self) -> list[float]:
         """Accuracy of each repetition alone (each covers every image once)."""

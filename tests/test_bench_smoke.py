@@ -236,7 +236,7 @@ def test_interleaved_medians_pauses_untimed_before_every_sample(monkeypatch):
     # Every timed sample (calibration included) is preceded by one settle of that function, with
     # a re-warm unless the function is cold; the pause is outside the clock.
     events = []
-    monkeypatch.setattr(bench, "_settle", lambda s, fn, rewarm: events.append(("settle", s, fn, rewarm)))
+    monkeypatch.setattr(bench, "settle", lambda s, fn, rewarm: events.append(("settle", s, fn, rewarm)))
     fns = {name: (lambda name=name: events.append(("call", name))) for name in ("a", "b")}
     bench.interleaved_medians(fns, repeats=3, min_sample_s=0.0, settle_s=0.05, warmup=False, cold={"b"})
     calls = [i for i, e in enumerate(events) if e[0] == "call"]
@@ -252,12 +252,12 @@ def test_interleaved_medians_pauses_untimed_before_every_sample(monkeypatch):
 def test_settle_sleeps_then_rewarms_for_rewarm_s(monkeypatch):
     slept, calls = [], []
     monkeypatch.setattr(bench.time, "sleep", slept.append)
-    bench._settle(0.2, lambda: calls.append(bench.time.perf_counter()), rewarm=True)
+    bench.settle(0.2, lambda: calls.append(bench.time.perf_counter()), rewarm=True)
     assert slept == [0.2] and calls[-1] - calls[0] >= 0.5 * bench.REWARM_S
     assert calls[-1] - calls[0] < bench.REWARM_S + 0.05
     calls.clear()
-    bench._settle(0.2, lambda: calls.append(1), rewarm=False)
-    bench._settle(0.0, lambda: calls.append(1), rewarm=True)
+    bench.settle(0.2, lambda: calls.append(1), rewarm=False)
+    bench.settle(0.0, lambda: calls.append(1), rewarm=True)
     assert calls == [] and slept == [0.2, 0.2]
 
 

@@ -16,12 +16,6 @@ DESCRIPTION = (
 )
 
 
-# The CLI uses ArgumentDefaultsHelpFormatter, which appends "(default: None)" unless the help text
-# mentions %(default); where the real default is described in words, "%(default).0s" (an empty
-# string) keeps the help from showing a misleading None or False.
-_NO_AUTO = "%(default).0s"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fastconv.bench import SETTLE_S
 
@@ -29,24 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full",
         action="store_true",
         help="every kernel x every catnet workload, 15 rounds, naive python on every shape (batch 1, scaled), "
-        "python catnet step, Numba cold-compile time (several minutes); default: the quick subset, 5 rounds" + _NO_AUTO,
+        "python catnet step, Numba cold-compile time (several minutes); default: the quick subset, 5 rounds",
     )
     parser.add_argument(
         "--backends",
         default=None,
         metavar="A,B",
-        help="comma-separated backends to compare (default: every available backend)" + _NO_AUTO,
+        help="comma-separated backends to compare (default: every available backend)",
     )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help="threads for Numba, OpenMP, BLAS (and torch) alike (default: every core this process may use)" + _NO_AUTO,
+        help="threads for Numba, OpenMP, BLAS (and torch) alike (default: every core this process may use)",
     )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="array dtype")
     parser.add_argument(
-        "--repeats", type=int, default=None, metavar="R", help="rounds per case (default: 5; --full: 15)" + _NO_AUTO
+        "--repeats", type=int, default=None, metavar="R", help="rounds per case (default: 5; --full: 15)"
     )
     parser.add_argument(
         "--settle",
@@ -55,40 +49,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="untimed pause in seconds before every timed sample, so that the thread pool of the engine "
         "timed before (OpenBLAS spin-waits ~0.1 s) is asleep when the next one starts "
-        f"(default: {SETTLE_S:g}; 0 = none)" + _NO_AUTO,
+        f"(default: {SETTLE_S:g}; 0 = none)",
     )
     parser.add_argument(
-        "--json", default=None, metavar="PATH", help="also save the report as JSON (atomic write)" + _NO_AUTO
+        "--json", default=None, metavar="PATH", help="also save the report as JSON (atomic write)"
     )
     parser.add_argument(
-        "--plot", default=None, metavar="DIR", help="write PNG charts (speedup ladder, %% of peak)" + _NO_AUTO
+        "--plot", default=None, metavar="DIR", help="write PNG charts (speedup ladder, %% of peak)"
     )
     parser.add_argument(
         "--compare",
         action="append",
         default=[],
         choices=("torch",),
-        help="add a PyTorch CPU column (same threads); a clear note if torch is not installed" + _NO_AUTO,
+        help="add a PyTorch CPU column (same threads); a clear note if torch is not installed",
     )
     parser.add_argument(
         "--compile-time",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="measure Numba's cold compile in fresh subprocesses (default: only with --full)" + _NO_AUTO,
+        help="measure Numba's cold compile in fresh subprocesses (default: only with --full)",
     )
     parser.add_argument(
         "--docs",
         default=None,
         metavar="MARKDOWN",
-        help="fill the generated sections of a markdown file (e.g. docs/ladder.md) from this report" + _NO_AUTO,
+        help="fill the generated sections of a markdown file (e.g. docs/ladder.md) from this report",
     )
     parser.add_argument(
         "--from-json",
         default=None,
         metavar="PATH",
-        help="do not measure: load a report saved with --json and print/plot/--docs it" + _NO_AUTO,
+        help="do not measure: load a report saved with --json and print/plot/--docs it",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr" + _NO_AUTO)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
