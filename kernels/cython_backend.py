@@ -203,6 +203,18 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
     return y
 
 
+_DW_GROUP_BYTES = 1024 * 1024
+_DW_GROUP_MAX = 4
+
+
+def _dw_group(g: Conv2dGeometry, elements_per_image: int, itemsize: int, threads: int) -> int:
+    """Images per dW pass of the direct backward: as many as keep their padded planes within
+    _DW_GROUP_BYTES (L2-resident next to the thread's dW partials), at most _DW_GROUP_MAX, and
+    no more than each thread has images (so both threads get work)."""
+    fit = _DW_GROUP_BYTES // max(1, elements_per_image * itemsize)
+    return int(max(1, min(_DW_GROUP_MAX, fit, -(-g.n // threads))))
+
+
 def _conv_backward_direct(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray] | None:
@@ -215,22 +227,25 @@ def _conv_backward_direct(
     taps = g.r * g.s
     hp, wp = _conv.input_grid(g)
     hq, wq = _conv.dx_grid(g)
-    xbuf = np.empty((nt, g.c * _conv.padded_plane_size(hp, wp)), dtype)
     qplane = _conv.padded_plane_size(g.ho, wp)
+    if need_dx:
+        qplane = max(qplane, _conv.padded_plane_size(hq, wq))
+    plane = _conv.padded_plane_size(hp, wp)
+    group = _dw_group(g, g.c * plane + g.k * qplane, dtype.itemsize, nt)
+    xbuf = np.empty((nt, group * g.c * plane), dtype)
     dw_part = np.zeros((nt, g.k * g.c * taps * _conv.DW_LANES), dtype)
     db_part = np.zeros((nt, g.k), np.float64)
     if need_dx:
         dx = np.empty(g.x_shape, dtype)
-        qplane = max(qplane, _conv.padded_plane_size(hq, wq))
         # dx correlates dy with the kernel flipped in (r, s) and transposed to (C, K)
         wt = _pack(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(g.c, g.k, taps))
     else:
         dx = np.empty((0, 0, 0, 0), dtype)
         wt = np.empty(0, dtype)
-    dybuf = np.empty((nt, g.k * qplane), dtype)
+    dybuf = np.empty((nt, group * g.k * qplane), dtype)
     _conv.conv2d_backward_direct(
         dy, x, wt, np.zeros(g.c, dtype), _tap_offsets(g, wp), _tap_offsets(g, wq),
-        dx, dw_part, db_part, xbuf, dybuf, g, need_dx, nt,
+        dx, dw_part, db_part, xbuf, dybuf, g, need_dx, group, nt,
     )  # fmt: skip
     # threads x lanes partial sums of each dW element, added up in float64
     dw64 = dw_part.reshape(nt, -1, _conv.DW_LANES).sum(axis=(0, 2), dtype=np.float64)

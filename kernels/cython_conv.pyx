@@ -218,7 +218,8 @@ cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
 #
 # The weight gradient is a reduction (dW[k,c,r,s] = sum over pixels of dy * x): it keeps
 # L = one register of independent partial sums per (channel, tap) in acc[KB][SB][L], which is
-# again lane-parallel and needs no reassociation; the L lanes are added up once per plane.
+# again lane-parallel and needs no reassociation; the registers go to memory once per group of
+# images and the L lanes are added up once per call (by the caller).
 #
 # SIMD width is fixed per build: this file is compiled twice (setup.py), once for baseline
 # x86-64 (SSE2, 16-byte registers) and once, as cython_conv_avx2, with -mavx2 -mfma (32-byte
@@ -344,13 +345,18 @@ cdef void _correlate_image(const floating* inp, Py_ssize_t ci, Py_ssize_t plane,
 
 cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplane, Py_ssize_t m,
                             const floating* xp, Py_ssize_t c_, Py_ssize_t plane,
-                            const Py_ssize_t* offs, Py_ssize_t ntaps, floating* lanes) noexcept nogil:
-    """lanes (K, C, ntaps, MAXL) += the L-lane partial sums of sum_{q < m} dyp[k*dplane + q] *
-    xp[c*plane + q + offs[t]] for one image (lanes L.. stay 0; the caller adds the lanes up).
+                            const Py_ssize_t* offs, Py_ssize_t ntaps, floating* lanes,
+                            Py_ssize_t nimg, Py_ssize_t dimg, Py_ssize_t ximg) noexcept nogil:
+    """lanes (K, C, ntaps, MAXL) += the L-lane partial sums of sum_{g < nimg, q < m}
+    dyp[g*dimg + k*dplane + q] * xp[g*ximg + c*plane + q + offs[t]] for nimg images whose
+    padded planes lie dimg / ximg elements apart (lanes L.. stay 0; the caller adds them up).
 
     The lanes are added to memory, not summed across: a pass over catnet's 16x16 planes is
     only ~36 vector steps, and summing 12 registers lane by lane after each pass cost about
     as much again (measured). Summing the lanes once per call, after all images, is free.
+    Several images per call keep the KB*SB sums in registers across all of them: one flush to
+    memory per block and group instead of per block and image (on 16x16 planes the flushes
+    and the zeroing were as many memory operations as a third of the loads of a pass).
 
     dyp holds dy (K, Ho, Wo) in rows of the padded input's width Wp with zeros in the Wp - Wo
     wrap-around columns, so flat position q = i*Wp + j pairs dy[k, i, j] with the input pixel of
@@ -365,7 +371,9 @@ cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplan
     cdef floating* dst
     cdef const floating* d[KB]
     cdef const floating* xr[SB]
-    cdef Py_ssize_t kb0, kb, c, tb, t0, q, kk, ss, p
+    cdef const floating* dg[KB]
+    cdef const floating* xg[SB]
+    cdef Py_ssize_t kb0, kb, c, tb, t0, q, kk, ss, p, gi
     for kb0 in range((k_ + KB - 1) // KB):
         kb = kb0 * KB
         # past the last channel / tap, a block re-reads the last one (those sums are not stored)
@@ -378,12 +386,17 @@ cdef void _weight_grad_flat(const floating* dyp, Py_ssize_t k_, Py_ssize_t dplan
                     xr[ss] = xp + c * plane + offs[min(t0 + ss, ntaps - 1)]
                 for p in range(KB * SB * L):
                     acc[p] = 0
-                # per L pixels: KB + SB loads, KB*SB multiply-adds into lane-wise partial sums
-                for q in range(nvec):
+                for gi in range(nimg):
                     for kk in range(KB):
-                        for ss in range(SB):
-                            for p in range(L):
-                                acc[(kk * SB + ss) * L + p] += d[kk][q * L + p] * xr[ss][q * L + p]
+                        dg[kk] = d[kk] + gi * dimg
+                    for ss in range(SB):
+                        xg[ss] = xr[ss] + gi * ximg
+                    # per L pixels: KB + SB loads, KB*SB multiply-adds into lane-wise partial sums
+                    for q in range(nvec):
+                        for kk in range(KB):
+                            for ss in range(SB):
+                                for p in range(L):
+                                    acc[(kk * SB + ss) * L + p] += dg[kk][q * L + p] * xg[ss][q * L + p]
                 for kk in range(KB):
                     for ss in range(SB):
                         if kb + kk < k_ and t0 + ss < ntaps:
@@ -586,7 +599,7 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
                            const Py_ssize_t[::1] offs, const Py_ssize_t[::1] offs_dx,
                            floating[:, :, :, ::1] dx, floating[:, ::1] dw_part, double[:, ::1] db_part,
                            floating[:, ::1] xbuf, floating[:, ::1] dybuf, object geometry,
-                           bint need_dx, int num_threads):
+                           bint need_dx, Py_ssize_t group, int num_threads):
     """Stride-1 backward. Accumulates dW as lane partial sums (K, C, R*S, DW_LANES) into
     dw_part[thread] and db into db_part[thread] (float64), both zeroed by the caller, which sums
     the partials and the lanes; when need_dx writes dx (N,C,H,W) completely.
@@ -602,8 +615,11 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     2*ph, (S-1)*dw = 2*pw, as in catnet) Wq = Wp and the dx layout serves dW as well, shifted by
     its margin: dy is then padded once per image, not twice.
 
-    xbuf (threads, C * padded_plane_size(Hp, Wp)), (Hp, Wp) = input_grid; dybuf (threads, K * qplane), qplane >=
-    padded_plane_size of both layouts used: (Ho, Wp) for dW, (Hq, Wq) for dx.
+    One task = ``group`` consecutive images (the last task may have fewer): its thread pads them
+    all, then runs one dW pass over the group (see _weight_grad_flat), then dx image by image.
+    xbuf (threads, group * C * padded_plane_size(Hp, Wp)), (Hp, Wp) = input_grid; dybuf
+    (threads, group * K * qplane), qplane >= padded_plane_size of both layouts used: (Ho, Wp)
+    for dW, (Hq, Wq) for dx.
     """
     cdef Geo g = _geo(geometry)
     cdef Py_ssize_t hp, wp, hq, wq
@@ -612,35 +628,49 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     cdef Py_ssize_t top = (g.r - 1) * g.dh - g.ph, left = (g.s - 1) * g.dw - g.pw
     cdef Py_ssize_t ntaps = g.r * g.s
     cdef Py_ssize_t m = (g.ho - 1) * wp + g.wo
-    cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], g.c, hp, wp, ntaps, offs.shape[0],
+    if group < 1:
+        raise ValueError(f"conv2d direct kernel: group must be >= 1, got {group}")
+    cdef Py_ssize_t plane = _check_direct(xbuf.shape[1], (<object>group) * g.c, hp, wp, ntaps, offs.shape[0],
                                           xbuf.shape[0], num_threads)
-    # the dy planes serve both layouts: each check proves dybuf holds K planes of its size
-    cdef Py_ssize_t qplane = _check_direct(dybuf.shape[1], g.k, g.ho, wp, ntaps, offs.shape[0],
+    # the dy planes serve both layouts: each check proves dybuf holds group*K planes of its size
+    cdef Py_ssize_t qplane = _check_direct(dybuf.shape[1], (<object>group) * g.k, g.ho, wp, ntaps, offs.shape[0],
                                            dybuf.shape[0], num_threads)
     cdef bint shared = need_dx and wq == wp and top >= 0 and left >= 0
-    cdef Py_ssize_t n, tid
+    cdef Py_ssize_t ng, n0, nimg, gi, tid
+    cdef Py_ssize_t ngroups = (g.n + group - 1) // group
     if dw_part.shape[0] < num_threads or dw_part.shape[1] < g.k * g.c * ntaps * MAXL \
             or db_part.shape[0] < num_threads or db_part.shape[1] < g.k:
         raise ValueError("conv2d direct kernel: gradient partials do not match the geometry")
     if need_dx:
-        qplane = max(qplane, _check_direct(dybuf.shape[1], g.k, hq, wq, ntaps, offs_dx.shape[0],
+        qplane = max(qplane, _check_direct(dybuf.shape[1], (<object>group) * g.k, hq, wq, ntaps, offs_dx.shape[0],
                                            dybuf.shape[0], num_threads))
         if wtpk.shape[0] < (g.c + KB - 1) // KB * KB * g.k * ntaps or zeros.shape[0] < g.c:
             raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
-    for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
+    cdef Py_ssize_t ximg = g.c * plane, dimg = g.k * qplane
+    for ng in prange(ngroups, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
-        _pad_planes(&x[n, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0], plane, hp, wp, g.ph, g.pw)
+        n0 = ng * group
+        nimg = min(group, g.n - n0)
+        for gi in range(nimg):
+            _pad_planes(&x[n0 + gi, 0, 0, 0], g.c, g.h, g.w, &xbuf[tid, 0] + gi * ximg, plane, hp, wp,
+                        g.ph, g.pw)
+            if shared:
+                _pad_planes(&dy[n0 + gi, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0] + gi * dimg, qplane,
+                            hq, wq, top, left)
+            else:
+                _pad_planes(&dy[n0 + gi, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0] + gi * dimg, qplane,
+                            g.ho, wp, 0, 0)
+            _plane_sums(&dy[n0 + gi, 0, 0, 0], g.k, g.ho * g.wo, &db_part[tid, 0])
         if shared:
-            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq, top, left)
             _weight_grad_flat(&dybuf[tid, 0] + top * wq + left, g.k, qplane, m, &xbuf[tid, 0], g.c,
-                              plane, &offs[0], ntaps, &dw_part[tid, 0])
+                              plane, &offs[0], ntaps, &dw_part[tid, 0], nimg, dimg, ximg)
         else:
-            _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, g.ho, wp, 0, 0)
             _weight_grad_flat(&dybuf[tid, 0], g.k, qplane, m, &xbuf[tid, 0], g.c, plane, &offs[0],
-                              ntaps, &dw_part[tid, 0])
-            if need_dx:
-                _pad_planes(&dy[n, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0], qplane, hq, wq, top, left)
-        _plane_sums(&dy[n, 0, 0, 0], g.k, g.ho * g.wo, &db_part[tid, 0])
+                              ntaps, &dw_part[tid, 0], nimg, dimg, ximg)
         if need_dx:
-            _correlate_image(&dybuf[tid, 0], g.k, qplane, wq, &wtpk[0], &offs_dx[0], ntaps,
-                             &zeros[0], &dx[n, 0, 0, 0], g.c, g.h, g.w)
+            for gi in range(nimg):
+                if not shared:
+                    _pad_planes(&dy[n0 + gi, 0, 0, 0], g.k, g.ho, g.wo, &dybuf[tid, 0] + gi * dimg,
+                                qplane, hq, wq, top, left)
+                _correlate_image(&dybuf[tid, 0] + gi * dimg, g.k, qplane, wq, &wtpk[0], &offs_dx[0],
+                                 ntaps, &zeros[0], &dx[n0 + gi, 0, 0, 0], g.c, g.h, g.w)

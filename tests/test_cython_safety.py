@@ -263,7 +263,7 @@ def test_direct_conv_on_wide_rows_matches_numpy(path, data):
     numpy backend in float64 (sizes too big for the naive reference). x may hold NaN/inf: the
     direct dW then falls back to im2col + GEMM where its wrap-around sums would differ."""
     dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
-    n, c, k = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    n, c, k = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
     h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(16, 40))
     r, s = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
     padding = (data.draw(st.integers(0, 4)), data.draw(st.integers(0, 4)))
@@ -450,3 +450,58 @@ def test_huge_dilation_with_a_single_output_row(path):
     ref_grads = K.conv2d_backward(np.ones_like(ref_y), x, w, 1, padding, dilation, backend="python")
     for got, ref in zip((y, *grads), (ref_y, *ref_grads)):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("group_max", [1, 2, 3, 4, 8])
+def test_direct_backward_groups_of_images_agree(group_max, monkeypatch):
+    """The direct backward runs its dW pass over groups of images (cython_backend._dw_group):
+    any group size, including a short last group (7 images in groups of 2, 3, 4), gives the
+    same gradients as the float64 reference, and dx does not depend on the grouping at all."""
+    from fastconv.kernels import cython_backend as cb
+
+    if not cb._direct_kernels_fast:
+        pytest.skip("the direct kernels are not used on a CPU without AVX2 + FMA")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 5, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((7, 6, 16, 16)).astype(np.float32)
+    monkeypatch.setattr(cb, "_DW_GROUP_BYTES", 1 << 40)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(1)
+        monkeypatch.setattr(cb, "_DW_GROUP_MAX", 1)
+        single = K.conv2d_backward(dy, x, w, 1, 1, backend="cython")
+        monkeypatch.setattr(cb, "_DW_GROUP_MAX", group_max)
+        assert cb._dw_group(K.conv2d_geometry(x.shape, w.shape, 1, 1), 1, 4, 1) == min(group_max, 7)
+        grouped = K.conv2d_backward(dy, x, w, 1, 1, backend="cython")
+    finally:
+        K.set_num_threads(before)
+    ref = K.conv2d_backward(*(a.astype(np.float64) for a in (dy, x, w)), 1, 1, backend="numpy")
+    np.testing.assert_array_equal(grouped[0], single[0])
+    for got, want in zip(grouped, ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_direct_backward_rejects_scratch_too_small_for_its_group():
+    """conv2d_backward_direct checks its scratch against group * channels planes: buffers
+    sized for one image with group=2 (an out-of-bounds write otherwise), or group < 1, raise."""
+    from fastconv.kernels import cython_backend as cb
+
+    conv = cb._conv
+    x = np.zeros((3, 2, 4, 16), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    g = K.conv2d_geometry(x.shape, w.shape, 1, 1)
+    dy = np.zeros(g.y_shape, np.float32)
+    hp, wp = conv.input_grid(g)
+    hq, wq = conv.dx_grid(g)
+    plane = conv.padded_plane_size(hp, wp)
+    qplane = max(conv.padded_plane_size(g.ho, wp), conv.padded_plane_size(hq, wq))
+    wt = cb._pack(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(2, 3, 9))
+    args = (dy, x, wt, np.zeros(2, np.float32), cb._tap_offsets(g, wp), cb._tap_offsets(g, wq),
+            np.empty(g.x_shape, np.float32), np.zeros((1, 3 * 2 * 9 * conv.DW_LANES), np.float32),
+            np.zeros((1, 3)))  # fmt: skip
+    one = (np.empty((1, 2 * plane), np.float32), np.empty((1, 3 * qplane), np.float32))
+    conv.conv2d_backward_direct(*args, *one, g, True, 1, 1)  # sized for group 1: fine
+    for group in (2, 0, -1):
+        with pytest.raises(ValueError, match=r"group|scratch buffers"):
+            conv.conv2d_backward_direct(*args, *one, g, True, group, 1)
