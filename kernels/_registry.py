@@ -21,7 +21,7 @@ _KNOWN: dict[str, str] = {
     "python": "fastconv.kernels.python_backend",
 }
 # Preference for the default backend, fastest first, as measured by `fastconv bench --full` on
-# the catnet step (docs/ladder.md, 2 threads: cython 43 ms, numba 48 ms, numpy 184 ms per batch
+# the catnet step (docs/ladder.md, 2 threads: cython 47 ms, numba 54 ms, numpy 209 ms per batch
 # of 32). cython also has nothing to compile at run time (numba: ~40 s on a machine's first run).
 PREFERENCE: tuple[str, ...] = ("cython", "numba", "numpy", "python")
 
