@@ -91,7 +91,10 @@ class TrainConfig:
     its horizontal mirror at evaluation time (stored in the model file). ``init``: where the
     feature layers start from — ``None`` (random, He initialisation), ``"pretrained"`` (the
     bundled CIFAR-10 backbone), a model file path, or ``"auto"``: pretrained for catvnoncat,
-    random for any other dataset (resolved by :func:`train_classifier`).
+    random for any other dataset (resolved by :func:`train_classifier`). ``average_epochs``: 0 = off;
+    N > 0 = the model :func:`fit` returns and saves is the uniform average of the weights after
+    every optimizer step of the last N epochs, its BatchNorm statistics recomputed on the training
+    images (stochastic weight averaging, Izmailov et al. 2018); needs ``patience`` 0.
     """
 
     epochs: int = 60
@@ -118,16 +121,24 @@ class TrainConfig:
     refit: bool = True
     init: str | None = "auto"
     backend: str | None = None
+    average_epochs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        for name in ("warmup_epochs", "patience", "max_shift", "seed", "width"):
+        for name in ("warmup_epochs", "patience", "max_shift", "seed", "width", "average_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if self.average_epochs > self.epochs:
+            raise ValueError(f"average_epochs: expected at most epochs ({self.epochs}), got {self.average_epochs}")
+        if self.average_epochs and self.patience:
+            raise ValueError(
+                f"average_epochs {self.average_epochs} needs the whole schedule: set patience to 0 "
+                f"(got {self.patience})"
+            )
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -178,6 +189,9 @@ class FitResult:
     message: str = ""
     seconds: float = 0.0
     checkpoint: Path | None = None
+    #: with ``config.average_epochs``: first and last epoch averaged, optimizer steps averaged, and
+    #: the averaged model's validation loss / accuracy / F1 (NaN without a validation split)
+    averaged: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,11 +381,11 @@ def fit(
         min_lr=config.min_lr,
     )
     val_inputs = transform(x_val) if has_val else None
-    val_loss_fn = _make_loss(num_outputs)
 
     result = FitResult()
     best_key: tuple[float, float] | None = None
     since_best = 0
+    averager = WeightAverage(model.parameters()) if config.average_epochs else None
     t_start = time.perf_counter()
     bar = _progress(config.epochs * steps_per_epoch, progress)
     try:
@@ -397,6 +411,8 @@ def fit(
                 model.backward(loss_fn.backward())
                 optimizer.step()
                 schedule.step()
+                if averager is not None and epoch > config.epochs - config.average_epochs:
+                    averager.add()
                 loss_sum += loss * len(yb)
                 correct += int((_predicted(np.asarray(logits)) == yb).sum())
                 seen += len(yb)
@@ -413,13 +429,8 @@ def fit(
                 "val_f1": float("nan"),
             }
             if has_val:
-                vlogits = predict_logits(model, val_inputs, tta=config.tta)
-                vloss = float(val_loss_fn.forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
-                vpred = _predicted(vlogits)
-                record["val_loss"] = vloss
-                record["val_accuracy"] = metrics.accuracy(y_val, vpred)
-                avg = "binary" if max(num_outputs, 2) == 2 else "macro"
-                record["val_f1"] = metrics.precision_recall_f1(y_val, vpred, average=avg)[2]
+                record.update(_validation_scores(model, val_inputs, y_val, config.tta))
+                vloss = record["val_loss"]
                 if not math.isfinite(vloss):
                     result.stopped = "diverged"
                     result.message = (
@@ -468,10 +479,93 @@ def fit(
         raise TrainingDiverged(result.message, result) from None
     finally:
         bar.close()
+    if averager is not None and averager.count:
+        _use_average(model, averager, x_train, transform, config, result)
+        scores = _validation_scores(model, val_inputs, y_val, config.tta) if has_val else {}
+        first = config.epochs - config.average_epochs + 1
+        result.averaged = {"first_epoch": first, "last_epoch": len(result.history), "steps": averager.count,
+                           "val_loss": float("nan"), "val_accuracy": float("nan"), "val_f1": float("nan"), **scores}
+        if log is not None:
+            log(f"weight average of epochs {first}-{len(result.history)} ({averager.count} steps)"
+                + (f": val_loss {scores['val_loss']:.4f}  val_acc {scores['val_accuracy']:.3f}" if scores else ""))
+        if out is not None:
+            # The average replaces the best epoch's checkpoint: it is the model this run produces.
+            record = {"epoch": len(result.history), **result.averaged}
+            meta = dict(metadata or {}, averaged=_json_floats(result.averaged))
+            _save_checkpoint(model, out / MODEL_FILE, meta, config, record)
+            result.checkpoint = out / MODEL_FILE
     result.seconds = time.perf_counter() - t_start
     if out is not None:
         _write_history(out, result, config)
     return result
+
+
+class WeightAverage:
+    """Running float64 sum of a list of Parameters' values (``add`` after each optimizer step);
+    ``mean(i)`` is parameter i's uniform average over the ``count`` additions."""
+
+    def __init__(self, params: Sequence) -> None:
+        self.params = list(params)
+        self.sums = [np.zeros(p.data.shape, np.float64) for p in self.params]
+        self.count = 0
+
+    def add(self) -> None:
+        for total, p in zip(self.sums, self.params):
+            total += p.data
+        self.count += 1
+
+    def mean(self, i: int) -> np.ndarray:
+        return self.sums[i] / self.count
+
+
+def _use_average(model, averager: WeightAverage, x_train, transform, config: TrainConfig, result: FitResult) -> None:
+    """Load the averaged weights into ``model`` and recompute its BatchNorm statistics.
+
+    The running statistics collected during training belong to the individual weights, not to
+    their average, so they are recomputed by one pass over the un-augmented training images.
+    """
+    for i, p in enumerate(averager.params):
+        p.data[...] = averager.mean(i).astype(p.data.dtype)
+    recompute_batchnorm(model, x_train, config.batch_size, transform=transform)
+
+
+def recompute_batchnorm(
+    model, inputs: np.ndarray, batch_size: int = 32, *, transform: Callable[[np.ndarray], np.ndarray] | None = None
+) -> None:
+    """Set every BatchNorm2d's running mean / variance to the average of the batch statistics of
+    ``inputs`` ((N, C, H, W) model inputs, or raw images mapped by ``transform`` one batch at a
+    time) in batches of ``batch_size``: batch b enters with momentum 1 / (b + 1), an equally
+    weighted cumulative average. Leaves the model in eval mode; the layers' momentum is restored."""
+    from .layers import BatchNorm2d
+
+    bns = [layer for layer in model.layers if isinstance(layer, BatchNorm2d)]
+    if not bns:
+        return
+    dtype = model.parameters()[0].data.dtype
+    saved = [bn.momentum for bn in bns]
+    model.train()
+    try:
+        for b, i in enumerate(range(0, len(inputs), batch_size)):
+            for bn in bns:
+                bn.momentum = 1.0 / (b + 1)
+            xb = inputs[i : i + batch_size]
+            model(np.ascontiguousarray(transform(xb) if transform is not None else xb, dtype=dtype))
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+        model.eval()
+
+
+def _validation_scores(model, val_inputs: np.ndarray, y_val: np.ndarray, tta: bool) -> dict:
+    """Validation loss (plain, unsmoothed), accuracy and F1 (binary, or macro over classes) of ``model``."""
+    num_outputs = _num_outputs(model)
+    dtype = model.parameters()[0].data.dtype
+    vlogits = predict_logits(model, val_inputs, tta=tta)
+    vloss = float(_make_loss(num_outputs).forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
+    vpred = _predicted(vlogits)
+    avg = "binary" if max(num_outputs, 2) == 2 else "macro"
+    return {"val_loss": vloss, "val_accuracy": metrics.accuracy(y_val, vpred),
+            "val_f1": metrics.precision_recall_f1(y_val, vpred, average=avg)[2]}
 
 
 class _Diverged(Exception):
@@ -500,6 +594,11 @@ def _json_float(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
 
 
+def _json_floats(d: dict) -> dict:
+    """``d`` with its float values made JSON-safe (NaN / inf -> None)."""
+    return {k: (_json_float(v) if isinstance(v, float) else v) for k, v in d.items()}
+
+
 def _write_history(out: Path, result: FitResult, config: TrainConfig, curves: bool = True) -> None:
     doc = {
         "config": config.to_dict(),
@@ -509,7 +608,8 @@ def _write_history(out: Path, result: FitResult, config: TrainConfig, curves: bo
         "stopped": result.stopped,
         "message": result.message,
         "seconds": result.seconds,
-        "epochs": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in result.history],
+        "averaged": None if result.averaged is None else _json_floats(result.averaged),
+        "epochs": [_json_floats(r) for r in result.history],
     }
     atomic_write_bytes(out / HISTORY_JSON, (json.dumps(doc, indent=2) + "\n").encode())
     buf = io.StringIO()

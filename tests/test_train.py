@@ -433,3 +433,98 @@ def test_compare_cv_pairs_predictions_by_image_and_rejects_other_data(data):
         compare_cv(a, fewer, name="fewer.json")
     with pytest.raises(ValueError, match=r"not a cv\.json"):
         compare_cv(a, {"accuracy": 0.9})
+
+
+# --- weight averaging (TrainConfig.average_epochs) ---------------------------------------------
+
+
+def test_weight_average_is_the_mean_of_the_last_epochs_steps_with_recomputed_batchnorm(data, tmp_path, monkeypatch):
+    """The averaged run's weights equal the float64 mean of an identical plain run's weights
+    after each step of the last N epochs (averaging must not change the trajectory), and its
+    BatchNorm statistics are those of the averaged weights on the training images."""
+    import fastconv.train as ftrain
+    from fastconv.layers import BatchNorm2d
+    from fastconv.train import recompute_batchnorm
+
+    x, y = data
+    norm = Normalizer().fit(x)
+    cfg = dict(epochs=5, val_fraction=0.0, batchnorm=True)
+    snapshots: list[list[np.ndarray]] = []
+    make = ftrain._make_optimizer
+
+    def recording(model, config):
+        opt = make(model, config)
+        inner = opt.step
+
+        def step():
+            inner()
+            snapshots.append([p.data.astype(np.float64) for p in opt.params])
+
+        opt.step = step
+        return opt
+
+    monkeypatch.setattr(ftrain, "_make_optimizer", recording)
+    plain = zoo.catnet(image_size=SIZE, width=4, seed=0, batchnorm=True)
+    fit(plain, x, y, config=tiny_config(**cfg), transform=norm, progress=False)
+    monkeypatch.setattr(ftrain, "_make_optimizer", make)
+    per_epoch = math.ceil(len(x) / 16)
+    assert len(snapshots) == 5 * per_epoch
+
+    avg = zoo.catnet(image_size=SIZE, width=4, seed=0, batchnorm=True)
+    result = fit(avg, x, y, config=tiny_config(average_epochs=2, **cfg), transform=norm, out_dir=tmp_path,
+                 progress=False)
+    last = snapshots[3 * per_epoch:]
+    assert result.averaged["steps"] == len(last) == 2 * per_epoch
+    assert (result.averaged["first_epoch"], result.averaged["last_epoch"]) == (4, 5)
+    for i, p in enumerate(avg.parameters()):
+        expected = np.mean([s[i] for s in last], axis=0)
+        np.testing.assert_allclose(p.data, expected, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(p.data, snapshots[-1][i]), "the average should differ from the last step"
+    # Its running statistics: a fresh recomputation on the same weights gives the same values,
+    # and they differ from the plain run's (collected along the trajectory, with momentum 0.1).
+    bns = [layer for layer in avg.layers if isinstance(layer, BatchNorm2d)]
+    stats = [(b.running_mean.copy(), b.running_var.copy()) for b in bns]
+    recompute_batchnorm(avg, norm(x), 16)
+    for b, (m, v) in zip(bns, stats):
+        np.testing.assert_allclose(b.running_mean, m, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b.running_var, v, rtol=1e-6, atol=1e-6)
+    plain_bn = next(layer for layer in plain.layers if isinstance(layer, BatchNorm2d))
+    assert not np.allclose(plain_bn.running_mean, bns[0].running_mean, rtol=1e-3)
+    # The checkpoint is the averaged model, and says so; the history records it.
+    loaded, meta = load_with_metadata(tmp_path / "model.npz")
+    for p, q in zip(loaded.parameters(), avg.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert meta["averaged"]["steps"] == 2 * per_epoch
+    assert json.loads((tmp_path / "history.json").read_text())["averaged"]["first_epoch"] == 4
+
+
+def test_recompute_batchnorm_averages_the_batch_statistics():
+    from fastconv.layers import BatchNorm2d, Flatten, Linear
+    from fastconv.train import recompute_batchnorm
+
+    rng = np.random.default_rng(3)
+    inputs = (rng.normal(size=(24, 3, 5, 4)) * [[[2.0]], [[0.5]], [[1.0]]] + [[[1.0]], [[-3.0]], [[0.0]]]).astype(
+        np.float32
+    )
+    bn = BatchNorm2d(3, momentum=0.1)
+    model = Sequential([bn, Flatten(), Linear(60, 1)])
+    model.train()
+    recompute_batchnorm(model, inputs, batch_size=8)
+    batches = inputs.astype(np.float64).reshape(3, 8, 3, 5, 4)
+    np.testing.assert_allclose(bn.running_mean, batches.mean(axis=(1, 3, 4)).mean(axis=0), rtol=1e-5)
+    unbiased = batches.transpose(0, 2, 1, 3, 4).reshape(3, 3, -1).var(axis=2, ddof=1)
+    np.testing.assert_allclose(bn.running_var, unbiased.mean(axis=0), rtol=1e-5)
+    assert bn.momentum == 0.1 and not bn.training
+    # The result does not depend on the statistics the layer had before.
+    bn.running_mean[:] = 50.0
+    recompute_batchnorm(model, inputs, batch_size=8)
+    np.testing.assert_allclose(bn.running_mean, batches.mean(axis=(1, 3, 4)).mean(axis=0), rtol=1e-5)
+
+
+def test_weight_averaging_config_is_checked():
+    with pytest.raises(ValueError, match="average_epochs: expected at most epochs"):
+        TrainConfig(epochs=10, average_epochs=11)
+    with pytest.raises(ValueError, match="set patience to 0"):
+        TrainConfig(epochs=10, average_epochs=5, patience=3)
+    with pytest.raises(ValueError, match="average_epochs"):
+        TrainConfig(average_epochs=-1)

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                         help="label smoothing of the targets (0 = none)")
     parser.add_argument(
+        "--average-epochs", type=int, default=d.average_epochs, metavar="N",
+        help="ship the uniform average of the weights over every step of the last N epochs, BatchNorm statistics "
+        "recomputed on the training images (stochastic weight averaging; needs --patience 0); 0 = off, the "
+        "best epoch's weights (docs/training.md has what it did in cross-validation)",
+    )
+    parser.add_argument(
         "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
     )
     parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
@@ -192,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         refit=refit,
         init=args.init,
         backend=backend,
+        average_epochs=args.average_epochs,
     )
     init = resolve_init(config.init, data.name)  # fails early on a missing file
     config.lr = resolve_lr(config.lr, init)
@@ -221,7 +228,12 @@ def run(args: argparse.Namespace) -> int:
     best = result.history[result.best_epoch - 1] if result.best_epoch else None
     if result.message:
         say(result.message)
-    line = f"done in {result.seconds:.1f} s: best epoch {result.best_epoch}"
+    if result.averaged is not None:
+        best = result.averaged  # the model written is the average, not an epoch
+        line = (f"done in {result.seconds:.1f} s: weight average of epochs {best['first_epoch']}-"
+                f"{best['last_epoch']}")
+    else:
+        line = f"done in {result.seconds:.1f} s: best epoch {result.best_epoch}"
     if best is not None and config.val_fraction > 0:
         line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
     written = ["model.npz", "history.json", "history.csv", "curves.png"]
