@@ -61,7 +61,8 @@ def conv_flags() -> dict[str, list[str]]:
       AVX2 + FMA; cython_backend loads it only on CPUs that have both.
     """
     keep_loops = ["-fdisable-tree-cunrolli"] if compiler_accepts(["-fdisable-tree-cunrolli"]) else []
-    flags = {"cython_conv": keep_loops}
+    # cython_norm's float64 lane sums are the same kind of fixed-size block.
+    flags = {"cython_conv": keep_loops, "cython_norm": keep_loops}
     if platform.machine().lower() in ("x86_64", "amd64") and compiler_accepts(["-mavx2", "-mfma"]):
         flags["cython_conv_avx2"] = [*keep_loops, "-mavx2", "-mfma"]
     return flags

@@ -6,7 +6,8 @@ What is measured (DESIGN.md, "How we measure"):
   :data:`POOL_WORKLOADS`, :data:`RELU_WORKLOADS`), plus small shapes on which the naive
   ``python`` backend finishes quickly (:data:`SMALL_WORKLOADS`).
 * **Kernels** (:data:`KERNELS`): conv forward, conv backward (dx, dw, db), conv forward+backward,
-  max/avg pooling forward and backward, relu forward and backward.
+  max/avg pooling forward and backward, relu forward and backward, batch norm forward and
+  backward (:data:`BN_WORKLOADS`).
 * **Timing**: one warm-up call per case (this is where Numba compiles or loads its cache), then
   ``repeats`` rounds; in each round every backend is timed once, in a rotating order, so that
   noise from other processes hits all backends alike. The figure is the median of the rounds.
@@ -14,7 +15,7 @@ What is measured (DESIGN.md, "How we measure"):
 * **Peak**: the median GFLOP/s of a 2048x2048x2048 numpy matrix product in the benchmark
   dtype, measured in the same run at the same thread count. Conv kernels report GFLOP/s and
   % of that peak (forward: 2*N*K*Ho*Wo*C*R*S FLOP; backward twice that). Memory-bound kernels
-  (pooling, relu) report GB/s of compulsory traffic instead.
+  (pooling, relu, batch norm) report GB/s of compulsory traffic instead.
 * **Naive python**: the ``python`` backend on a catnet workload runs on a batch of one image
   and its time is multiplied by the batch size ("scaled per image"); the report marks these.
 
@@ -129,11 +130,19 @@ POOL_WORKLOADS: tuple[PoolWorkload, ...] = (
 )
 #: relu on catnet's largest activation (after conv1 and conv2).
 RELU_WORKLOADS: tuple[EltWorkload, ...] = (EltWorkload("act1", BATCH, 16, 64, 64),)
+#: batch norm after catnet's convs (the default trainer's catnet has one per conv): conv1/conv2's
+#: activation, conv3's, conv4's.
+BN_WORKLOADS: tuple[EltWorkload, ...] = (
+    EltWorkload("act1", BATCH, 16, 64, 64),
+    EltWorkload("act3", BATCH, 32, 32, 32),
+    EltWorkload("act4", BATCH, 64, 16, 16),
+)
 #: Small shapes on which every backend, naive python included, runs the full batch quickly.
 SMALL_WORKLOADS: dict[str, Workload] = {
     "conv": ConvWorkload("small", 2, 3, 16, 16, 8),
     "pool": PoolWorkload("small", 2, 8, 16, 16),
     "relu": EltWorkload("small", 2, 8, 16, 16),
+    "bn": EltWorkload("small", 2, 8, 16, 16),
 }
 
 #: kernel name -> (family, human description). The family selects the workloads.
@@ -147,6 +156,8 @@ KERNELS: dict[str, tuple[str, str]] = {
     "avgpool_bwd": ("pool", "avg_pool2d backward"),
     "relu_fwd": ("relu", "relu forward"),
     "relu_bwd": ("relu", "relu backward"),
+    "bn_fwd": ("bn", "batch norm forward (batch statistics)"),
+    "bn_bwd": ("bn", "batch norm backward (dx, dweight, dbias)"),
 }
 
 
@@ -157,6 +168,8 @@ def workloads_for(kernel: str, *, full: bool = True) -> list[Workload]:
         big: Sequence[Workload] = CONV_WORKLOADS if full else CONV_WORKLOADS[:2]
     elif family == "pool":
         big = POOL_WORKLOADS if full and kernel.startswith("max") else POOL_WORKLOADS[:1]
+    elif family == "bn":
+        big = BN_WORKLOADS if full else BN_WORKLOADS[:1]
     else:
         big = RELU_WORKLOADS
     return [SMALL_WORKLOADS[family], *big]
@@ -188,6 +201,9 @@ def kernel_bytes(kernel: str, wl: Workload, itemsize: int) -> int:
         "avgpool_bwd": itemsize * (n_out + n_in),
         "relu_fwd": itemsize * 2 * n_in,
         "relu_bwd": itemsize * 3 * n_in,
+        # the statistics need x before y can be written: the compulsory traffic is still x in, y out
+        "bn_fwd": itemsize * 2 * n_in,
+        "bn_bwd": itemsize * 3 * n_in,
     }[kernel]
 
 
@@ -196,6 +212,8 @@ def kernel_bytes(kernel: str, wl: Workload, itemsize: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 COMPARE_ENGINES: tuple[str, ...] = ("torch",)
+#: BatchNorm2d's default eps, used by the batch-norm benchmarks.
+BN_EPS = 1e-5
 
 
 @dataclass
@@ -249,7 +267,13 @@ def make_inputs(kernel: str, wl: Workload, dtype: np.dtype | type = np.float32, 
         if kernel == "maxpool_bwd":
             inputs["argmax"] = _window_argmax(inputs["x"], wl.kernel)
         return inputs
-    return {"x": rand(wl.n, wl.c, wl.h, wl.w), "dy": rand(wl.n, wl.c, wl.h, wl.w)}
+    inputs = {"x": rand(wl.n, wl.c, wl.h, wl.w), "dy": rand(wl.n, wl.c, wl.h, wl.w)}
+    if kernel.startswith("bn_"):
+        inputs["w"], inputs["b"] = (1 + 0.1 * rand(wl.c)).astype(dtype), rand(wl.c)
+        # the statistics the backward receives: the batch's own, computed here in float64
+        inputs["mean"] = inputs["x"].mean(axis=(0, 2, 3), dtype=np.float64)
+        inputs["var"] = inputs["x"].var(axis=(0, 2, 3), dtype=np.float64)
+    return inputs
 
 
 def _window_argmax(x: np.ndarray, k: int) -> np.ndarray:
@@ -293,6 +317,12 @@ def make_case(kernel: str, wl: Workload, engine: str, dtype: np.dtype | type = n
             "maxpool_bwd": lambda: K.max_pool2d_backward(dy, inputs["argmax"], x.shape, backend=be),
             "avgpool_fwd": lambda: K.avg_pool2d_forward(x, kk, backend=be),
             "avgpool_bwd": lambda: K.avg_pool2d_backward(dy, x.shape, kk, backend=be),
+        }[kernel]
+    elif kernel.startswith("bn_"):
+        dy, w, b, mean, var = (inputs[k] for k in ("dy", "w", "b", "mean", "var"))
+        fn = {
+            "bn_fwd": lambda: K.batch_norm_forward(x, w, b, BN_EPS, backend=be),
+            "bn_bwd": lambda: K.batch_norm_backward(dy, x, w, mean, var, BN_EPS, True, backend=be),
         }[kernel]
     else:
         dy = inputs["dy"]
@@ -421,6 +451,21 @@ def _torch_case(kernel: str, wl: Workload, inputs: dict[str, np.ndarray]) -> Cas
             ),
             "avgpool_fwd": lambda: F.avg_pool2d(x, kk),
             "avgpool_bwd": lambda: aten.avg_pool2d_backward(dy, x, kk, kk, [0, 0], False, True, None),
+        }[kernel]
+    elif kernel.startswith("bn_"):
+        dy, w, b = t["dy"], t["w"], t["b"]
+        mean = t["mean"].to(x.dtype)
+        invstd = 1.0 / torch.sqrt(t["var"] + BN_EPS).to(x.dtype)
+
+        def bn_fwd() -> tuple:
+            y, m, rstd = aten.native_batch_norm(x, w, b, None, None, True, 0.0, BN_EPS)[:3]
+            return y, m, 1.0 / rstd**2 - BN_EPS  # torch returns 1 / sqrt(var + eps); the contract var
+
+        fn = {
+            "bn_fwd": bn_fwd,
+            "bn_bwd": lambda: aten.native_batch_norm_backward(
+                dy, x, w, None, None, mean, invstd, True, BN_EPS, [True, True, True]
+            ),
         }[kernel]
     else:
         dy = t["dy"]

@@ -545,6 +545,8 @@ class BatchNorm2d(Layer):
     and update ``running = (1 - momentum) * running + momentum * batch_stat`` (the running
     variance uses the unbiased batch variance, as PyTorch does). Eval: normalise with the running
     statistics. ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are exempt from weight decay.
+    The arithmetic is the kernels' ``batch_norm_forward`` / ``batch_norm_backward`` on the
+    layer's backend.
     """
 
     _param_names = ("weight", "bias")
@@ -566,7 +568,8 @@ class BatchNorm2d(Layer):
         self.bias = Parameter(np.zeros(self.num_features, self.dtype), "bias", decay=False)
         self.running_mean = np.zeros(self.num_features, self.dtype)
         self.running_var = np.ones(self.num_features, self.dtype)
-        self._cache: tuple[np.ndarray, np.ndarray, bool] | None = None
+        # (x, mean, var, training): the float64 statistics the forward used, for backward
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.num_features:
@@ -580,33 +583,29 @@ class BatchNorm2d(Layer):
                 raise ValueError(
                     f"BatchNorm2d: expected more than 1 value per channel when training, got input shape {x.shape}"
                 )
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
+            y, mean, var = K.batch_norm_forward(x, self.weight.data, self.bias.data, self.eps, backend=self.backend)
             mom = self.momentum
             self.running_mean *= 1.0 - mom
             self.running_mean += mom * mean
             self.running_var *= 1.0 - mom
             self.running_var += (mom * m / (m - 1)) * var
         else:
-            mean, var = self.running_mean, self.running_var
-        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        xhat = (x - mean.reshape(1, -1, 1, 1)) * invstd.reshape(1, -1, 1, 1)
-        self._cache = (xhat, invstd, self.training)
-        return xhat * self.weight.data.reshape(1, -1, 1, 1) + self.bias.data.reshape(1, -1, 1, 1)
+            y, mean, var = K.batch_norm_forward(
+                x, self.weight.data, self.bias.data, self.eps, self.running_mean, self.running_var, backend=self.backend
+            )
+        self._cache = (x, mean, var, self.training)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dx of dy's shape (N, C, H, W); adds to the weight and bias gradients."""
         self._need_cache(self._cache)
-        xhat, invstd, training = self._cache
-        self.weight.grad += (dy * xhat).sum(axis=(0, 2, 3))
-        self.bias.grad += dy.sum(axis=(0, 2, 3))
-        scale = (self.weight.data * invstd).reshape(1, -1, 1, 1)
-        if not training:
-            return dy * scale  # running statistics are constants
-        # The batch mean and variance depend on x: subtract their contributions.
-        m = dy.shape[0] * dy.shape[2] * dy.shape[3]
-        mean_dy = dy.sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1) / m
-        mean_dy_xhat = (dy * xhat).sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1) / m
-        return scale * (dy - mean_dy - xhat * mean_dy_xhat)
+        x, mean, var, training = self._cache
+        dx, dweight, dbias = K.batch_norm_backward(
+            dy, x, self.weight.data, mean, var, self.eps, training, backend=self.backend
+        )
+        self.weight.grad += dweight
+        self.bias.grad += dbias
+        return dx
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         c, h, w = _image_shape("BatchNorm2d", input_shape)

@@ -16,6 +16,9 @@ avg_pool2d_forward     x, kernel_size, stride, padding             y
 avg_pool2d_backward    dy, input_shape, kernel_size, stride, pad   dx
 relu_forward           x                                           y = max(x, 0)
 relu_backward          dy, x                                       dx = dy * (x > 0)
+batch_norm_forward     x, weight (C,), bias (C,), eps,             y, mean (C,), var (C,)
+                       [mean (C,), var (C,)]
+batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (C,), dbias (C,)
 =====================  ==========================================  =============================
 
 * ``Ho = floor((H + 2p - d(R-1) - 1) / s) + 1``; stride/padding/dilation are ints or pairs.
@@ -24,11 +27,21 @@ relu_backward          dy, x                                       dx = dy * (x 
 * ``argmax[n, c, i, j]`` is the flat index ``h * W + w`` of the winning input element in
   plane ``x[n, c]``. Ties: the first maximum in row-major window order wins. NaN wins over
   any number (the first NaN in window order), so NaN propagates as in PyTorch.
+* Batch normalisation, per channel c over (n, h, w): ``y = (x - mean) / sqrt(var + eps) *
+  weight + bias``. Without mean/var (training) they are the batch mean and *biased* variance
+  (two passes: the variance sums squares of ``x - mean``); with them (inference: running
+  statistics) they are used as given. mean and var are float64 in and out; every other output
+  has x's dtype. Backward, with ``xhat = (x - mean) / sqrt(var + eps)`` and M = N*H*W:
+  ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``, and ``dx = weight / sqrt(var + eps) *
+  (dy - dbias / M - xhat * dweight / M)`` when the statistics were the batch's (``training``),
+  else the same without the two mean terms.
 * Outputs have the input dtype. float64 agrees with the ``python`` reference to ~1e-10
   relative; float32 agrees with float64 within the tolerance documented in ``tests/``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -62,6 +75,8 @@ __all__ = [
     "avg_pool2d_backward",
     "avg_pool2d_forward",
     "backend_errors",
+    "batch_norm_backward",
+    "batch_norm_forward",
     "conv2d_backward",
     "conv2d_forward",
     "conv2d_geometry",
@@ -245,3 +260,91 @@ def relu_backward(dy: np.ndarray, x: np.ndarray, *, backend: str | None = None) 
     if x.size == 0:
         return np.zeros(x.shape, x.dtype)
     return get_backend(backend).relu_backward(dy, x)
+
+
+def _norm_args(
+    x: np.ndarray, weight: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None, training: bool
+) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
+    """Shared checks of the batch-norm ops: weight (C,) of x's dtype, eps, the statistics (C,)."""
+    c = x.shape[1]
+    weight = as_float_array("weight", weight, 1)
+    same_dtype(x=x, weight=weight)
+    require_shape("weight", weight, (c,), "one value per channel of x")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (0 < eps < math.inf):
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    stats = []
+    for name, value in (("mean", mean), ("var", var)):
+        if value is None:
+            stats.append(None)
+            continue
+        value = as_float_array(name, value, 1).astype(np.float64, copy=False)
+        require_shape(name, value, (c,), "one value per channel of x")
+        stats.append(value)
+    if (stats[0] is None) != (stats[1] is None):
+        raise ValueError("mean and var: expected both (given statistics) or neither (batch statistics)")
+    if stats[1] is not None and bool(np.any(stats[1] < 0)):
+        raise ValueError(f"var: expected variances >= 0, got a minimum of {float(np.nanmin(stats[1]))}")
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    if training and m <= 1:
+        raise ValueError(
+            f"x: expected more than 1 value per channel for batch statistics (N*H*W > 1), got shape {x.shape}"
+        )
+    return weight, float(eps), stats[0], stats[1]
+
+
+def batch_norm_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    eps: float = 1e-5,
+    mean: np.ndarray | None = None,
+    var: np.ndarray | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation, NCHW: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel.
+
+    x: (N, C, H, W) float32/float64; weight, bias: (C,) of x's dtype. mean and var: both None to
+    normalise with the batch statistics (training; needs N*H*W > 1), or both (C,) arrays (e.g.
+    running statistics; var >= 0). Returns ``(y, mean, var)``: y (N, C, H, W) of x's dtype, and
+    the float64 (C,) statistics used — the batch mean and *biased* variance when computed here.
+    """
+    x = as_float_array("x", x, 4)
+    training = mean is None and var is None
+    weight, eps, mean, var = _norm_args(x, weight, eps, mean, var, training)
+    bias = as_float_array("bias", bias, 1)
+    same_dtype(x=x, bias=bias)
+    require_shape("bias", bias, (x.shape[1],), "one value per channel of x")
+    if x.size == 0:
+        return np.zeros(x.shape, x.dtype), mean, var
+    return get_backend(backend).batch_norm_forward(x, weight, bias, eps, mean, var)
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float = 1e-5,
+    training: bool = True,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradient of batch_norm_forward. dy, x: (N, C, H, W), one float dtype; weight (C,); mean,
+    var: the (C,) statistics the forward used; ``training``: True when they were x's batch
+    statistics (they then depend on x, which adds two terms to dx). Returns ``(dx, dweight,
+    dbias)``: (N, C, H, W) and (C,) twice, all of x's dtype."""
+    dy = as_float_array("dy", dy, 4)
+    x = as_float_array("x", x, 4)
+    same_dtype(dy=dy, x=x)
+    require_shape("dy", dy, x.shape, "the shape of x")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if mean is None or var is None:
+        raise ValueError("mean and var: expected the (C,) statistics the forward pass used, got None")
+    weight, eps, mean, var = _norm_args(x, weight, eps, mean, var, bool(training))
+    if x.size == 0:
+        c = x.shape[1]
+        return np.zeros(x.shape, x.dtype), np.zeros(c, x.dtype), np.zeros(c, x.dtype)
+    return get_backend(backend).batch_norm_backward(dy, x, weight, mean, var, eps, bool(training))

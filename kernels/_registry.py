@@ -34,6 +34,8 @@ BACKEND_FUNCTIONS: tuple[str, ...] = (
     "avg_pool2d_backward",
     "relu_forward",
     "relu_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
 )
 
 _loaded: dict[str, ModuleType] = {}

@@ -10,6 +10,7 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
   AVX2 build is used when the CPU has it (``_conv_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
+* ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel.
 
 Safety: the compiled kernels run with bounds checks off, which is safe only because
 ``fastconv.kernels`` has validated every shape, dtype and layout before calling us. This layer
@@ -29,8 +30,9 @@ import os
 
 import numpy as np
 
-from . import _openmp, cython_conv, cython_pool, cython_relu
+from . import _openmp, cython_conv, cython_norm, cython_pool, cython_relu
 from ._geometry import Conv2dGeometry, Pool2dGeometry
+from ._norm import dx_constants
 from ._threads import get_num_threads, register_thread_hook
 
 
@@ -322,3 +324,42 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     dx = np.empty_like(x)
     cython_relu.relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _threads(x.size))
     return dx
+
+
+def batch_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    threads = _threads(c)
+    if mean is None:
+        mean, var = np.empty(c), np.empty(c)
+        cython_norm.batch_norm_stats(x3, mean, var, threads)
+    scale = (weight / np.sqrt(var + eps)).astype(x.dtype)
+    y = np.empty_like(x)
+    cython_norm.batch_norm_apply(x3, scale, mean.astype(x.dtype), bias, y.reshape(n, c, -1), threads)
+    return y, mean, var
+
+
+def batch_norm_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype."""
+    n, c = x.shape[:2]
+    x3, g = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    threads = _threads(c)
+    sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
+    mean_x = mean.astype(x.dtype)
+    cython_norm.batch_norm_grad_sums(g, x3, mean_x, sum_dy, sum_dy_xc, threads)
+    k0, k1, scale, dweight = dx_constants(weight, var, eps, sum_dy, sum_dy_xc, n * x3.shape[2], training)
+    dx = np.empty_like(x)
+    dt = x.dtype
+    if not training:
+        # dx = dy * scale alone: the fused formula's (x - mean) * 0 would turn an inf in x into NaN
+        zero = np.zeros(c, dt)
+        cython_norm.batch_norm_apply(g, scale.astype(dt), zero, zero, dx.reshape(n, c, -1), threads)
+        return dx, dweight.astype(dt), sum_dy.astype(dt)
+    cython_norm.batch_norm_dx(g, x3, mean_x, scale.astype(dt), k0.astype(dt), k1.astype(dt), dx.reshape(n, c, -1),
+                              threads)
+    return dx, dweight.astype(dt), sum_dy.astype(dt)

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._geometry import Conv2dGeometry, Pool2dGeometry
+from ._norm import dx_constants
 
 NAME = "numpy"
 DESCRIPTION = "vectorised numpy: im2col/col2im with stride tricks + one BLAS GEMM"
@@ -164,3 +165,60 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dx = dy where x > 0 else 0."""
     return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------ batch norm
+# The arrays are viewed as (N, C, H*W): every reduction then runs along contiguous rows (numpy's
+# pairwise / SIMD loops), and the N per-image row sums of a channel are added in float64.
+# Reducing over axes (0, 2, 3) at once, as x.mean / x.var do, strides through memory and
+# allocates more temporaries.
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 (C,): sum over n, s of a[n, c, s] * b[n, c, s].
+
+    The products are materialised and summed with numpy's pairwise summation. ``np.einsum`` would
+    skip the temporary (2x faster) but accumulates each row in float32 in order: a relative error
+    of 1e-4 on a channel of 3 million values, against 3e-8 here (measured)."""
+    return np.multiply(a, b).sum(axis=2).sum(axis=0, dtype=np.float64)
+
+
+@np.errstate(invalid="ignore")  # inf - inf = NaN is data here (the contract), not a warning
+def batch_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None (two passes)."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    if mean is None:
+        m = n * x3.shape[2]
+        mean = x3.sum(axis=2).sum(axis=0, dtype=np.float64) / m
+        y = x3 - mean.astype(x.dtype)[:, None]
+        var = _channel_dot(y, y) / m
+    else:
+        y = x3 - mean.astype(x.dtype)[:, None]
+    y *= (weight / np.sqrt(var + eps)).astype(x.dtype)[:, None]
+    y += bias[:, None]
+    return y.reshape(x.shape), mean, var
+
+
+@np.errstate(invalid="ignore")
+def batch_norm_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype; dx = (dy - k0 - (x - mean) * k1) * scale."""
+    n, c = x.shape[:2]
+    g = dy.reshape(n, c, -1)
+    centred = x.reshape(n, c, -1) - mean.astype(x.dtype)[:, None]
+    sum_dy = g.sum(axis=2).sum(axis=0, dtype=np.float64)
+    k0, k1, scale, dweight = dx_constants(weight, var, eps, sum_dy, _channel_dot(g, centred), g.shape[0] * g.shape[2],
+                                          training)
+    if training:
+        dx = centred  # reused: (x - mean) * k1 + k0, then dy minus that
+        dx *= k1.astype(x.dtype)[:, None]
+        dx += k0.astype(x.dtype)[:, None]
+        np.subtract(g, dx, out=dx)
+    else:
+        dx = g.copy()
+    dx *= scale.astype(x.dtype)[:, None]
+    return dx.reshape(x.shape), dweight.astype(x.dtype), sum_dy.astype(x.dtype)

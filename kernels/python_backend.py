@@ -188,3 +188,76 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     for i in range(fdy.size):
         dx[i] = fdy[i] if fx[i] > 0.0 else 0.0
     return dx.reshape(x.shape)
+
+
+def batch_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias per channel; batch statistics when mean is None.
+
+    The definition, channel by channel: sum the M = N*H*W values for the mean, then the squares
+    of their distances from it for the (biased) variance, then normalise every value.
+    """
+    n, c, h, w = x.shape
+    if mean is None:
+        m = n * h * w
+        mean, var = np.zeros(c), np.zeros(c)
+        for ch in range(c):
+            total = 0.0
+            for i in range(n):
+                for p in range(h):
+                    for q in range(w):
+                        total += float(x[i, ch, p, q])
+            mu = total / m
+            squares = 0.0
+            for i in range(n):
+                for p in range(h):
+                    for q in range(w):
+                        d = float(x[i, ch, p, q]) - mu
+                        squares += d * d
+            mean[ch], var[ch] = mu, squares / m
+    y = np.empty_like(x)
+    for ch in range(c):
+        mu, invstd = float(mean[ch]), 1.0 / math.sqrt(float(var[ch]) + eps)
+        gamma, beta = float(weight[ch]), float(bias[ch])
+        for i in range(n):
+            for p in range(h):
+                for q in range(w):
+                    y[i, ch, p, q] = (float(x[i, ch, p, q]) - mu) * invstd * gamma + beta
+    return y, mean, var
+
+
+def batch_norm_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx, dweight, dbias of batch_norm_forward.
+
+    With xhat = (x - mean) * invstd: y = weight * xhat + bias gives dbias = sum(dy) and
+    dweight = sum(dy * xhat). dx = weight * invstd * dy, plus, when mean and var were the batch's
+    own (``training``), the paths through them: every x moves the mean (-sum(dy) / M) and the
+    variance (-xhat * sum(dy * xhat) / M).
+    """
+    n, c, h, w = x.shape
+    m = n * h * w
+    dx = np.empty_like(x)
+    dweight, dbias = np.zeros(c, x.dtype), np.zeros(c, x.dtype)
+    for ch in range(c):
+        mu, invstd = float(mean[ch]), 1.0 / math.sqrt(float(var[ch]) + eps)
+        sum_dy = sum_dy_xhat = 0.0
+        for i in range(n):
+            for p in range(h):
+                for q in range(w):
+                    g = float(dy[i, ch, p, q])
+                    sum_dy += g
+                    sum_dy_xhat += g * (float(x[i, ch, p, q]) - mu) * invstd
+        dbias[ch], dweight[ch] = sum_dy, sum_dy_xhat
+        scale = float(weight[ch]) * invstd
+        for i in range(n):
+            for p in range(h):
+                for q in range(w):
+                    g = float(dy[i, ch, p, q])
+                    if training:
+                        xhat = (float(x[i, ch, p, q]) - mu) * invstd
+                        g = g - sum_dy / m - xhat * sum_dy_xhat / m
+                    dx[i, ch, p, q] = scale * g
+    return dx, dweight, dbias

@@ -288,3 +288,39 @@ def test_padding_beyond_the_index_range(backend):
         K.conv2d_forward(x, w, b, stride=2**62, padding=2**61, backend=backend)
     with pytest.raises(ValueError, match=r"padding: expected a padded input smaller than 2\*\*60"):
         K.avg_pool2d_forward(x, 2**62, 2**62, 2**61, backend=backend)
+
+
+def test_batch_norm_bad_arguments(backend):
+    x = np.ones((2, 3, 4, 4))
+    w, b, zeros, ones = np.ones(3), np.zeros(3), np.zeros(3), np.ones(3)
+    cases = [
+        (lambda: K.batch_norm_forward(x, np.ones(4), b), ValueError,
+         r"weight: expected shape \(3,\) \(one value per channel of x\), got \(4,\)"),
+        (lambda: K.batch_norm_forward(x, w, np.ones(2)), ValueError, r"bias: expected shape \(3,\)"),
+        (lambda: K.batch_norm_forward(x, w.astype(np.float32), b), TypeError,
+         "weight: expected dtype float64 to match x, got float32"),
+        (lambda: K.batch_norm_forward(x, w, b, 0.0), ValueError, "eps: expected a finite number > 0, got 0.0"),
+        (lambda: K.batch_norm_forward(x, w, b, float("nan")), ValueError, "eps: expected a finite number > 0"),
+        (lambda: K.batch_norm_forward(x, w, b, 1e-5, zeros, None), ValueError, "mean and var: expected both"),
+        (lambda: K.batch_norm_forward(x, w, b, 1e-5, zeros, -ones), ValueError,
+         r"var: expected variances >= 0, got a minimum of -1.0"),
+        (lambda: K.batch_norm_forward(x, w, b, 1e-5, np.zeros(2), ones), ValueError, r"mean: expected shape \(3,\)"),
+        (lambda: K.batch_norm_forward(x[:1, :, :1, :1], w, b), ValueError,
+         r"more than 1 value per channel for batch statistics \(N\*H\*W > 1\), got shape \(1, 3, 1, 1\)"),
+        (lambda: K.batch_norm_forward(x[0], w, b), ValueError, r"x: expected a 4-d array, got shape \(3, 4, 4\)"),
+        (lambda: K.batch_norm_backward(x[:, :, :2], x, w, zeros, ones), ValueError,
+         r"dy: expected shape \(2, 3, 4, 4\) \(the shape of x\), got \(2, 3, 2, 4\)"),
+        (lambda: K.batch_norm_backward(x, x, w, None, None), ValueError,
+         "mean and var: expected the .C,. statistics the forward pass used, got None"),
+        (lambda: K.batch_norm_backward(x, x, w, zeros, ones, 1e-5, 1), TypeError, "training: expected a bool, got int"),
+        (lambda: K.batch_norm_backward(x, x.astype(np.float32), w, zeros, ones), TypeError,
+         "x: expected dtype float64 to match dy, got float32"),
+        (lambda: K.batch_norm_backward(x[:1, :, :1, :1], x[:1, :, :1, :1], w, zeros, ones, 1e-5, True), ValueError,
+         "more than 1 value per channel"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()
+    # One value per channel is fine with given statistics (inference on a single 1x1 image).
+    y, _, _ = K.batch_norm_forward(x[:1, :, :1, :1], w, b, 1e-5, zeros, ones, backend=backend)
+    np.testing.assert_allclose(y, np.full((1, 3, 1, 1), 1 / np.sqrt(1 + 1e-5)))

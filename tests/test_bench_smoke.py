@@ -26,6 +26,7 @@ TINY = {
     "conv": bench.ConvWorkload("tiny", 2, 3, 7, 6, 4),
     "pool": bench.PoolWorkload("tiny", 2, 3, 6, 4),
     "relu": bench.EltWorkload("tiny", 2, 3, 4, 5),
+    "bn": bench.EltWorkload("tiny", 2, 3, 4, 5),
 }
 
 
@@ -96,7 +97,22 @@ def reference(kernel, case):
         return (np.repeat(np.repeat(inp["dy"].astype(np.float64) / (k * k), k, axis=2), k, axis=3),)
     if kernel == "relu_fwd":
         return (np.maximum(x, 0),)
+    if kernel.startswith("bn_"):
+        return ref_batch_norm(kernel, inp)
     return (np.where(x > 0, inp["dy"], 0),)
+
+
+def ref_batch_norm(kernel, inp):
+    """The textbook formulas in float64; backward from the chain rule through the batch statistics."""
+    x, dy, w, b = (inp[k].astype(np.float64) for k in ("x", "dy", "w", "b"))
+    axes, c = (0, 2, 3), (None, slice(None), None, None)
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    xhat = (x - mean[c]) / np.sqrt(var[c] + bench.BN_EPS)
+    if kernel == "bn_fwd":
+        return xhat * w[c] + b[c], mean, var
+    dxhat = dy * w[c]
+    dx = (dxhat - dxhat.mean(axis=axes)[c] - xhat * (dxhat * xhat).mean(axis=axes)[c]) / np.sqrt(var[c] + bench.BN_EPS)
+    return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
 
 
 def _cases():
@@ -123,7 +139,8 @@ def test_kernel_body_computes_the_reference(kernel, engine, dtype):
         if np.issubdtype(w.dtype, np.integer):
             np.testing.assert_array_equal(g, w)  # argmax: exact
         else:
-            assert g.dtype == dtype
+            # batch norm's statistics are float64 in the contract (torch keeps x's dtype)
+            assert g.dtype == dtype or (kernel == "bn_fwd" and g.shape == (wl.c,))
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
 
 

@@ -281,6 +281,138 @@ def test_nan_and_inf_propagate(backend, dtype):
     assert np.isnan(r[0, 0, 1, 1]) and np.isposinf(r[0, 1, 4, 4])
 
 
+# --------------------------------------------------------------------------- batch norm
+
+# (N, C, H, W): H*W below, at and above the cython kernel's 8 summing lanes, batch 1, H or W 1.
+BN_SHAPES = [(2, 3, 5, 7), (1, 2, 1, 9), (4, 1, 3, 3), (3, 5, 2, 1), (2, 3, 4, 8), (1, 2, 6, 17)]
+
+
+def _bn_args(rng, shape, dtype=np.float64):
+    x = rng.standard_normal(shape) * 2 + 3  # a mean of 3: the centring matters
+    c = shape[1]
+    return x.astype(dtype), _rand(rng, (c,), dtype), _rand(rng, (c,), dtype)
+
+
+def _running_stats(rng, c):
+    return rng.standard_normal(c), rng.uniform(0.1, 3.0, c)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_reference_is_the_textbook_formula(rng, shape):
+    x, w, b = _bn_args(rng, shape)
+    y, mean, var = K.batch_norm_forward(x, w, b, 1e-3, backend="python")
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2, 3)), rtol=1e-12)
+    expected = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-3)
+    np.testing.assert_allclose(y, expected * w[:, None, None] + b[:, None, None], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_matches_reference_float64(fast_backend, rng, shape):
+    x, w, b = _bn_args(rng, shape)
+    dy = _rand(rng, shape)
+    ref = K.batch_norm_forward(x, w, b, backend="python")
+    got = K.batch_norm_forward(x, w, b, backend=fast_backend)
+    assert got[1].dtype == got[2].dtype == np.float64
+    for name, g, r in zip(("y", "mean", "var"), got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12, err_msg=name)
+    stats = _running_stats(rng, shape[1])
+    np.testing.assert_allclose(
+        K.batch_norm_forward(x, w, b, 1e-3, *stats, backend=fast_backend)[0],
+        K.batch_norm_forward(x, w, b, 1e-3, *stats, backend="python")[0],
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    for training, (mean, var) in ((True, ref[1:]), (False, stats)):
+        got_g = K.batch_norm_backward(dy, x, w, mean, var, 1e-5, training, backend=fast_backend)
+        ref_g = K.batch_norm_backward(dy, x, w, mean, var, 1e-5, training, backend="python")
+        for name, g, r in zip(("dx", "dweight", "dbias"), got_g, ref_g):
+            # dx sums to ~0 per channel in training (cancellation): tolerance scaled to the largest value
+            np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-10 * np.abs(r).max(), err_msg=f"{name} {training}")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_gradients_numerically(backend, rng, training):
+    x, w, b = _bn_args(rng, (2, 3, 3, 4))
+    stats = () if training else _running_stats(rng, 3)
+    gy = _rand(rng, x.shape)
+
+    def loss() -> float:
+        # in training the statistics are recomputed from the perturbed x: their gradient paths count
+        return float(np.sum(K.batch_norm_forward(x, w, b, 1e-5, *stats, backend=backend)[0] * gy))
+
+    _, mean, var = K.batch_norm_forward(x, w, b, 1e-5, *stats, backend=backend)
+    dx, dw, db = K.batch_norm_backward(gy, x, w, mean, var, 1e-5, training, backend=backend)
+    assert_gradient(dx, numerical_gradient(loss, x), "batch norm dx")
+    assert_gradient(dw, numerical_gradient(loss, w), "batch norm dweight")
+    assert_gradient(db, numerical_gradient(loss, b), "batch norm dbias")
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 16, 16), (2, 5, 7, 9)])
+def test_batch_norm_float32_agrees_with_float64(backend, rng, shape):
+    """Stated tolerance: every float32 output within 1e-5 of the largest magnitude of the float64
+    result (the statistics: 1e-6 of the channel's mean / variance); measured errors are ~1e-7."""
+    x32, w32, b32 = _bn_args(rng, shape, np.float32)
+    dy32 = _rand(rng, shape, np.float32)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x32, w32, b32, dy32))
+    y64, m64, v64 = K.batch_norm_forward(x64, w64, b64, backend="python")
+    y32, m32, v32 = K.batch_norm_forward(x32, w32, b32, backend=backend)
+    assert y32.dtype == np.float32 and m32.dtype == v32.dtype == np.float64
+    assert_within(y32, y64, 1e-5 * np.abs(y64).max(), "float32 y")
+    assert_within(m32, m64, 1e-6 * np.abs(m64), "float32 mean")
+    assert_within(v32, v64, 1e-6 * v64, "float32 var")
+    for training in (True, False):
+        g32 = K.batch_norm_backward(dy32, x32, w32, m64, v64, 1e-5, training, backend=backend)
+        g64 = K.batch_norm_backward(dy64, x64, w64, m64, v64, 1e-5, training, backend="python")
+        for name, a, r in zip(("dx", "dweight", "dbias"), g32, g64):
+            assert a.dtype == np.float32
+            assert_within(a, r, 1e-5 * np.abs(r).max(), f"float32 {name} {training}")
+
+
+def test_batch_norm_nan_and_inf_propagate(backend, rng):
+    x, w, b = _bn_args(rng, (2, 3, 3, 3))
+    x[0, 0, 1, 1] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    y, mean, var = K.batch_norm_forward(x, w, b, backend=backend)
+    # batch statistics: a NaN or inf value makes its whole channel's mean / variance non-finite
+    assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all() and not np.isfinite(y[:, 2]).any()
+    assert np.isnan(mean[0]) and np.isposinf(mean[2]) and np.isfinite(mean[1])
+    assert np.isnan(var[0]) and np.isfinite(var[1])
+    ye = K.batch_norm_forward(x, w, b, 1e-5, *_running_stats(rng, 3), backend=backend)[0]
+    # given statistics: only the non-finite values themselves
+    assert np.isnan(ye[0, 0, 1, 1]) and np.isinf(ye[1, 2, 0, 0]) and np.isfinite(ye).sum() == ye.size - 2
+
+
+_bn_problem = st.fixed_dictionaries(
+    {
+        "shape": st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 19)),
+        "training": st.booleans(),
+        "eps": st.sampled_from([1e-5, 1e-3, 0.5]),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=_bn_problem)
+def test_property_batch_norm_matches_reference(fast_backend, p):
+    shape, training = p["shape"], p["training"]
+    if training and shape[0] * shape[2] * shape[3] == 1:
+        training = False  # batch statistics need two values per channel
+    rng = np.random.default_rng(p["seed"])
+    x, w, b = _bn_args(rng, shape)
+    dy = _rand(rng, shape)
+    stats = () if training else _running_stats(rng, shape[1])
+    ref = K.batch_norm_forward(x, w, b, p["eps"], *stats, backend="python")
+    got = K.batch_norm_forward(x, w, b, p["eps"], *stats, backend=fast_backend)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+    ref_g = K.batch_norm_backward(dy, x, w, ref[1], ref[2], p["eps"], training, backend="python")
+    got_g = K.batch_norm_backward(dy, x, w, ref[1], ref[2], p["eps"], training, backend=fast_backend)
+    for g, r in zip(got_g, ref_g):
+        np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-10 * max(1.0, np.abs(r).max()))
+
+
 # --------------------------------------------------------------------------- property tests
 
 _conv_problem = st.fixed_dictionaries(

@@ -506,3 +506,60 @@ def test_direct_backward_rejects_scratch_too_small_for_its_group():
     for group in (2, 0, -1):
         with pytest.raises(ValueError, match=r"group|scratch buffers"):
             conv.conv2d_backward_direct(*args, *one, g, True, group, 1)
+
+
+@SETTINGS
+@given(st.data())
+def test_batch_norm_any_arguments(data):
+    dtype = _dtype(data)
+    xs = _shape(data, ndim_ok=not _rarely(data, "wrong ndim"))
+    x = _make(data, xs, dtype)
+    c = xs[1] if len(xs) > 1 else 1
+    wrong = _rarely(data, "wrong channel count")
+    w = _make(data, (c + 1 if wrong else c,), data.draw(st.sampled_from([dtype, dtype, dtype, np.float64])))
+    b = _make(data, (c,), dtype)
+    training = data.draw(st.booleans(), label="training")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="stats seed"))
+    mean, var = rng.standard_normal(c), rng.uniform(0, 2, c) * (-1 if _rarely(data, "negative var") else 1)
+    stats = () if training else (mean, var)
+    eps = data.draw(_mostly(st.sampled_from([1e-5, 0.1]), st.sampled_from([0.0, -1.0, float("nan"), "1"])))
+    _check(K.batch_norm_forward, x, w, b, eps, *stats)
+    dy = _make(data, xs if not _rarely(data, "dy shape") else (*xs, 1), dtype)
+    _check(K.batch_norm_backward, dy, x, w, mean, var, eps, training)
+
+
+def test_cython_norm_kernels_check_shapes_themselves():
+    """The kernels are importable, so they check the shapes they index even though dispatch has."""
+    from fastconv.kernels import cython_norm
+
+    x, v3 = np.ones((2, 3, 4)), np.ones(3)
+    with pytest.raises(ValueError, match=r"var: expected shape \(3,\), got \(2,\)"):
+        cython_norm.batch_norm_stats(x, np.empty(3), np.empty(2), 1)
+    with pytest.raises(ValueError, match=r"y: expected shape \(2, 3, 4\), got \(2, 3, 5\)"):
+        cython_norm.batch_norm_apply(x, v3, v3, v3, np.empty((2, 3, 5)), 1)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(3,\)"):
+        cython_norm.batch_norm_apply(x, v3, v3, np.ones(2), np.empty_like(x), 1)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 3, 4\)"):
+        cython_norm.batch_norm_grad_sums(np.ones((1, 3, 4)), x, v3, np.empty(3), np.empty(3), 1)
+    with pytest.raises(ValueError, match=r"k1: expected shape \(3,\)"):
+        cython_norm.batch_norm_dx(x, x, v3, v3, v3, np.ones(2), np.empty_like(x), 1)
+    with pytest.raises(ValueError, match="expected N >= 1 and S >= 1"):
+        cython_norm.batch_norm_stats(np.ones((2, 3, 0)), np.empty(3), np.empty(3), 1)
+
+
+def test_large_batch_norm_crosses_the_parallel_threshold():
+    """Above 2**24 values the cython batch-norm kernels run channels on OpenMP threads."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 3, 1500, 2000), dtype=np.float32) + 2).astype(np.float32)
+    assert x.size > 2**24
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    w, b = np.array([1.0, 2.0, -1.0], np.float32), np.array([0.0, 1.0, 2.0], np.float32)
+    y, mean, var = K.batch_norm_forward(x, w, b, backend="cython")
+    yr, mr, vr = K.batch_norm_forward(x, w, b, backend="numpy")
+    np.testing.assert_allclose(mean, mr, rtol=1e-6)
+    np.testing.assert_allclose(var, vr, rtol=1e-5)
+    np.testing.assert_allclose(y, yr, rtol=1e-5, atol=1e-5)
+    got = K.batch_norm_backward(dy, x, w, mean, var, backend="cython")
+    ref = K.batch_norm_backward(dy, x, w, mean, var, backend="numpy")
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()))

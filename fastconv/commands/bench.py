@@ -8,8 +8,9 @@ import math
 NAME = "bench"
 HELP = "benchmark the kernels and the catnet step on every backend (GFLOP/s, %% of peak, speedups)"
 DESCRIPTION = (
-    "Time conv forward/backward, max/avg pooling and relu on catnet's layers (batch 32) and a whole "
-    "catnet training step on every available backend, interleaved, median after warm-up. Reports ms, "
+    "Time conv forward/backward, max/avg pooling, relu and (with --full) batch norm on catnet's layers "
+    "(batch 32) and a whole catnet training step on every available backend, interleaved, median after "
+    "warm-up. Reports ms, "
     "GFLOP/s, % of the float matmul peak measured in the same run, speedup vs naive python loops "
     "(run on 1 image and scaled per image on catnet shapes) and vs numpy. The quick default finishes "
     "in under a minute on 2 cores; --full measures every kernel and workload and Numba's cold compile."
