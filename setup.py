@@ -65,6 +65,7 @@ def conv_flags() -> dict[str, list[str]]:
     flags = {"cython_conv": keep_loops, "cython_norm": keep_loops}
     if platform.machine().lower() in ("x86_64", "amd64") and compiler_accepts(["-mavx2", "-mfma"]):
         flags["cython_conv_avx2"] = [*keep_loops, "-mavx2", "-mfma"]
+        flags["cython_norm_avx2"] = [*keep_loops, "-mavx2", "-mfma"]
     return flags
 
 
@@ -79,8 +80,8 @@ def extensions() -> list[Extension]:
     exts = []
     for pyx in sorted(glob.glob(os.path.join("kernels", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
-        if name.startswith("cython_conv") and name not in extra:
-            continue  # the AVX2 build, on a machine or compiler that cannot make it
+        if name.endswith("_avx2") and name not in extra:
+            continue  # an AVX2 build, on a machine or compiler that cannot make it
         exts.append(
             Extension(
                 f"fastconv.kernels.{name}",

@@ -7,10 +7,11 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
   planes where they win (stride 1, see ``_use_direct``), else per-tile im2col + SciPy
   ``cython_blas`` GEMM, tiles distributed over OpenMP threads, each calling a single-threaded
   GEMM. Compiled twice: for baseline x86-64 and, as ``cython_conv_avx2``, for AVX2 + FMA; the
-  AVX2 build is used when the CPU has it (``_conv_module``);
+  AVX2 build is used when the CPU has it (``_simd_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
-* ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel.
+* ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel;
+  also built for AVX2 + FMA as ``cython_norm_avx2`` (``_simd_module``), like the conv kernels.
 
 Safety: the compiled kernels run with bounds checks off, which is safe only because
 ``fastconv.kernels`` has validated every shape, dtype and layout before calling us. This layer
@@ -26,6 +27,7 @@ thread hook keeps it at 1. numpy's own BLAS (a different library) is not touched
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -36,23 +38,24 @@ from ._norm import dx_constants
 from ._threads import get_num_threads, register_thread_hook
 
 
-def _conv_module():
-    """The build of cython_conv.pyx to run: the AVX2 + FMA one (cython_conv_avx2) when the CPU
-    supports it and it was built, else the baseline x86-64 (SSE2) one, which runs anywhere.
+def _simd_module(baseline, avx2_name: str):
+    """The build of a kernel module to run: its AVX2 + FMA build (``avx2_name``: cython_conv_avx2,
+    cython_norm_avx2) when the CPU supports it and it was built, else the baseline x86-64 (SSE2)
+    one, which runs anywhere.
 
     The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
     included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
-    forces the baseline build (to compare the two)."""
+    forces the baseline builds (to compare the two)."""
     if os.environ.get("FASTCONV_CYTHON_SIMD", "").lower() != "sse2" and cython_conv.cpu_has_avx2_fma():
         try:
-            from . import cython_conv_avx2
+            return importlib.import_module(f"{__package__}.{avx2_name}")
         except ImportError:  # built without it (non-x86 compiler, or one without -mavx2)
-            return cython_conv
-        return cython_conv_avx2
-    return cython_conv
+            return baseline
+    return baseline
 
 
-_conv = _conv_module()
+_conv = _simd_module(cython_conv, "cython_conv_avx2")
+_norm = _simd_module(cython_norm, "cython_norm_avx2")
 
 NAME = "cython"
 DESCRIPTION = (
@@ -335,10 +338,10 @@ def batch_norm_forward(
     threads = _threads(c)
     if mean is None:
         mean, var = np.empty(c), np.empty(c)
-        cython_norm.batch_norm_stats(x3, mean, var, threads)
+        _norm.batch_norm_stats(x3, mean, var, threads)
     scale = (weight / np.sqrt(var + eps)).astype(x.dtype)
     y = np.empty_like(x)
-    cython_norm.batch_norm_apply(x3, scale, mean.astype(x.dtype), bias, y.reshape(n, c, -1), threads)
+    _norm.batch_norm_apply(x3, scale, mean.astype(x.dtype), bias, y.reshape(n, c, -1), threads)
     return y, mean, var
 
 
@@ -351,15 +354,15 @@ def batch_norm_backward(
     threads = _threads(c)
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
     mean_x = mean.astype(x.dtype)
-    cython_norm.batch_norm_grad_sums(g, x3, mean_x, sum_dy, sum_dy_xc, threads)
+    _norm.batch_norm_grad_sums(g, x3, mean_x, sum_dy, sum_dy_xc, threads)
     k0, k1, scale, dweight = dx_constants(weight, var, eps, sum_dy, sum_dy_xc, n * x3.shape[2], training)
     dx = np.empty_like(x)
     dt = x.dtype
     if not training:
         # dx = dy * scale alone: the fused formula's (x - mean) * 0 would turn an inf in x into NaN
         zero = np.zeros(c, dt)
-        cython_norm.batch_norm_apply(g, scale.astype(dt), zero, zero, dx.reshape(n, c, -1), threads)
+        _norm.batch_norm_apply(g, scale.astype(dt), zero, zero, dx.reshape(n, c, -1), threads)
         return dx, dweight.astype(dt), sum_dy.astype(dt)
-    cython_norm.batch_norm_dx(g, x3, mean_x, scale.astype(dt), k0.astype(dt), k1.astype(dt), dx.reshape(n, c, -1),
+    _norm.batch_norm_dx(g, x3, mean_x, scale.astype(dt), k0.astype(dt), k1.astype(dt), dx.reshape(n, c, -1),
                               threads)
     return dx, dweight.astype(dt), sum_dy.astype(dt)

@@ -528,10 +528,45 @@ def test_batch_norm_any_arguments(data):
     _check(K.batch_norm_backward, dy, x, w, mean, var, eps, training)
 
 
-def test_cython_norm_kernels_check_shapes_themselves():
-    """The kernels are importable, so they check the shapes they index even though dispatch has."""
-    from fastconv.kernels import cython_norm
+def _norm_builds() -> dict:
+    """cython_norm's builds this machine can run: 'sse2' always, 'avx2+fma' when built and supported."""
+    if "cython" not in K.available_backends():
+        return {}
+    from fastconv.kernels import cython_conv, cython_norm
 
+    builds = {"sse2": cython_norm}
+    if cython_conv.cpu_has_avx2_fma():
+        with contextlib.suppress(ImportError):
+            from fastconv.kernels import cython_norm_avx2
+
+            builds["avx2+fma"] = cython_norm_avx2
+    return builds
+
+
+NORM_BUILDS = _norm_builds()
+
+
+def test_cython_norm_builds_agree():
+    """The SSE2 and AVX2 builds of the batch-norm kernels compute the same sums (float64: to rounding)."""
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((3, 4, 37)) + 2, rng.standard_normal((3, 4, 37))
+    results = []
+    for mod in NORM_BUILDS.values():
+        m, v, sg, sgx = np.empty(4), np.empty(4), np.empty(4), np.empty(4)
+        mod.batch_norm_stats(x, m, v, 1)
+        mod.batch_norm_grad_sums(dy, x, m, sg, sgx, 1)
+        results.append((m, v, sg, sgx))
+    np.testing.assert_allclose(results[0][0], x.mean(axis=(0, 2)), rtol=1e-13)
+    np.testing.assert_allclose(results[0][1], x.var(axis=(0, 2)), rtol=1e-12)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("build", list(NORM_BUILDS))
+def test_cython_norm_kernels_check_shapes_themselves(build):
+    """The kernels are importable, so they check the shapes they index even though dispatch has."""
+    cython_norm = NORM_BUILDS[build]
     x, v3 = np.ones((2, 3, 4)), np.ones(3)
     with pytest.raises(ValueError, match=r"var: expected shape \(3,\), got \(2,\)"):
         cython_norm.batch_norm_stats(x, np.empty(3), np.empty(2), 1)
