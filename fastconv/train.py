@@ -480,7 +480,7 @@ def fit(
     finally:
         bar.close()
     if averager is not None and averager.count:
-        _use_average(model, averager, x_train, transform, config, result)
+        _use_average(model, averager, x_train, transform, config)
         scores = _validation_scores(model, val_inputs, y_val, config.tta) if has_val else {}
         first = config.epochs - config.average_epochs + 1
         result.averaged = {"first_epoch": first, "last_epoch": len(result.history), "steps": averager.count,
@@ -518,7 +518,7 @@ class WeightAverage:
         return self.sums[i] / self.count
 
 
-def _use_average(model, averager: WeightAverage, x_train, transform, config: TrainConfig, result: FitResult) -> None:
+def _use_average(model, averager: WeightAverage, x_train, transform, config: TrainConfig) -> None:
     """Load the averaged weights into ``model`` and recompute its BatchNorm statistics.
 
     The running statistics collected during training belong to the individual weights, not to

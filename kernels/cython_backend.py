@@ -11,7 +11,7 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
 * ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel;
-  also built for AVX2 + FMA as ``cython_norm_avx2`` (``_simd_module``), like the conv kernels.
+  also built for AVX2 (without FMA: bit-identical) as ``cython_norm_avx2`` (``_simd_module``).
 
 Safety: the compiled kernels run with bounds checks off, which is safe only because
 ``fastconv.kernels`` has validated every shape, dtype and layout before calling us. This layer
@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import importlib
 import os
+from functools import partial
 
 import numpy as np
 
 from . import _openmp, cython_conv, cython_norm, cython_pool, cython_relu
 from ._geometry import Conv2dGeometry, Pool2dGeometry
-from ._norm import dx_constants
+from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads, register_thread_hook
 
 
 def _simd_module(baseline, avx2_name: str):
-    """The build of a kernel module to run: its AVX2 + FMA build (``avx2_name``: cython_conv_avx2,
-    cython_norm_avx2) when the CPU supports it and it was built, else the baseline x86-64 (SSE2)
-    one, which runs anywhere.
+    """The build of a kernel module to run: its AVX2 build (``avx2_name``: cython_conv_avx2, with
+    FMA; cython_norm_avx2, without) when the CPU has AVX2 + FMA and it was built, else the
+    baseline x86-64 (SSE2) one, which runs anywhere.
 
     The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
     included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
@@ -55,7 +56,7 @@ def _simd_module(baseline, avx2_name: str):
 
 
 _conv = _simd_module(cython_conv, "cython_conv_avx2")
-_norm = _simd_module(cython_norm, "cython_norm_avx2")
+_bn = _simd_module(cython_norm, "cython_norm_avx2")
 
 NAME = "cython"
 DESCRIPTION = (
@@ -332,37 +333,20 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None."""
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)
-    threads = _threads(c)
-    if mean is None:
-        mean, var = np.empty(c), np.empty(c)
-        _norm.batch_norm_stats(x3, mean, var, threads)
-    scale = (weight / np.sqrt(var + eps)).astype(x.dtype)
-    y = np.empty_like(x)
-    _norm.batch_norm_apply(x3, scale, mean.astype(x.dtype), bias, y.reshape(n, c, -1), threads)
-    return y, mean, var
+    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None (kernels/_norm.py)."""
+    t = _threads(x.shape[1])
+    return fused_forward(partial(_bn.batch_norm_stats, num_threads=t), partial(_bn.batch_norm_apply, num_threads=t),
+                         x, weight, bias, eps, mean, var)
 
 
 def batch_norm_backward(
     dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype."""
-    n, c = x.shape[:2]
-    x3, g = x.reshape(n, c, -1), dy.reshape(n, c, -1)
-    threads = _threads(c)
-    sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
-    mean_x = mean.astype(x.dtype)
-    _norm.batch_norm_grad_sums(g, x3, mean_x, sum_dy, sum_dy_xc, threads)
-    k0, k1, scale, dweight = dx_constants(weight, var, eps, sum_dy, sum_dy_xc, n * x3.shape[2], training)
-    dx = np.empty_like(x)
-    dt = x.dtype
-    if not training:
-        # dx = dy * scale alone: the fused formula's (x - mean) * 0 would turn an inf in x into NaN
-        zero = np.zeros(c, dt)
-        _norm.batch_norm_apply(g, scale.astype(dt), zero, zero, dx.reshape(n, c, -1), threads)
-        return dx, dweight.astype(dt), sum_dy.astype(dt)
-    _norm.batch_norm_dx(g, x3, mean_x, scale.astype(dt), k0.astype(dt), k1.astype(dt), dx.reshape(n, c, -1),
-                              threads)
-    return dx, dweight.astype(dt), sum_dy.astype(dt)
+    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype (kernels/_norm.py)."""
+    t = _threads(x.shape[1])
+    return fused_backward(
+        partial(_bn.batch_norm_grad_sums, num_threads=t),
+        partial(_bn.batch_norm_apply, num_threads=t),
+        partial(_bn.batch_norm_dx, num_threads=t),
+        dy, x, weight, mean, var, eps, training,
+    )

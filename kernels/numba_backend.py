@@ -31,7 +31,7 @@ from . import _numba_conv as cv
 from . import _numba_norm as nl
 from . import _numba_pool as pl
 from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
-from ._norm import dx_constants as _norm_dx_constants
+from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads
 
 NAME = "numba"
@@ -250,38 +250,17 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None."""
+    """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None (kernels/_norm.py)."""
     _sync_threads()
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)
-    if mean is None:
-        mean, var = np.empty(c), np.empty(c)
-        nl.bn_stats(x3, mean, var)
-    scale = (weight / np.sqrt(var + eps)).astype(x.dtype)
-    y = np.empty_like(x)
-    nl.bn_apply(x3, scale, mean.astype(x.dtype), bias, y.reshape(n, c, -1))
-    return y, mean, var
+    return fused_forward(nl.bn_stats, nl.bn_apply, x, weight, bias, eps, mean, var)
 
 
 def batch_norm_backward(
     dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype."""
+    """dx (N,C,H,W), dweight, dbias (C,) in x's dtype (kernels/_norm.py)."""
     _sync_threads()
-    n, c = x.shape[:2]
-    x3, g = x.reshape(n, c, -1), dy.reshape(n, c, -1)
-    sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
-    mean_x = mean.astype(x.dtype)
-    nl.bn_grad_sums(g, x3, mean_x, sum_dy, sum_dy_xc)
-    k0, k1, scale, dweight = _norm_dx_constants(weight, var, eps, sum_dy, sum_dy_xc, n * x3.shape[2], training)
-    dx = np.empty_like(x)
-    if not training:
-        # dx = dy * scale alone: the fused formula's (x - mean) * 0 would turn an inf in x into NaN
-        zero = np.zeros(c, x.dtype)
-        nl.bn_apply(g, scale.astype(x.dtype), zero, zero, dx.reshape(n, c, -1))
-        return dx, dweight.astype(x.dtype), sum_dy.astype(x.dtype)
-    nl.bn_dx(g, x3, mean_x, scale.astype(x.dtype), k0.astype(x.dtype), k1.astype(x.dtype), dx.reshape(n, c, -1))
-    return dx, dweight.astype(x.dtype), sum_dy.astype(x.dtype)
+    return fused_backward(nl.bn_grad_sums, nl.bn_apply, nl.bn_dx, dy, x, weight, mean, var, eps, training)
 
 
 # ---------------------------------------------------------------------------------- warm-up
