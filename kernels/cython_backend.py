@@ -254,7 +254,8 @@ def _conv_backward_direct(
         dx, dw_part, db_part, xbuf, dybuf, g, need_dx, group, nt,
     )  # fmt: skip
     # threads x lanes partial sums of each dW element, added up in float64
-    dw64 = dw_part.reshape(nt, -1, _conv.DW_LANES).sum(axis=(0, 2), dtype=np.float64)
+    dw64 = np.empty(g.k * g.c * taps, np.float64)
+    _conv.sum_dw_lanes(dw_part, dw64, _threads(dw64.size // 4096))
     if np.isnan(dw64).any():
         return None
     return (dx if need_dx else None), dw64.astype(dtype).reshape(g.w_shape), db_part.sum(axis=0).astype(dtype)

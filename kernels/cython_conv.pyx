@@ -674,3 +674,22 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
                                 qplane, hq, wq, top, left)
                 _correlate_image(&dybuf[tid, 0] + gi * dimg, g.k, qplane, wq, &wtpk[0], &offs_dx[0],
                                  ntaps, &zeros[0], &dx[n0 + gi, 0, 0, 0], g.c, g.h, g.w)
+
+
+def sum_dw_lanes(const floating[:, ::1] part, double[::1] out, int num_threads):
+    """out[e] = sum over threads t < T and lanes l < DW_LANES of part[t, e*DW_LANES + l], in float64:
+    the reduction of conv2d_backward_direct's dw_part (T, E*DW_LANES) to E = K*C*R*S sums.
+
+    numpy's ``part.reshape(T, E, DW_LANES).sum(axis=(0, 2), dtype=float64)`` gives the same sums
+    but runs a buffered, casting reduction over 8-element rows: on catnet's 32->64 layer it
+    took 0.9 ms of a 3.4 ms dW pass at two threads. Here each output is one short loop."""
+    cdef Py_ssize_t nthreads = part.shape[0], e, t, l, n = out.shape[0]
+    cdef double s
+    if n * MAXL > part.shape[1]:
+        raise ValueError(f"sum_dw_lanes: {n} sums need {n * MAXL} partials per thread, got {part.shape[1]}")
+    for e in prange(n, nogil=True, schedule="static", num_threads=num_threads):
+        s = 0
+        for t in range(nthreads):
+            for l in range(MAXL):
+                s = s + part[t, e * MAXL + l]
+        out[e] = s

@@ -508,6 +508,27 @@ def test_direct_backward_rejects_scratch_too_small_for_its_group():
             conv.conv2d_backward_direct(*args, *one, g, True, group, 1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sum_dw_lanes_adds_threads_and_lanes_in_float64(dtype, threads):
+    """The lane reduction of the direct dW pass equals a float64 sum over threads and lanes
+    (values chosen so that a float32 accumulator would lose the small ones), and partials
+    too short for the requested sums raise instead of being read past their end."""
+    from fastconv.kernels import cython_backend as cb
+
+    conv = cb._conv
+    lanes, sums = conv.DW_LANES, 1000
+    rng = np.random.default_rng(3)
+    part = (rng.standard_normal((threads, sums * lanes)) * 10.0 ** rng.integers(-6, 6, (threads, sums * lanes)))
+    part = part.astype(dtype)
+    out = np.empty(sums)
+    conv.sum_dw_lanes(part, out, threads)
+    want = part.astype(np.float64).reshape(threads, sums, lanes).sum(axis=(0, 2))
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12 * np.abs(part).max())
+    with pytest.raises(ValueError, match=r"1001 sums need"):
+        conv.sum_dw_lanes(part, np.empty(sums + 1), threads)
+
+
 @SETTINGS
 @given(st.data())
 def test_batch_norm_any_arguments(data):
