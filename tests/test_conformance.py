@@ -127,6 +127,39 @@ def test_pooling_matches_reference_float64(fast_backend, rng, xs, k, s, p):
     assert_within(da, da_ref, 2 * (g.kh * g.kw + 1) * 2.0**-53 * scale, "avg dx")
 
 
+@pytest.mark.parametrize("xs", [(2, 3, 7, 9), (1, 2, 6, 5), (3, 1, 2, 2), (1, 1, 3, 3), (2, 2, 8, 8)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_2x2_stride2_fast_path(fast_backend, rng, xs, dtype):
+    """2x2 windows, stride 2, no padding (cython has a dedicated loop for it): odd heights and
+    widths leave a last row / column in no window, whose dx must be 0. Cython sums in the
+    reference's order, so it must agree to the bit; its compiled backward is also run on a
+    NaN-filled dx to prove it writes every element (np.empty may hand out zeros by luck)."""
+    x = _rand(rng, xs, dtype)
+    x.flat[::5] = -0.0
+    y_ref = K.avg_pool2d_forward(x, 2, 2, 0, backend="python")
+    y = K.avg_pool2d_forward(x, 2, 2, 0, backend=fast_backend)
+    dy = _rand(rng, y.shape, dtype)
+    dx_ref = K.avg_pool2d_backward(dy, xs, 2, 2, 0, backend="python")
+    dx = K.avg_pool2d_backward(dy, xs, 2, 2, 0, backend=fast_backend)
+    if fast_backend == "cython":
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        from fastconv.kernels import cython_pool
+
+        filled = np.full(xs, np.nan, dtype)
+        cython_pool.avg_pool2d_backward(dy, filled, K.pool2d_geometry(xs, 2, 2, 0), 1)
+        np.testing.assert_array_equal(filled, dx_ref)
+    else:
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(y, y_ref, rtol=8 * eps, atol=8 * eps * np.abs(x).max())
+        np.testing.assert_allclose(dx, dx_ref, rtol=8 * eps, atol=0)
+    odd_h, odd_w = xs[2] % 2, xs[3] % 2
+    if odd_h:
+        assert not dx[:, :, -1, :].any()
+    if odd_w:
+        assert not dx[:, :, :, -1].any()
+
+
 def test_relu_matches_reference(fast_backend, rng):
     x = _rand(rng, (2, 3, 5, 7))
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
