@@ -144,8 +144,16 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y = window sum / (kh*kw) over the zero-padded input."""
     v = _windows(_pad(x, g.ph, g.pw, 0.0), g.kh, g.kw, g.sh, g.sw, 1, 1, g.ho, g.wo)
-    y = v.sum(axis=(2, 3)) / (g.kh * g.kw)
-    return np.ascontiguousarray(y, dtype=x.dtype)
+    # One whole-array add per tap (v[:, :, r, s] is a strided (N, C, Ho, Wo) view). Reducing
+    # the 6-d view over its axes (2, 3) in one call makes numpy run a tiny inner loop per
+    # window instead: 22 ms vs 1.9 ms on catnet's first pool (32, 16, 64, 64), one thread.
+    y = v[:, :, 0, 0].copy()
+    for r in range(g.kh):
+        for s in range(g.kw):
+            if r or s:
+                y += v[:, :, r, s]
+    y /= g.kh * g.kw
+    return y
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
