@@ -168,6 +168,12 @@ class Pool2dGeometry:
     def y_shape(self) -> tuple[int, int, int, int]:
         return (self.n, self.c, self.ho, self.wo)
 
+    @property
+    def is_2x2_stride2(self) -> bool:
+        """2x2 windows, stride 2, no padding (catnet's pools): non-overlapping windows, for which
+        the numba and cython backends have dedicated loops."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (2, 2, 2, 2, 0, 0)
+
 
 def pool2d_geometry(
     x_shape: tuple[int, ...],

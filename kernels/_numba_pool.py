@@ -197,6 +197,50 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, dx):
 
 
 @njit(cache=True, parallel=True)
+def avg_pool_fwd_2x2(x, y):
+    """avg_pool_fwd for the 2x2 window, stride 2, no padding: four fixed loads per output,
+    summed in float64 in the reference's order (from 0, row by row), so equal to it to the bit.
+    The general kernel's per-tap row passes over a float64 accumulator cost 3x more here."""
+    n_, c_ = x.shape[0], x.shape[1]
+    ho, wo = y.shape[2], y.shape[3]
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        for i in range(ho):
+            top = x[n, c, 2 * i]
+            bot = x[n, c, 2 * i + 1]
+            for j in range(wo):
+                acc = 0.0 + np.float64(top[2 * j])
+                acc += np.float64(top[2 * j + 1])
+                acc += np.float64(bot[2 * j])
+                acc += np.float64(bot[2 * j + 1])
+                y[n, c, i, j] = acc / 4.0
+
+
+@njit(cache=True, parallel=True)
+def avg_pool_bwd_2x2(dy, dx):
+    """dx (N,C,H,W), uninitialised: the 2x2 / stride-2 windows do not overlap, so each input
+    gets exactly one share, written directly; an odd plane's last row / column (in no window) 0."""
+    n_, c_ = dx.shape[0], dx.shape[1]
+    ho, wo = dy.shape[2], dy.shape[3]
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        for i in range(ho):
+            top = dx[n, c, 2 * i]
+            bot = dx[n, c, 2 * i + 1]
+            for j in range(wo):
+                share = np.float64(dy[n, c, i, j]) / 4.0
+                top[2 * j] = share
+                top[2 * j + 1] = share
+                bot[2 * j] = share
+                bot[2 * j + 1] = share
+            top[2 * wo:] = 0
+            bot[2 * wo:] = 0
+        dx[n, c, 2 * ho:] = 0
+
+
+@njit(cache=True, parallel=True)
 def relu_fwd(x, y):
     """y <- x where x > 0 or x is NaN, else 0; x, y flat (size,) arrays of one dtype."""
     for p in prange(x.size):

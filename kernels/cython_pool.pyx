@@ -46,6 +46,12 @@ cdef enum:
     PARALLEL_MIN = 1 << 24
 
 
+cdef inline bint _is_2x2(const PGeo* g) noexcept nogil:
+    # catnet's (and most CNNs') pooling: 2x2 windows, stride 2, no padding. The C twin of
+    # Pool2dGeometry.is_2x2_stride2 (kernels/_geometry.py), needed here without the GIL.
+    return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
+
+
 cdef inline void _clamp(Py_ssize_t start, Py_ssize_t k, Py_ssize_t size, Py_ssize_t* lo,
                         Py_ssize_t* hi) noexcept nogil:
     # taps [lo, hi) of a window starting at `start` (may be negative: padding) that lie in
@@ -125,7 +131,7 @@ cdef void _max_row_2x2(const floating* r0, const floating* r1, floating* yrow, i
 cdef void _max_plane(const floating* xp, floating* yp, int64_t* ap, const PGeo* g) noexcept nogil:
     cdef Py_ssize_t i, j, r, s, h0, w0, rlo, rhi, slo, shi, idx, best_idx
     cdef floating best
-    if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0:
+    if _is_2x2(g):
         for i in range(g.ho):
             _max_row_2x2(xp + 2 * i * g.w, xp + (2 * i + 1) * g.w, yp + i * g.wo, ap + i * g.wo,
                          g.wo, 2 * i * g.w, g.w)
@@ -175,11 +181,6 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const int64_t[:, :, :, 
         memset(dxp, 0, hw * sizeof(floating))
         for o in range(howo):
             dxp[ap[o]] += dyp[o]
-
-
-cdef inline bint _is_2x2(const PGeo* g) noexcept nogil:
-    # catnet's (and most CNNs') pooling: 2x2 windows, stride 2, no padding
-    return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
 
 
 cdef void _avg_plane_2x2(const floating* xp, floating* yp, const PGeo* g) noexcept nogil:

@@ -200,7 +200,7 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
     _sync_threads()
     y = np.empty(g.y_shape, x.dtype)
     argmax = np.empty(g.y_shape, np.int64)
-    if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0):
+    if g.is_2x2_stride2:
         pl.max_pool_fwd_2x2(x, y, argmax)
     else:
         pl.max_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y, argmax)
@@ -219,13 +219,20 @@ def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y (N,C,Ho,Wo) = window sum / (kh*kw)."""
     _sync_threads()
     y = np.empty(g.y_shape, x.dtype)
-    pl.avg_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y)
+    if g.is_2x2_stride2:
+        pl.avg_pool_fwd_2x2(x, y)
+    else:
+        pl.avg_pool_fwd(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, y)
     return y
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): dy / (kh*kw) spread over each window's real inputs."""
     _sync_threads()
+    if g.is_2x2_stride2:  # every element written by the kernel: no zeroing pass
+        dx = np.empty(g.x_shape, dy.dtype)
+        pl.avg_pool_bwd_2x2(dy, dx)
+        return dx
     dx = np.zeros(g.x_shape, dy.dtype)
     pl.avg_pool_bwd(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, dx)
     return dx

@@ -130,10 +130,10 @@ def test_pooling_matches_reference_float64(fast_backend, rng, xs, k, s, p):
 @pytest.mark.parametrize("xs", [(2, 3, 7, 9), (1, 2, 6, 5), (3, 1, 2, 2), (1, 1, 3, 3), (2, 2, 8, 8)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_avg_pool_2x2_stride2_fast_path(fast_backend, rng, xs, dtype):
-    """2x2 windows, stride 2, no padding (cython has a dedicated loop for it): odd heights and
-    widths leave a last row / column in no window, whose dx must be 0. Cython sums in the
-    reference's order, so it must agree to the bit; its compiled backward is also run on a
-    NaN-filled dx to prove it writes every element (np.empty may hand out zeros by luck)."""
+    """2x2 windows, stride 2, no padding (cython and numba have dedicated loops for it): odd
+    heights and widths leave a last row / column in no window, whose dx must be 0. Those two sum
+    in the reference's order, so they must agree to the bit; their compiled backward is also
+    run on a NaN-filled dx to prove it writes every element (np.empty may hand out zeros)."""
     x = _rand(rng, xs, dtype)
     x.flat[::5] = -0.0
     y_ref = K.avg_pool2d_forward(x, 2, 2, 0, backend="python")
@@ -141,13 +141,18 @@ def test_avg_pool_2x2_stride2_fast_path(fast_backend, rng, xs, dtype):
     dy = _rand(rng, y.shape, dtype)
     dx_ref = K.avg_pool2d_backward(dy, xs, 2, 2, 0, backend="python")
     dx = K.avg_pool2d_backward(dy, xs, 2, 2, 0, backend=fast_backend)
-    if fast_backend == "cython":
+    if fast_backend in ("cython", "numba"):
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(dx, dx_ref)
-        from fastconv.kernels import cython_pool
-
         filled = np.full(xs, np.nan, dtype)
-        cython_pool.avg_pool2d_backward(dy, filled, K.pool2d_geometry(xs, 2, 2, 0), 1)
+        if fast_backend == "cython":
+            from fastconv.kernels import cython_pool
+
+            cython_pool.avg_pool2d_backward(dy, filled, K.pool2d_geometry(xs, 2, 2, 0), 1)
+        else:
+            from fastconv.kernels import _numba_pool
+
+            _numba_pool.avg_pool_bwd_2x2(dy, filled)
         np.testing.assert_array_equal(filled, dx_ref)
     else:
         eps = np.finfo(dtype).eps
