@@ -69,6 +69,8 @@ def conv_flags() -> dict[str, list[str]]:
         # baseline one (same lanes, same operations), so results stay bit-identical across
         # builds and a trained model stays reproducible on both (tested).
         flags["cython_norm_avx2"] = [*keep_loops, "-mavx2", "-ffp-contract=off"]
+        # pooling: compares, selects and float64 sums are exact, so likewise bit-identical
+        flags["cython_pool_avx2"] = ["-mavx2", "-ffp-contract=off"]
     return flags
 
 

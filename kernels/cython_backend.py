@@ -9,6 +9,7 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
   GEMM. Compiled twice: for baseline x86-64 and, as ``cython_conv_avx2``, for AVX2 + FMA; the
   AVX2 build is used when the CPU has it (``_simd_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
+  also built for AVX2 (bit-identical: compares, selects, exact sums) as ``cython_pool_avx2``;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
 * ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel;
   also built for AVX2 (without FMA: bit-identical) as ``cython_norm_avx2`` (``_simd_module``).
@@ -41,7 +42,7 @@ from ._threads import get_num_threads, register_thread_hook
 
 def _simd_module(baseline, avx2_name: str):
     """The build of a kernel module to run: its AVX2 build (``avx2_name``: cython_conv_avx2, with
-    FMA; cython_norm_avx2, without) when the CPU has AVX2 + FMA and it was built, else the
+    FMA; cython_norm_avx2 and cython_pool_avx2, without) when the CPU has AVX2 + FMA and it was built, else the
     baseline x86-64 (SSE2) one, which runs anywhere.
 
     The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
@@ -57,6 +58,7 @@ def _simd_module(baseline, avx2_name: str):
 
 _conv = _simd_module(cython_conv, "cython_conv_avx2")
 _bn = _simd_module(cython_norm, "cython_norm_avx2")
+_pool = _simd_module(cython_pool, "cython_pool_avx2")
 
 NAME = "cython"
 DESCRIPTION = (
@@ -292,28 +294,28 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
     """(y, argmax int64) both (N,C,Ho,Wo); argmax = flat h*W + w, first max / first NaN wins."""
     y = np.empty(g.y_shape, x.dtype)
     argmax = np.empty(g.y_shape, np.int64)
-    cython_pool.max_pool2d_forward(x, y, argmax, g, _threads(g.n * g.c))
+    _pool.max_pool2d_forward(x, y, argmax, g, _threads(g.n * g.c))
     return y, argmax
 
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): dy scattered (added) to the argmax positions of each plane."""
     dx = np.empty(g.x_shape, dy.dtype)
-    cython_pool.max_pool2d_backward(dy, argmax, dx, g, _threads(g.n * g.c))
+    _pool.max_pool2d_backward(dy, argmax, dx, g, _threads(g.n * g.c))
     return dx
 
 
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y (N,C,Ho,Wo) = window sum / (kh*kw), padding counted as zeros."""
     y = np.empty(g.y_shape, x.dtype)
-    cython_pool.avg_pool2d_forward(x, y, g, _threads(g.n * g.c))
+    _pool.avg_pool2d_forward(x, y, g, _threads(g.n * g.c))
     return y
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): each dy element spread as dy/(kh*kw) over its window's real inputs."""
     dx = np.empty(g.x_shape, dy.dtype)
-    cython_pool.avg_pool2d_backward(dy, dx, g, _threads(g.n * g.c))
+    _pool.avg_pool2d_backward(dy, dx, g, _threads(g.n * g.c))
     return dx
 
 

@@ -584,6 +584,66 @@ def test_cython_norm_builds_agree():
             np.testing.assert_array_equal(a, b)
 
 
+def _pool_builds() -> dict:
+    """cython_pool's builds this machine can run: 'sse2' always, 'avx2' when built and supported."""
+    if "cython" not in K.available_backends():
+        return {}
+    from fastconv.kernels import cython_conv, cython_pool
+
+    builds = {"sse2": cython_pool}
+    if cython_conv.cpu_has_avx2_fma():
+        with contextlib.suppress(ImportError):
+            from fastconv.kernels import cython_pool_avx2
+
+            builds["avx2"] = cython_pool_avx2
+    return builds
+
+
+POOL_BUILDS = _pool_builds()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, k, s, p", [((2, 3, 9, 37), 2, 2, 0), ((1, 2, 64, 600), 2, 2, 0),
+                                            ((2, 2, 7, 8), 3, 2, 1), ((1, 3, 5, 6), (2, 3), 1, (1, 1))])
+def test_cython_pool_builds_agree(dtype, shape, k, s, p):
+    """Every build of the pooling kernels gives the python reference's max / argmax and
+    bit-identical averages (compares, selects and float64 sums are exact: the AVX2 build must
+    not change a bit), on planes with ties, NaN, -inf and rows longer than one 2x2 block."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-3, 4, shape).astype(dtype)  # small integers: many ties
+    x.flat[::17] = np.nan
+    x.flat[5::23] = -np.inf
+    g = K.pool2d_geometry(shape, k, s, p)
+    dy = rng.standard_normal(g.y_shape).astype(dtype)
+    y_ref, a_ref = K.max_pool2d_forward(x, k, s, p, backend="python")
+    avg_ref = K.avg_pool2d_forward(x, k, s, p, backend="python")
+    davg_ref = K.avg_pool2d_backward(dy, shape, k, s, p, backend="python")
+    dmax_ref = K.max_pool2d_backward(dy, a_ref, shape, backend="python")
+    assert POOL_BUILDS
+    got = {}
+    for name, mod in POOL_BUILDS.items():
+        y, a = np.empty(g.y_shape, dtype), np.empty(g.y_shape, np.int64)
+        mod.max_pool2d_forward(x, y, a, g, 1)
+        dx = np.empty(shape, dtype)
+        mod.max_pool2d_backward(dy, a_ref, dx, g, 1)
+        avg = np.empty(g.y_shape, dtype)
+        mod.avg_pool2d_forward(x, avg, g, 1)
+        davg = np.full(shape, np.nan, dtype)
+        mod.avg_pool2d_backward(dy, davg, g, 1)
+        got[name] = (y, a, dx, avg, davg)
+        np.testing.assert_array_equal(y, y_ref, err_msg=name)
+        np.testing.assert_array_equal(a, a_ref, err_msg=name)
+        np.testing.assert_array_equal(avg, avg_ref, err_msg=name)
+        # overlapping windows add several shares in x's dtype (the reference: float64)
+        tol = 4 * np.finfo(dtype).eps * np.abs(dy).max()
+        np.testing.assert_allclose(dx, dmax_ref, rtol=0, atol=tol, err_msg=name)
+        np.testing.assert_allclose(davg, davg_ref, rtol=0, atol=tol, err_msg=name)
+    first = next(iter(got.values()))
+    for name, arrays in got.items():
+        for one, other in zip(first, arrays):
+            np.testing.assert_array_equal(one, other, err_msg=f"{name} differs from sse2")
+
+
 @pytest.mark.parametrize("build", list(NORM_BUILDS))
 def test_cython_norm_kernels_check_shapes_themselves(build):
     """The kernels are importable, so they check the shapes they index even though dispatch has."""
