@@ -275,8 +275,9 @@ def compile_all(dtypes: tuple = (np.float32, np.float64), *, ladder: bool = Fals
     """Compile (or load from the cache) every kernel for each dtype; returns seconds per dtype.
 
     Calls each path on tiny inputs: stride-1 and strided conv forward/backward with and
-    without dx, both pools, ReLU; with ``ladder=True`` also every LADDER rung. The first run
-    on a machine measures compilation; later runs measure loading from the cache.
+    without dx, both pools (general and 2x2 / stride-2 kernels), ReLU, batch norm; with
+    ``ladder=True`` also every LADDER rung. The first run on a machine measures compilation;
+    later runs measure loading from the cache.
     """
     timings: dict[str, float] = {}
     for dt in dtypes:
@@ -295,10 +296,11 @@ def compile_all(dtypes: tuple = (np.float32, np.float64), *, ladder: bool = Fals
                 for rung in LADDER.values():
                     if rung is not _flat_rung or stride == 1:
                         rung(x, w, b, g)
-        pg = pool2d_geometry(x.shape, 2, 2, 1)
-        y, am = max_pool2d_forward(x, pg)
-        max_pool2d_backward(y, am, pg)
-        avg_pool2d_backward(avg_pool2d_forward(x, pg), pg)
+        for padding in (1, 0):  # the general pooling kernels, then the 2x2 / stride-2 ones
+            pg = pool2d_geometry(x.shape, 2, 2, padding)
+            y, am = max_pool2d_forward(x, pg)
+            max_pool2d_backward(y, am, pg)
+            avg_pool2d_backward(avg_pool2d_forward(x, pg), pg)
         relu_backward(x, relu_forward(x))
         one = np.ones(2, dtype)
         y, mu, var = batch_norm_forward(x, one, one, 1e-5, None, None)

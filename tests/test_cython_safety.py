@@ -23,6 +23,7 @@ Sizes are kept small so that every accepted case can be checked against the naiv
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 
 import fastconv.kernels as K
@@ -549,22 +550,21 @@ def test_batch_norm_any_arguments(data):
     _check(K.batch_norm_backward, dy, x, w, mean, var, eps, training)
 
 
-def _norm_builds() -> dict:
-    """cython_norm's builds this machine can run: 'sse2' always, 'avx2+fma' when built and supported."""
+def _module_builds(name: str) -> dict:
+    """The builds of kernels/<name>.pyx this machine can run: 'sse2' always, 'avx2' when its
+    AVX2 build (<name>_avx2, compiled without FMA) exists and the CPU supports it."""
     if "cython" not in K.available_backends():
         return {}
-    from fastconv.kernels import cython_conv, cython_norm
+    from fastconv.kernels import cython_conv
 
-    builds = {"sse2": cython_norm}
+    builds = {"sse2": importlib.import_module(f"fastconv.kernels.{name}")}
     if cython_conv.cpu_has_avx2_fma():
         with contextlib.suppress(ImportError):
-            from fastconv.kernels import cython_norm_avx2
-
-            builds["avx2+fma"] = cython_norm_avx2
+            builds["avx2"] = importlib.import_module(f"fastconv.kernels.{name}_avx2")
     return builds
 
 
-NORM_BUILDS = _norm_builds()
+NORM_BUILDS = _module_builds("cython_norm")
 
 
 def test_cython_norm_builds_agree():
@@ -584,22 +584,7 @@ def test_cython_norm_builds_agree():
             np.testing.assert_array_equal(a, b)
 
 
-def _pool_builds() -> dict:
-    """cython_pool's builds this machine can run: 'sse2' always, 'avx2' when built and supported."""
-    if "cython" not in K.available_backends():
-        return {}
-    from fastconv.kernels import cython_conv, cython_pool
-
-    builds = {"sse2": cython_pool}
-    if cython_conv.cpu_has_avx2_fma():
-        with contextlib.suppress(ImportError):
-            from fastconv.kernels import cython_pool_avx2
-
-            builds["avx2"] = cython_pool_avx2
-    return builds
-
-
-POOL_BUILDS = _pool_builds()
+POOL_BUILDS = _module_builds("cython_pool")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
