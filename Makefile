@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastconv-installed
 
-.PHONY: install demo test lint bench bench-full benchmarks docs annotate check-wheel clean
+.PHONY: install demo test lint bench bench-full benchmarks docs annotate check-wheel asan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ check-wheel: $(STAMP)  ## build a wheel; check nothing named `kernels` lands at 
 	rm -rf build/wheel build/wheel-site
 	$(BIN)/python -m pip wheel -q --no-deps -w build/wheel .
 	$(BIN)/python .ci/check_wheel.py build/wheel
+
+asan:  ## the Cython kernels built with AddressSanitizer (build/asan/), safety + conformance tests under it (gcc)
+	PYTHON=$(PYTHON) .ci/asan
 
 clean:
 	rm -rf build dist *.egg-info kernels/*.c kernels/*.so kernels/*.html
