@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def test_train_on_a_folder_then_evaluate_its_validation_split(capsys, tmp_path):
     best = hist["epochs"][hist["best_epoch"] - 1]
     assert doc["accuracy"] == pytest.approx(best["val_accuracy"])  # the same held-out images
     assert sum(map(sum, doc["confusion_matrix"])) == 4  # round(0.2 * 12) = 2 per class, 2 classes
+
+
+@pytest.mark.parametrize("refit", ["--refit", "--no-refit"])
+def test_train_prints_an_evaluate_command_that_works(capsys, tmp_path, refit):
+    # After a refit, model.npz has trained on the validation images and evaluate refuses its
+    # validation split; the hint must name the checkpoint that held them out.
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split(), refit)
+    assert code == 0, err
+    hint = re.search(r"^next: fastconv (evaluate .*)$", stdout, re.MULTILINE)
+    assert hint, stdout
+    argv = shlex.split(hint.group(1))
+    assert argv[argv.index("--model") + 1].endswith("model_val.npz" if refit == "--refit" else "model.npz")
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert "accuracy:" in stdout
 
 
 def test_train_cv_reports_pooled_held_out_scores_and_writes_them(capsys, tmp_path):

@@ -242,10 +242,7 @@ def run(args: argparse.Namespace) -> int:
         written += ["model_val.npz", "history_refit.json", "history_refit.csv"]
     print(line)
     print("wrote " + ", ".join(str(out / f) for f in written))
-    evaluate_hint = f"fastconv evaluate --model {out / 'model.npz'}"
-    if data.kind == "folder":
-        evaluate_hint += f" --data {data.name} --split val"
-    print(f"next: {evaluate_hint}")
+    print(f"next: {_evaluate_hint(out, data, config)}")
     return 0
 
 
@@ -302,3 +299,17 @@ def _cross_validate(args: argparse.Namespace, data, config, out: Path, say, othe
         atomic_write_text(out / "cv.json", json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out / 'cv.json'}")
     return 0
+
+
+def _evaluate_hint(out: Path, data, config) -> str:
+    """A `fastconv evaluate` command that works on what this run wrote: catvnoncat's test split for
+    catvnoncat; for a folder, the held-out validation images, which after a refit only
+    model_val.npz has not trained on (evaluate refuses model.npz's validation split then)."""
+    from shlex import quote
+
+    if data.kind != "folder":
+        return f"fastconv evaluate --model {quote(str(out / 'model.npz'))}"
+    if config.val_fraction <= 0:
+        return f"fastconv evaluate --model {quote(str(out / 'model.npz'))} --data FOLDER_OF_NEW_IMAGES"
+    model = "model_val.npz" if config.refit else "model.npz"
+    return f"fastconv evaluate --model {quote(str(out / model))} --data {quote(str(data.name))} --split val"
