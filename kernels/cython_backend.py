@@ -108,6 +108,23 @@ def _threads(tasks: int) -> int:
     return max(1, min(get_num_threads(), tasks))
 
 
+#: Element count from which the memory-bound kernels (ReLU, pooling, batch norm) use threads.
+#: Below it a second thread saves too little (ReLU on 2**19 values: ~0.08 ms on one thread) to
+#: pay for a parallel region. 2**19 is catnet's smallest activation, so all of catnet's are
+#: threaded: the DESIGN catnet step at 2 threads on an idle machine was faster than with ReLU
+#: and pooling serial in all 13 interleaved comparisons, by 0.3-6.4 ms (~39 against ~42 ms).
+#: On a busy machine an extra parallel region may wait for a descheduled thread: with libgomp's
+#: default spinning that made the step up to 2x slower; with the spin limit set in
+#: ``_threads._limit_openmp_spinning`` it is no slower than serial. docs/cython.md has the table.
+#: Read at each call (benchmarks and tests may change it).
+MEMORY_BOUND_PARALLEL_MIN = 1 << 19
+
+
+def _threads_memory_bound(tasks: int, elements: int) -> int:
+    """:func:`_threads`, but 1 below ``MEMORY_BOUND_PARALLEL_MIN`` elements (read at each call)."""
+    return _threads(tasks) if elements >= MEMORY_BOUND_PARALLEL_MIN else 1
+
+
 def _check_blas_sizes(g: Conv2dGeometry) -> None:
     """Raise ValueError when a GEMM size or leading dimension would not fit BLAS's C int.
 
@@ -295,42 +312,42 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
     """(y, argmax int64) both (N,C,Ho,Wo); argmax = flat h*W + w, first max / first NaN wins."""
     y = np.empty(g.y_shape, x.dtype)
     argmax = np.empty(g.y_shape, np.int64)
-    _pool.max_pool2d_forward(x, y, argmax, g, _threads(g.n * g.c))
+    _pool.max_pool2d_forward(x, y, argmax, g, _threads_memory_bound(g.n * g.c, x.size))
     return y, argmax
 
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): dy scattered (added) to the argmax positions of each plane."""
     dx = np.empty(g.x_shape, dy.dtype)
-    _pool.max_pool2d_backward(dy, argmax, dx, g, _threads(g.n * g.c))
+    _pool.max_pool2d_backward(dy, argmax, dx, g, _threads_memory_bound(g.n * g.c, dx.size))
     return dx
 
 
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y (N,C,Ho,Wo) = window sum / (kh*kw), padding counted as zeros."""
     y = np.empty(g.y_shape, x.dtype)
-    _pool.avg_pool2d_forward(x, y, g, _threads(g.n * g.c))
+    _pool.avg_pool2d_forward(x, y, g, _threads_memory_bound(g.n * g.c, x.size))
     return y
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): each dy element spread as dy/(kh*kw) over its window's real inputs."""
     dx = np.empty(g.x_shape, dy.dtype)
-    _pool.avg_pool2d_backward(dy, dx, g, _threads(g.n * g.c))
+    _pool.avg_pool2d_backward(dy, dx, g, _threads_memory_bound(g.n * g.c, dx.size))
     return dx
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """y = max(x, 0), any shape; NaN stays NaN."""
     y = np.empty_like(x)
-    cython_relu.relu_forward(x.reshape(-1), y.reshape(-1), _threads(x.size))
+    cython_relu.relu_forward(x.reshape(-1), y.reshape(-1), _threads_memory_bound(x.size, x.size))
     return y
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dx = dy where x > 0 else 0, any shape."""
     dx = np.empty_like(x)
-    cython_relu.relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _threads(x.size))
+    cython_relu.relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _threads_memory_bound(x.size, x.size))
     return dx
 
 
@@ -338,7 +355,7 @@ def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None (kernels/_norm.py)."""
-    t = _threads(x.shape[1])
+    t = _threads_memory_bound(x.shape[1], x.size)
     return fused_forward(partial(_bn.batch_norm_stats, num_threads=t), partial(_bn.batch_norm_apply, num_threads=t),
                          x, weight, bias, eps, mean, var)
 
@@ -347,7 +364,7 @@ def batch_norm_backward(
     dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx (N,C,H,W), dweight, dbias (C,) in x's dtype (kernels/_norm.py)."""
-    t = _threads(x.shape[1])
+    t = _threads_memory_bound(x.shape[1], x.size)
     return fused_backward(
         partial(_bn.batch_norm_grad_sums, num_threads=t),
         partial(_bn.batch_norm_apply, num_threads=t),

@@ -23,13 +23,13 @@ gcc may not split one sum into SIMD lanes itself (that reorders the additions; o
 reordering is ours, written out, and gcc vectorises the lane loop (the conv module's
 accumulator trick; setup.py builds this module with ``-fdisable-tree-cunrolli`` as well).
 
-Threads: channels are independent, so ``prange`` hands each thread whole channels. As for ReLU
-and pooling, small calls stay serial (a parallel region ends only when every thread has been
-scheduled; cython_relu.pyx has the stall this avoids on a loaded machine), but the bar is lower
-here, 2**19 values instead of 2**24: batch norm makes three or four passes, so a serial call on
-catnet's activations costs 0.5-2.6 ms, and two threads measured ~2x faster on all three of them
-(idle machine, AVX2 build: 0.77 / 1.53 ms forward / backward at 32x16x64x64 against 1.8 / 2.6
-serial; 0.19 / 0.31 against 0.43 / 0.52 at 32x64x16x16).
+Threads: channels are independent, so ``prange`` hands each thread whole channels (each
+channel's sums stay in one order, so the result does not depend on the thread count). Small
+calls stay serial: the caller passes num_threads = 1 below cython_backend's
+MEMORY_BOUND_PARALLEL_MIN (2**19 values, catnet's smallest batch-norm input). Two threads
+measured ~2x faster on all three of catnet's (idle machine, AVX2 build: 0.77 / 1.53 ms forward
+/ backward at 32x16x64x64 against 1.8 / 2.6 serial; 0.19 / 0.31 against 0.43 / 0.52 at
+32x64x16x16).
 """
 
 from cython cimport floating
@@ -37,7 +37,6 @@ from cython.parallel cimport prange
 
 cdef enum:
     LANES = 8
-    PARALLEL_MIN = 1 << 19  # values; catnet's smallest batch-norm input (32x64x16x16) is 2**19
 
 
 cdef void _check(str name, object a, tuple shape) except *:
@@ -89,7 +88,7 @@ def batch_norm_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] 
     if x.shape[0] < 1 or x.shape[2] < 1:
         raise ValueError(f"x: expected N >= 1 and S >= 1, got shape {(x.shape[0], x.shape[1], x.shape[2])}")
     for ch in prange(c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=x.shape[0] * c * x.shape[2] >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         _stats(x, ch, &mean[ch], &var[ch])
 
 
@@ -106,7 +105,7 @@ def batch_norm_apply(const floating[:, :, ::1] x, const floating[::1] scale, con
     if s == 0:
         return
     for ch in prange(c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=n * c * s >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         mu = mean[ch]
         a = scale[ch]
         b = bias[ch]
@@ -158,7 +157,7 @@ def batch_norm_grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1]
         sum_dy_xc[:] = 0.0
         return
     for ch in prange(c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=n * c * s >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         _grad_sums(dy, x, ch, mean[ch], &sum_dy[ch], &sum_dy_xc[ch])
 
 
@@ -178,7 +177,7 @@ def batch_norm_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, con
     if s == 0:
         return
     for ch in prange(c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=n * c * s >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         mu = mean[ch]
         a = scale[ch]
         b = k0[ch]

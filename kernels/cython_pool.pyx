@@ -16,6 +16,9 @@ makes them leave the interpreter (``cython -a`` shows the inner loops white):
   inner loops have no padding tests;
 * ``noexcept nogil`` bodies inside ``prange``: planes are independent, so threads never write
   the same element (backward scatters stay inside their own plane: race-free by construction).
+  The work on a plane is a ``cdef`` function whose locals are thread-private by construction:
+  inside a ``prange`` body Cython privatises only variables *assigned* there, not ones written
+  through a pointer (``_clamp(..., &lo, &hi)``), which shared them between threads.
 """
 
 from cython cimport floating
@@ -36,14 +39,8 @@ cdef PGeo _pgeo(object g):
     return out
 
 
-# Below this many input elements the kernel runs serially. These kernels are memory-bound and
-# fast (catnet's 2x2 max pool, 2M elements: 2.2 ms forward+backward on one thread). A parallel
-# region only finishes when every thread has been scheduled, and on a loaded machine (this one
-# is shared) the join waits for a descheduled thread: measured 47 ms with 2 threads vs 2.2 ms
-# serial at load ~8 on 2 cores. So threads are used only where the serial run is long enough
-# (16M elements and up) for that risk to pay off; conv, which is compute-bound, always uses them.
-cdef enum:
-    PARALLEL_MIN = 1 << 24
+# The caller (cython_backend) passes num_threads = 1 for calls too small to be worth a second
+# thread (its MEMORY_BOUND_PARALLEL_MIN); then no OpenMP team is started.
 
 
 cdef inline bint _is_2x2(const PGeo* g) noexcept nogil:
@@ -179,7 +176,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
     cdef PGeo g = _pgeo(geometry)
     cdef Py_ssize_t pl, hw = g.h * g.w, howo = g.ho * g.wo
     for pl in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=g.n * g.c * hw >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         _max_plane(&x[0, 0, 0, 0] + pl * hw, &y[0, 0, 0, 0] + pl * howo,
                    &argmax[0, 0, 0, 0] + pl * howo, &g)
 
@@ -193,7 +190,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const int64_t[:, :, :, 
     cdef const floating* dyp
     cdef const int64_t* ap
     for pl in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=g.n * g.c * hw >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         dxp = &dx[0, 0, 0, 0] + pl * hw
         dyp = &dy[0, 0, 0, 0] + pl * howo
         ap = &argmax[0, 0, 0, 0] + pl * howo
@@ -246,60 +243,68 @@ cdef void _avg_plane_2x2_backward(const floating* dyp, floating* dxp, const PGeo
         memset(dxp + 2 * g.ho * g.w, 0, (g.h - 2 * g.ho) * g.w * sizeof(floating))
 
 
+cdef void _avg_plane(const floating* xp, floating* yp, const PGeo* g) noexcept nogil:
+    """One plane of any average pool: window sums in double over the real inputs / (kh*kw)."""
+    # A function per plane, not loops written inside the prange: its locals are private to
+    # each thread by construction. (In a prange body Cython makes a variable thread-private
+    # only when it is assigned there; rlo/rhi/slo/shi are written through pointers by _clamp,
+    # so inline they were shared between threads - a race that read past planes.)
+    cdef Py_ssize_t i, j, r, s, h0, w0, rlo, rhi, slo, shi
+    cdef double acc, divisor = <double>(g.kh * g.kw)
+    for i in range(g.ho):
+        h0 = i * g.sh - g.ph
+        _clamp(h0, g.kh, g.h, &rlo, &rhi)
+        for j in range(g.wo):
+            w0 = j * g.sw - g.pw
+            _clamp(w0, g.kw, g.w, &slo, &shi)
+            acc = 0
+            for r in range(rlo, rhi):
+                for s in range(slo, shi):
+                    acc = acc + xp[(h0 + r) * g.w + w0 + s]
+            yp[i * g.wo + j] = <floating>(acc / divisor)
+
+
+cdef void _avg_plane_backward(const floating* dyp, floating* dxp, const PGeo* g) noexcept nogil:
+    """dx of one plane of any average pool: each dy element adds dy / (kh*kw) to its window."""
+    cdef Py_ssize_t i, j, r, s, h0, w0, rlo, rhi, slo, shi
+    cdef double divisor = <double>(g.kh * g.kw)
+    cdef floating share
+    memset(dxp, 0, g.h * g.w * sizeof(floating))
+    for i in range(g.ho):
+        h0 = i * g.sh - g.ph
+        _clamp(h0, g.kh, g.h, &rlo, &rhi)
+        for j in range(g.wo):
+            w0 = j * g.sw - g.pw
+            _clamp(w0, g.kw, g.w, &slo, &shi)
+            share = <floating>(dyp[i * g.wo + j] / divisor)
+            for r in range(rlo, rhi):
+                for s in range(slo, shi):
+                    dxp[(h0 + r) * g.w + w0 + s] += share
+
+
 def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                        object geometry, int num_threads):
     """y (N,C,Ho,Wo) = window sums / (kh*kw), accumulated in double; padding adds zeros."""
     cdef PGeo g = _pgeo(geometry)
-    cdef Py_ssize_t pl, i, j, r, s, h0, w0, rlo, rhi, slo, shi, hw = g.h * g.w, howo = g.ho * g.wo
-    cdef double acc, divisor = <double>(g.kh * g.kw)
-    cdef const floating* xp
-    cdef floating* yp
+    cdef Py_ssize_t pl, hw = g.h * g.w, howo = g.ho * g.wo
     cdef bint fast = _is_2x2(&g)
     for pl in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=g.n * g.c * hw >= PARALLEL_MIN):
-        xp = &x[0, 0, 0, 0] + pl * hw
-        yp = &y[0, 0, 0, 0] + pl * howo
+                     use_threads_if=num_threads > 1):
         if fast:
-            _avg_plane_2x2(xp, yp, &g)
-            continue
-        for i in range(g.ho):
-            h0 = i * g.sh - g.ph
-            _clamp(h0, g.kh, g.h, &rlo, &rhi)
-            for j in range(g.wo):
-                w0 = j * g.sw - g.pw
-                _clamp(w0, g.kw, g.w, &slo, &shi)
-                acc = 0
-                for r in range(rlo, rhi):
-                    for s in range(slo, shi):
-                        acc = acc + xp[(h0 + r) * g.w + w0 + s]
-                yp[i * g.wo + j] = <floating>(acc / divisor)
+            _avg_plane_2x2(&x[0, 0, 0, 0] + pl * hw, &y[0, 0, 0, 0] + pl * howo, &g)
+        else:
+            _avg_plane(&x[0, 0, 0, 0] + pl * hw, &y[0, 0, 0, 0] + pl * howo, &g)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                         object geometry, int num_threads):
     """dx (N,C,H,W): each dy element adds dy / (kh*kw) to every real input of its window."""
     cdef PGeo g = _pgeo(geometry)
-    cdef Py_ssize_t pl, i, j, r, s, h0, w0, rlo, rhi, slo, shi, hw = g.h * g.w, howo = g.ho * g.wo
-    cdef double divisor = <double>(g.kh * g.kw)
-    cdef floating share
-    cdef const floating* dyp
-    cdef floating* dxp
+    cdef Py_ssize_t pl, hw = g.h * g.w, howo = g.ho * g.wo
     cdef bint fast = _is_2x2(&g)
     for pl in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=g.n * g.c * hw >= PARALLEL_MIN):
-        dyp = &dy[0, 0, 0, 0] + pl * howo
-        dxp = &dx[0, 0, 0, 0] + pl * hw
+                     use_threads_if=num_threads > 1):
         if fast:
-            _avg_plane_2x2_backward(dyp, dxp, &g)
-            continue
-        memset(dxp, 0, hw * sizeof(floating))
-        for i in range(g.ho):
-            h0 = i * g.sh - g.ph
-            _clamp(h0, g.kh, g.h, &rlo, &rhi)
-            for j in range(g.wo):
-                w0 = j * g.sw - g.pw
-                _clamp(w0, g.kw, g.w, &slo, &shi)
-                share = <floating>(dyp[i * g.wo + j] / divisor)
-                for r in range(rlo, rhi):
-                    for s in range(slo, shi):
-                        dxp[(h0 + r) * g.w + w0 + s] += share
+            _avg_plane_2x2_backward(&dy[0, 0, 0, 0] + pl * howo, &dx[0, 0, 0, 0] + pl * hw, &g)
+        else:
+            _avg_plane_backward(&dy[0, 0, 0, 0] + pl * howo, &dx[0, 0, 0, 0] + pl * hw, &g)

@@ -12,15 +12,10 @@ The loop bodies are branch-free selects over contiguous memory that touch no Pyt
 from cython cimport floating
 from cython.parallel cimport prange
 
-# Below this many input elements the kernel runs serially. These kernels are memory-bound and
-# fast (relu on catnet's largest activation, 2M elements: ~0.3 ms on one thread). A parallel
-# region only finishes when every thread has been scheduled, and on a loaded machine (this one
-# is shared) the join waits for a descheduled thread: measured 47 ms with 2 threads vs 2.2 ms
-# serial at load ~8 on 2 cores. So threads are used only where the serial run is long enough
-# (16M elements and up) for that risk to pay off; see cython_pool.pyx for the measurement.
+# One parallel region per call; the caller (cython_backend) passes num_threads = 1 for arrays
+# too small to be worth a second thread (its MEMORY_BOUND_PARALLEL_MIN), and then no team starts.
 cdef enum:
     CHUNK = 16384  # elements per task
-    PARALLEL_MIN = 1 << 24
 
 
 def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
@@ -28,7 +23,7 @@ def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
     cdef Py_ssize_t size = x.shape[0], nchunks = (size + CHUNK - 1) // CHUNK, ch, i, hi
     cdef floating v
     for ch in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=size >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         hi = min(size, (ch + 1) * CHUNK)
         for i in range(ch * CHUNK, hi):
             v = x[i]
@@ -40,7 +35,7 @@ def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef Py_ssize_t size = x.shape[0], nchunks = (size + CHUNK - 1) // CHUNK, ch, i, hi
     cdef floating d
     for ch in prange(nchunks, nogil=True, schedule="static", num_threads=num_threads,
-                     use_threads_if=size >= PARALLEL_MIN):
+                     use_threads_if=num_threads > 1):
         hi = min(size, (ch + 1) * CHUNK)
         for i in range(ch * CHUNK, hi):
             # dy[i] is loaded unconditionally: written as `dy[i] if x[i] > 0 else 0`, the load

@@ -649,7 +649,7 @@ def test_cython_norm_kernels_check_shapes_themselves(build):
 
 
 def test_large_batch_norm_crosses_the_parallel_threshold():
-    """Above 2**24 values the cython batch-norm kernels run channels on OpenMP threads."""
+    """A large batch norm (2**24 values, far above MEMORY_BOUND_PARALLEL_MIN) on OpenMP threads."""
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((2, 3, 1500, 2000), dtype=np.float32) + 2).astype(np.float32)
     assert x.size > 2**24
@@ -664,3 +664,44 @@ def test_large_batch_norm_crosses_the_parallel_threshold():
     ref = K.batch_norm_backward(dy, x, w, mean, var, backend="numpy")
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()))
+
+
+def test_memory_bound_kernels_on_threads_give_the_serial_bits(monkeypatch):
+    """ReLU, pooling and batch norm take threads from cython_backend.MEMORY_BOUND_PARALLEL_MIN
+    elements on: threads own whole planes / chunks / channels, so the threaded result must be
+    bitwise the serial one (a race or a wrong plane offset would differ). The threshold is
+    lowered so that small, odd-sized arrays take the threaded path."""
+    from fastconv.kernels import _openmp
+    from fastconv.kernels import cython_backend as cb
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 5, 13, 11)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    dy_relu = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+
+    def run():
+        y, am = K.max_pool2d_forward(x, 3, 2, 1, backend="cython")
+        a = K.avg_pool2d_forward(x, 2, 2, 1, backend="cython")
+        bn, mean, var = K.batch_norm_forward(x, w, b, backend="cython")
+        return [
+            K.relu_forward(x, backend="cython"), K.relu_backward(dy_relu, x, backend="cython"),
+            y, am, K.max_pool2d_backward(np.ones_like(y), am, x.shape, backend="cython"),
+            a, K.avg_pool2d_backward(np.ones_like(a), x.shape, 2, 2, 1, backend="cython"),
+            bn, mean, var, *K.batch_norm_backward(dy_relu, x, w, mean, var, backend="cython"),
+        ]
+
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(2)
+        monkeypatch.setattr(cb, "MEMORY_BOUND_PARALLEL_MIN", 64)
+        assert cb._threads_memory_bound(15, x.size) == (2 if _openmp.openmp_enabled() else 1)
+        assert cb._threads_memory_bound(15, 63) == 1
+        threaded = run()
+        monkeypatch.setattr(cb, "MEMORY_BOUND_PARALLEL_MIN", 1 << 62)
+        assert cb._threads_memory_bound(15, x.size) == 1
+        serial = run()
+    finally:
+        K.set_num_threads(before)
+    for got, want in zip(threaded, serial, strict=True):
+        np.testing.assert_array_equal(got, want)
