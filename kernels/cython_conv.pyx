@@ -170,16 +170,20 @@ cdef void _col2im_tile(const floating* col, floating* dxn, Py_ssize_t p0, Py_ssi
 
 
 cdef inline const floating* _columns(const floating* xn, floating* buf, Py_ssize_t p0,
-                                     Py_ssize_t p1, bint pointwise, const Geo* g,
-                                     Py_ssize_t* ld) noexcept nogil:
-    """The column matrix (C*R*S, p1-p0) of output pixels [p0, p1) of image xn, row stride *ld:
-    x itself for a pointwise conv, else im2col'ed into buf."""
+                                     Py_ssize_t p1, bint pointwise, const Geo* g) noexcept nogil:
+    """The column matrix (C*R*S, p1-p0) of output pixels [p0, p1) of image xn, row stride
+    _columns_ld(...): x itself for a pointwise conv, else im2col'ed into buf."""
     if pointwise:
-        ld[0] = g.ho * g.wo
         return xn + p0
     _im2col_tile(xn, buf, p0, p1, g)
-    ld[0] = p1 - p0
     return buf
+
+
+cdef inline Py_ssize_t _columns_ld(Py_ssize_t p0, Py_ssize_t p1, bint pointwise, const Geo* g) noexcept nogil:
+    # Returned, not written through a pointer: inside a prange body Cython makes a variable
+    # thread-private only when it is assigned there (the row stride differs for an image's
+    # last, shorter tile, so a shared one was a race between threads).
+    return g.ho * g.wo if pointwise else p1 - p0
 
 
 cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
@@ -464,7 +468,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         n = t // ntiles
         p0 = (t % ntiles) * tile
         p1 = min(howo, p0 + tile)
-        a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g, &lda)
+        a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g)
+        lda = _columns_ld(p0, p1, pointwise, &g)
         # out (P, K) = col^T (P, CRS) @ W^T (CRS, K), i.e. column-major out^T (K x P) = W @ col.
         # Computing y's tile (K, P) directly (m = P, n = K) is the same product, but SciPy's
         # OpenBLAS runs it ~2x slower when the small dimension K is `n` rather than `m`
@@ -506,7 +511,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         p0 = 0
         while p0 < howo:
             p1 = min(howo, p0 + tile)
-            a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g, &lda)
+            a = _columns(&x[n, 0, 0, 0], &buf[tid, 0], p0, p1, pointwise, &g)
+            lda = _columns_ld(p0, p1, pointwise, &g)
             # dW^T (CRS, K) += col (CRS, P) @ dy[n][:, p0:p1]^T (P, K), i.e. column-major
             # (K x CRS) = dy_tile @ col^T. Transposed dW partials (the caller transposes their
             # sum once) because SciPy's OpenBLAS is ~2x faster with the small K as `m` (measured).

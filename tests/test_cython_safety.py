@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
+from pathlib import Path
 
 import fastconv.kernels as K
 import numpy as np
@@ -705,3 +707,36 @@ def test_memory_bound_kernels_on_threads_give_the_serial_bits(monkeypatch):
         K.set_num_threads(before)
     for got, want in zip(threaded, serial, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def _prange_bodies(source: str):
+    """(line number, body lines) of every ``for ... in prange(...)`` loop of a .pyx source."""
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\s*for .* in prange\(", line):
+            indent = len(line) - len(line.lstrip())
+            j = i + 1
+            while j < len(lines) and (lines[j - 1].rstrip().endswith((",", "(")) or not lines[j].strip()):
+                j += 1  # the prange(...) call's continuation lines
+            body = []
+            while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+                body.append(lines[j])
+                j += 1
+            yield i + 1, body
+
+
+def test_no_prange_body_writes_a_shared_local_through_a_pointer():
+    """Inside a prange body Cython makes a variable thread-private only when it is *assigned* in
+    the body; a local passed as ``&name`` to a function that writes it stays shared between
+    threads - a race (it broke the threaded average pool, and the GEMM path's row stride). So
+    every ``&local`` in a prange body must also be assigned there. Geometry structs (g) are
+    passed as const pointers and only read."""
+    read_only = {"g"}
+    offenders = []
+    for pyx in sorted((Path(__file__).resolve().parents[1] / "kernels").glob("*.pyx")):
+        for lineno, body in _prange_bodies(pyx.read_text(encoding="utf-8")):
+            text = "\n".join(body)
+            for name in set(re.findall(r"&(\w+)\b(?!\s*[\[.])", text)) - read_only:
+                if not re.search(rf"^\s*{name}\s*=[^=]", text, re.MULTILINE):
+                    offenders.append(f"{pyx.name}:{lineno}: &{name}")
+    assert not offenders, offenders
