@@ -374,30 +374,20 @@ def import_torch():
     """
     global _torch_wait_policy
     if "torch" not in sys.modules:
-        from fastconv.kernels import _threads
-
-        user_spin = "GOMP_SPINCOUNT" in os.environ and not _threads.openmp_spin_set_here
         if "OMP_WAIT_POLICY" in os.environ:
             _torch_wait_policy = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} set by the user"
-        elif user_spin:
-            _torch_wait_policy = f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']} set by the user"
         elif _openmp_runtime_loaded():
-            spin = os.environ.get("GOMP_SPINCOUNT")
             _torch_wait_policy = (
-                f"{'GOMP_SPINCOUNT=' + spin if spin else 'default'} (spinning): torch shares the OpenMP runtime "
-                "fastconv's kernels had already loaded, so OMP_WAIT_POLICY=PASSIVE could not apply"
+                "default (spinning): torch shares the OpenMP runtime fastconv's kernels had already loaded, "
+                "so OMP_WAIT_POLICY=PASSIVE could not apply"
             )
         else:
             _torch_wait_policy = "OMP_WAIT_POLICY=PASSIVE (its OpenMP threads sleep when idle)"
-            # libgomp lets GOMP_SPINCOUNT (here: fastconv's own, see kernels/_threads.py) override the policy
-            spin = os.environ.pop("GOMP_SPINCOUNT", None)
             os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
             try:
                 import torch
             finally:
                 del os.environ["OMP_WAIT_POLICY"]
-                if spin is not None:
-                    os.environ["GOMP_SPINCOUNT"] = spin
     import torch
 
     return torch

@@ -12,34 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-#: Busy-wait loops of an idle OpenMP thread before it sleeps, unless the user chose a policy.
-OPENMP_SPIN_COUNT = "10000"
-
-
-def _limit_openmp_spinning() -> None:
-    """Set ``GOMP_SPINCOUNT`` (libgomp, GCC's OpenMP) unless ``OMP_WAIT_POLICY`` or it is set.
-
-    An OpenMP thread that finishes its part of a parallel region spins before it sleeps: by
-    default 300,000 loops (milliseconds). That keeps it hot for the next kernel of a training
-    step, but when other processes compete for the cores the spinning thread burns the
-    timeslice that its descheduled team-mate needs to finish. Measured on this 2-core machine
-    with two busy processes beside a catnet training step (2 threads, cython): 137-319 ms per
-    step with the default, 92-130 ms with 10,000 loops (OMP_WAIT_POLICY=PASSIVE: 69-86 ms, but
-    slower on an idle machine; 10,000 loops cost nothing measurable there, ~40 ms either way).
-    libgomp reads the variable when it is loaded, i.e. with the first OpenMP kernel module; this
-    runs at ``import fastconv.kernels``, before any backend is imported. No effect if another
-    library loaded libgomp first.
-    """
-    global openmp_spin_set_here
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
-        openmp_spin_set_here = True
-
-
-#: True when ``GOMP_SPINCOUNT`` was set by fastconv, not by the user.
-openmp_spin_set_here = False
-_limit_openmp_spinning()
-
 _hooks: list[Callable[[int], None]] = []
 _num_threads: int | None = None
 _blas_limiter = None

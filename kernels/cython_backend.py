@@ -113,9 +113,9 @@ def _threads(tasks: int) -> int:
 #: pay for a parallel region. 2**19 is catnet's smallest activation, so all of catnet's are
 #: threaded: the DESIGN catnet step at 2 threads on an idle machine was faster than with ReLU
 #: and pooling serial in all 13 interleaved comparisons, by 0.3-6.4 ms (~39 against ~42 ms).
-#: On a busy machine an extra parallel region may wait for a descheduled thread: with libgomp's
-#: default spinning that made the step up to 2x slower; with the spin limit set in
-#: ``_threads._limit_openmp_spinning`` it is no slower than serial. docs/cython.md has the table.
+#: The price is on a busy machine, where every extra parallel region may wait for a descheduled
+#: thread while its team-mate spins (beside two busy processes: 140-319 ms against 121-152 ms
+#: serial); OMP_WAIT_POLICY=PASSIVE avoids it (~70 ms either way). docs/cython.md has the table.
 #: Read at each call (benchmarks and tests may change it).
 MEMORY_BOUND_PARALLEL_MIN = 1 << 19
 
