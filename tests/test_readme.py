@@ -36,7 +36,7 @@ def test_every_python_block_is_covered_below():
         assert sum(m in block for m in markers) == 1
 
 
-def test_kernel_example(monkeypatch):
+def test_kernel_example():
     before = fastconv.get_num_threads()
     try:
         ns = _run(_block("import fastconv.kernels as K"))
