@@ -53,12 +53,14 @@ __all__ = [
     "catvnoncat_mirrors",
     "download",
     "find_catvnoncat",
+    "is_cat_vs_rest",
     "is_catvnoncat_path",
     "iterate_minibatches",
     "load_catvnoncat",
     "load_image",
     "load_image_folder",
     "order_classes",
+    "same_task",
     "sha256_file",
     "train_val_split",
 ]
@@ -484,13 +486,34 @@ def _center_crop_to_aspect(img: np.ndarray, out_h: int, out_w: int) -> np.ndarra
     return img[:, left : left + cw]
 
 
+def _decode(p: Path, imread) -> np.ndarray:
+    """The decoded pixels of ``p`` as scikit-image's ``imread`` returns them, except CMYK.
+
+    A CMYK JPEG or TIFF (print-shop output, some scanners) also decodes to 4 channels, which
+    :func:`_to_rgb_float` would read as RGBA: the K (black) channel taken as opacity makes the
+    picture white. Pillow (which scikit-image's reader uses underneath) names the mode and
+    converts CMYK to RGB properly, so 4-channel results are checked with it."""
+    img = np.asarray(imread(p))
+    if img.ndim == 3 and img.shape[2] == 4:
+        from PIL import Image
+
+        try:
+            with Image.open(p) as im:
+                if im.mode == "CMYK":
+                    img = np.asarray(im.convert("RGB"))
+        except OSError:  # a format Pillow cannot open: keep scikit-image's decoding
+            pass
+    return img
+
+
 def load_image(path: str | Path, image_size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Decode one image file with scikit-image into float32 ``(3, H, W)`` in ``[0, 1]``.
 
     * greyscale -> the value copied to 3 channels; grey+alpha and RGBA -> composited on white
       (identical to dropping alpha for opaque images); palette images arrive as RGB;
       8/16-bit, bool and float images are scaled to [0, 1] by ``skimage.util.img_as_float``
-      (floats are clipped to [0, 1], NaN -> 0); animated images -> the first frame.
+      (floats are clipped to [0, 1], NaN -> 0); animated images -> the first frame; CMYK
+      (JPEG, TIFF) -> converted to RGB by Pillow.
     * ``image_size`` None keeps the native size. An int S or a pair (H, W) first **centre-crops**
       to the target aspect ratio (so photos are not squashed), then resizes with
       ``skimage.transform.resize(..., anti_aliasing=True)`` (bilinear). An image already of
@@ -504,11 +527,14 @@ def load_image(path: str | Path, image_size: int | tuple[int, int] | None = None
     size = _size_pair(image_size)
     p = Path(path)
     try:
-        img = _to_rgb_float(np.asarray(io.imread(p)))
+        img = _to_rgb_float(_decode(p, io.imread))
     except DataError as e:
         raise DataError(f"{p}: {e}") from None
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise DataError(f"{p}: cannot decode image ({type(e).__name__}: {e})") from e
+        # imageio appends "pip install imageio[...]" advice for files it has no reader for; a text
+        # file named .jpg needs no video plugin, so only the first line of the reason is kept.
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{p}: not a readable image ({type(e).__name__}{': ' + reason if reason else ''})") from e
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise DataError(f"{p}: empty image {img.shape}")
     if size is not None and img.shape[:2] != size:
@@ -533,6 +559,22 @@ def order_classes(names: Sequence[str]) -> list[str]:
         ordered.remove(cats[0])
         ordered.insert(1, cats[0])
     return ordered
+
+
+def is_cat_vs_rest(classes: Sequence[str]) -> bool:
+    """True for a binary label set whose positive class (index 1) is ``cat`` (any case).
+
+    catvnoncat's ``["non-cat", "cat"]`` and a folder tree's ``["not-cat", "cat"]`` are the same task:
+    the negative class is "everything that is not a cat", whatever its folder is called."""
+    return len(classes) == 2 and str(classes[1]).lower() == "cat"
+
+
+def same_task(data_classes: Sequence[str], model_classes: Sequence[str]) -> bool:
+    """Whether a model trained on ``model_classes`` can be scored on data labelled ``data_classes``:
+    the same names in the same order, or both cat-vs-rest (:func:`is_cat_vs_rest`)."""
+    return list(data_classes) == list(model_classes) or (
+        is_cat_vs_rest(data_classes) and is_cat_vs_rest(model_classes)
+    )
 
 
 @dataclass(repr=False)
@@ -577,8 +619,12 @@ def _folder_cache_path(root: Path, size: tuple[int, int], names: list[str], file
     h = hashlib.sha256()
     h.update(json.dumps([_FOLDER_CACHE_VERSION, str(root.resolve()), size, names]).encode())
     for f in files:
-        st = f.stat()
-        h.update(f"\0{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        try:
+            st = f.stat()
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # a broken symlink or a file gone meanwhile: decoding names it as skipped
+            stamp = "unreadable"
+        h.update(f"\0{f.relative_to(root)}\0{stamp}".encode())
     return cache_dir() / "folders" / f"{root.name or 'root'}-{size[0]}x{size[1]}-{h.hexdigest()[:20]}.npz"
 
 

@@ -96,10 +96,10 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def conv_feature_maps(model, x: np.ndarray) -> list[tuple[str, np.ndarray, bool]]:
     """Run ``model`` (a fastconv Sequential) in eval mode on one image x (1, C, H, W) and return,
-    for every Conv2d layer in order, ``("conv<i>", maps (K, Ho, Wo), after_relu)``: the conv output
-    after the ReLU right behind it when there is one (what the next layer sees; after_relu True),
-    else the raw conv output."""
-    from fastconv.layers import Conv2d, ReLU
+    for every Conv2d layer in order, ``("conv<i>", maps (K, Ho, Wo), after_relu)``: when a ReLU
+    follows the conv, directly or behind a BatchNorm2d (catnet's conv -> BN -> ReLU), the maps after
+    that ReLU (what the next layer sees; after_relu True), else the raw conv output."""
+    from fastconv.layers import BatchNorm2d, Conv2d, ReLU
 
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image (1, C, H, W), got shape {x.shape}")
@@ -108,12 +108,17 @@ def conv_feature_maps(model, x: np.ndarray) -> list[tuple[str, np.ndarray, bool]
     model.eval()
     out: list[tuple[str, np.ndarray, bool]] = []
     try:
-        for i, layer in enumerate(layers):
+        open_block = False  # True between a Conv2d and its ReLU (only BatchNorm2d may sit between)
+        for layer in layers:
             x = layer.forward(x)
             if isinstance(layer, Conv2d):
                 out.append((f"conv{len(out) + 1}", x[0], False))
-            elif isinstance(layer, ReLU) and i > 0 and isinstance(layers[i - 1], Conv2d):
+                open_block = True
+            elif isinstance(layer, ReLU) and open_block:
                 out[-1] = (out[-1][0], x[0], True)
+                open_block = False
+            elif not isinstance(layer, BatchNorm2d):
+                open_block = False
     finally:
         model.train(was_training)
     return out

@@ -116,6 +116,7 @@ def test_predict_folder_with_bad_files(capsys, tmp_path):
     shutil.copy(SAMPLES / "coffee.png", tmp_path / "coffee.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     code, out, err = run_cli(capsys, "predict", str(tmp_path))
     assert code == 0
     lines = out.strip().splitlines()
@@ -124,8 +125,10 @@ def test_predict_folder_with_bad_files(capsys, tmp_path):
         m = re.fullmatch(rf".*{name}: (cat|non-cat) (\d+\.\d)%", line)
         assert m, line
         assert 50.0 <= float(m.group(2)) <= 100.0  # the predicted class has the larger probability
-    assert "broken.jpg" in err and "unreadable" in err
+    assert "broken.jpg: error: not a readable image" in err
+    assert "pip install" not in err  # imageio's plugin advice is not for a broken file
     assert "notes.txt" in err and "not an image" in err
+    assert "gone.jpg: error: broken symbolic link" in err
 
 
 # imageio's DICOM plugin announces its deprecation when asked to read a non-image file
@@ -258,6 +261,66 @@ def test_evaluate_rejects_a_model_of_another_architecture(capsys, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", "--model", str(path))
     assert code == 1
     assert "not a fastconv classifier file" in err
+
+
+def test_the_bundled_model_evaluates_a_cat_not_cat_folder(capsys, tmp_path):
+    """README names the negative folder not-cat/; catvnoncat calls it non-cat. Both mean "not a
+    cat", so the bundled model scores such a folder, and says how it matched the names."""
+    from fastconv.data import load_image
+    from fastconv.train import Classifier
+
+    truth = {"chelsea.png": 1, "coffee.png": 0, "astronaut.png": 0, "rocket.jpg": 0}
+    for name, label in truth.items():
+        folder = tmp_path / ("cat" if label else "not-cat")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(SAMPLES / name, folder / name)
+    code, out, err = run_cli(capsys, "evaluate", "--data", str(tmp_path), "--json")
+    assert code == 0, err
+    assert "'not-cat' is the model's 'non-cat'" in err
+    doc = json.loads(out)
+    clf = Classifier.load(BUNDLED_MODEL)
+    pred = clf.predict(np.stack([load_image(SAMPLES / n, clf.image_size) for n in truth]))
+    assert doc["accuracy"] == pytest.approx(np.mean(pred == np.array(list(truth.values()))))
+    assert sum(map(sum, doc["confusion_matrix"])) == 4
+
+
+def test_demo_accepts_a_cat_model_whose_negative_class_is_not_cat(capsys, tmp_path):
+    model, meta = fastconv.model.load_with_metadata(BUNDLED_MODEL)
+    meta["classes"] = ["not-cat", "cat"]  # what a model trained on a cat/ + not-cat/ folder stores
+    model.save(tmp_path / "m.npz", metadata=meta)
+    code, out, _ = run_cli(capsys, "demo", "--no-bench", "--model", str(tmp_path / "m.npz"))
+    assert code == 0
+    code0, out0, _ = run_cli(capsys, "demo", "--no-bench")
+    assert code0 == 0
+    tally = re.search(r"(\d+)/(\d+) as expected", out)
+    assert tally and tally.group(0) == re.search(r"\d+/\d+ as expected", out0).group(0)
+    assert "expected not-cat" in out and "expected non-cat" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--batch-size", "-3", "x.jpg"],
+        ["predict", "--batch-size", "0", "x.jpg"],
+        ["evaluate", "--batch-size", "-1"],
+        ["demo", "--repeats", "0"],
+        ["train", "--image-size", "0"],
+        ["pictures", "--image-size", "-2"],
+        ["bench", "--repeats", "two"],
+    ],
+)
+def test_counts_and_sizes_must_be_positive(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2  # argparse's usage error, before any work
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}: expected a positive integer, got '{argv[2]}'" in err
+
+
+def test_pictures_rejects_an_image_size_the_model_cannot_take(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pictures", "--image-size", "32", "--out", str(tmp_path))
+    assert code == 1
+    assert "does not take 32x32 images" in err and "trained at 64x64" in err
 
 
 def test_evaluate_rejects_data_with_other_classes(capsys, tmp_path, data_dir):

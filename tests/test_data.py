@@ -365,6 +365,28 @@ def test_messy_folder_loads_every_readable_image_and_names_the_rest(messy_tree):
     np.testing.assert_allclose(ds.x[i], 200 / 255.0, atol=2 / 255)
 
 
+def test_cmyk_images_and_broken_links(tmp_path, monkeypatch):
+    """A CMYK JPEG keeps its colours (its K channel is not opacity) and a broken symbolic link is
+    named and skipped, also on the cached path that fingerprints every file."""
+    monkeypatch.setenv("FASTCONV_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "tree"
+    (root / "cat").mkdir(parents=True)
+    (root / "not-cat").mkdir()
+    Image.fromarray(np.full((20, 20, 3), (200, 40, 40), np.uint8)).convert("CMYK").save(root / "cat" / "cmyk.jpg")
+    _save(root / "cat" / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    _save(root / "not-cat" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    img = D.load_image(root / "cat" / "cmyk.jpg")
+    np.testing.assert_allclose(img[:, 0, 0], np.array([200, 40, 40]) / 255, atol=6 / 255)
+    for _ in range(2):  # the second load reads the cache written by the first
+        with pytest.warns(D.DataWarning, match="gone.jpg"):
+            ds = D.load_image_folder(root, image_size=8)
+        assert sorted(Path(p).name for p in ds.paths) == ["b.png", "cmyk.jpg", "ok.png"]
+        assert [Path(p).name for p, _ in ds.skipped] == ["gone.jpg"]
+    i = [Path(p).name for p in ds.paths].index("cmyk.jpg")
+    np.testing.assert_allclose(ds.x[i].mean(axis=(1, 2)), np.array([200, 40, 40]) / 255, atol=6 / 255)
+
+
 def test_explicit_class_order_is_respected(messy_tree):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -91,6 +91,26 @@ def test_feature_maps_are_the_models_activations():
     assert model.training  # the mode is restored
 
 
+def test_feature_maps_look_past_batchnorm_to_the_relu():
+    """With BatchNorm (the trained default: conv -> BN -> ReLU) the maps are what the next layer
+    sees, relu(bn(conv(x))), not the raw conv output."""
+    model = zoo.catnet(width=4, image_size=16, seed=2, backend="numpy", batchnorm=True)
+    rng = np.random.default_rng(4)
+    bn = model.layers[1]
+    bn.running_mean[:] = rng.standard_normal(4)  # non-trivial eval statistics
+    bn.running_var[:] = rng.uniform(0.5, 2.0, 4)
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    maps = viz.conv_feature_maps(model, x)
+    assert [(name, relu) for name, _, relu in maps] == [(f"conv{i}", True) for i in range(1, 5)]
+    conv1 = model.layers[0]
+    assert conv1.bias is None  # BatchNorm's shift makes a conv bias redundant
+    z = K.conv2d_forward(x, conv1.weight.data, None, 1, 1, backend="python")[0]
+    scale = (bn.weight.data / np.sqrt(bn.running_var + bn.eps))[:, None, None]
+    want = np.maximum((z - bn.running_mean[:, None, None]) * scale + bn.bias.data[:, None, None], 0)
+    np.testing.assert_allclose(maps[0][1], want, rtol=1e-4, atol=1e-5)
+    assert maps[0][1].min() >= 0
+
+
 def test_filter_grid_colours_and_grey(tmp_path):
     """RGB filters are drawn in colour; other channel counts as grey; the size follows the rule."""
     rng = np.random.default_rng(3)

@@ -4,3 +4,19 @@ A command module defines ``NAME``, ``HELP`` (one line for ``fastconv --help``),
 ``add_arguments(parser)`` and ``run(args) -> int``. :mod:`fastconv.cli` lists them in
 ``COMMANDS``; a module that is absent is simply not offered.
 """
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts and sizes that must be >= 1 (batch sizes, repeats, image sizes).
+
+    Rejected at parse time, so ``--batch-size -3`` stops with "argument --batch-size: expected a
+    positive integer, got '-3'" instead of silently predicting nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from fastconv.commands import positive_int
+
 NAME = "bench"
 HELP = "benchmark the kernels and the catnet step on every backend (GFLOP/s, %% of peak, speedups)"
 DESCRIPTION = (
@@ -34,14 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="threads for Numba, OpenMP, BLAS (and torch) alike (default: every core this process may use)",
     )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="array dtype")
     parser.add_argument(
-        "--repeats", type=int, default=None, metavar="R", help="rounds per case (default: 5; --full: 15)"
+        "--repeats", type=positive_int, default=None, metavar="R", help="rounds per case (default: 5; --full: 15)"
     )
     parser.add_argument(
         "--settle",
@@ -89,10 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastconv import bench
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats: expected a positive integer, got {args.repeats}")
     if args.settle is not None and not (args.settle >= 0 and math.isfinite(args.settle)):
         raise ValueError(f"--settle: expected a number of seconds >= 0, got {args.settle}")
     if args.from_json:

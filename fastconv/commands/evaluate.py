@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from fastconv.commands import positive_int
+
 NAME = "evaluate"
 HELP = "accuracy, precision, recall, F1 and confusion matrix of a model on catvnoncat's test split or a folder"
 DESCRIPTION = (
@@ -29,12 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which images: auto = 'test' for catvnoncat, 'all' for a folder; 'train'/'val' "
                         "re-create the training run's split from the model file")
     parser.add_argument("--backend", default=None, help="kernel backend; default: the fastest available")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastconv.data import is_catvnoncat_path, train_val_split
+    from fastconv.data import is_catvnoncat_path, same_task, train_val_split
     from fastconv.metrics import classification_report
     from fastconv.train import BUNDLED_MODEL, Classifier, load_dataset
 
@@ -44,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, None if is_catvnoncat_path(args.data) else clf.image_size)
     for path, reason in data.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if list(data.classes) != list(clf.classes):
+    if not same_task(data.classes, clf.classes):
         raise ValueError(
             f"the data's classes {data.classes} differ from the model's {list(clf.classes)} ({model_path})"
         )
+    if list(data.classes) != list(clf.classes):
+        print(f"note: the data's {data.classes[0]!r} is the model's {clf.classes[0]!r} (not a cat)", file=sys.stderr)
     split = args.split
     if split == "auto":
         split = "test" if data.kind == "catvnoncat" else "all"

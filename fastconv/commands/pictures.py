@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastconv.commands import positive_int
+
 NAME = "pictures"
 HELP = "draw a model's first-layer filters and each conv layer's feature maps for one image (PNG)"
 DESCRIPTION = (
     "For a trained model and one image, write filters_conv1.png (the learned filters of the first conv "
     "layer, as RGB patches) and features_conv<i>.png (the feature maps each conv layer produces for the "
-    "image, after its ReLU) into --out. The image is centre-cropped and resized to the model's input size "
+    "image, after its ReLU, or after BatchNorm and ReLU when the model has them) into --out. The "
+    "image is centre-cropped and resized to the model's input size "
     "and normalised with the statistics stored in the model file, exactly as for 'fastconv predict'."
 )
 
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="pictures", metavar="DIR", help="folder for the PNGs")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="S",
         help="input size S (SxS); default: the image_size stored in the model file, else 64%(default).0s",
@@ -58,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_with_metadata(model_path, backend=args.backend)
     meta = meta or {}
     size = args.image_size or int(meta.get("image_size", 64))
-    if size < 1:
-        raise ValueError(f"--image-size: expected a positive integer, got {size}")
+    try:
+        model.output_shape((3, size, size))
+    except ValueError as e:
+        raise ValueError(
+            f"--image-size {size}: {model_path} does not take {size}x{size} images (it was trained at "
+            f"{meta.get('image_size', '?')}x{meta.get('image_size', '?')}; {e}); omit --image-size"
+        ) from None
     if args.image:
         image_path = Path(args.image)
     else:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastconv.commands import positive_int
+
 NAME = "predict"
 HELP = "classify image files or folders: prints 'photo.jpg: cat 93.1%%' per image"
 DESCRIPTION = (
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="model file; default: the bundled fastconv/weights/catnet.npz")
     parser.add_argument("--backend", default=None, help="kernel backend; default: the fastest available")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
 
 
 def collect_files(paths: list[str]) -> list[Path]:
@@ -35,7 +37,9 @@ def collect_files(paths: list[str]) -> list[Path]:
             out.extend(
                 f
                 for f in sorted(p.rglob("*"))
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                # a broken symlink is neither file nor folder: kept, so it is reported
+                if (f.is_file() or (f.is_symlink() and not f.exists()))
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         else:
             out.append(p)
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     images, names, bad = [], [], 0
     for f in files:
         if not f.exists():
-            print(f"{f}: error: no such file or folder", file=sys.stderr)
+            what = "broken symbolic link" if f.is_symlink() else "no such file or folder"
+            print(f"{f}: error: {what}", file=sys.stderr)
             bad += 1
             continue
         if f.suffix.lower() not in IMAGE_EXTENSIONS and str(f) not in args.paths:
@@ -64,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
             images.append(load_image(f, clf.image_size))
             names.append(f)
         except DataError as exc:
-            reason = str(exc).removeprefix(f"{f}: ").splitlines()[0]  # decoders add install hints
-            print(f"{f}: error: unreadable ({reason})", file=sys.stderr)
+            print(f"{f}: error: {str(exc).removeprefix(f'{f}: ')}", file=sys.stderr)
             bad += 1
     if not images:
-        print(f"fastconv predict: no readable image among {len(files)} file(s)", file=sys.stderr)
+        where = ", ".join(args.paths)
+        print(f"fastconv predict: no readable image among {len(files)} file(s) in {where}", file=sys.stderr)
         return 1
     proba = clf.predict_proba(np.stack(images), batch_size=args.batch_size)
     for name, p in zip(names, proba):

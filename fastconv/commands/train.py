@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastconv.commands import positive_int
+
 NAME = "train"
 HELP = "train catnet on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
 DESCRIPTION = (
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="S",
         help="resize folder images to SxS (catvnoncat is 64x64); default 64",
