@@ -755,9 +755,13 @@ def load_image_folder(
     y = np.asarray(labels, dtype=np.int64)
     empty = [names[i] for i in range(len(names)) if not np.any(y == i)]
     if empty:
-        raise DataError(
-            f"{root}: class folder(s) {empty} contain no readable image ({len(skipped)} file(s) skipped in total)"
-        )
+        parts = []
+        for name in empty:
+            bad = [Path(p).name for p, _ in skipped if Path(p).is_relative_to(root / name)]
+            more = " ..." if len(bad) > 5 else ""
+            parts.append(f"{name}/ has {len(bad)} file(s), none readable: {', '.join(bad[:5])}{more}" if bad
+                         else f"{name}/ has no files")
+        raise DataError(f"{root}: every class folder needs a readable image; " + "; ".join(parts))
     _warn_skipped(root, skipped)
     ds = FolderDataset(np.stack(images).astype(np.float32, copy=False), y, names, paths, skipped)
     if cache_path is not None:

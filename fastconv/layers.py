@@ -419,7 +419,8 @@ class Flatten(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._input_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # the width spelled out: reshape(0, -1) cannot infer it for an empty batch
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._need_cache(self._input_shape)

@@ -109,10 +109,16 @@ class Report:
     def format(self) -> str:
         """Human-readable block: ``accuracy: 0.920`` etc. and the labelled confusion matrix."""
         what = f"(positive class: {self.classes[1]})" if self.average == "binary" else "(macro average)"
+        # 0/0 is reported as 0 (scikit-learn's zero_division default) and said so, not left to guess
+        p_note = r_note = ""
+        if self.average == "binary" and self.confusion[:, 1].sum() == 0:
+            p_note = f" - undefined, no image was predicted {self.classes[1]} (0/0 shown as 0)"
+        if self.average == "binary" and self.confusion[1].sum() == 0:
+            r_note = f" - undefined, no {self.classes[1]} image in the data (0/0 shown as 0)"
         lines = [
             f"accuracy: {self.accuracy:.3f}",
-            f"precision: {self.precision:.3f} {what}",
-            f"recall: {self.recall:.3f}",
+            f"precision: {self.precision:.3f} {what}{p_note}",
+            f"recall: {self.recall:.3f}{r_note}",
             f"f1: {self.f1:.3f}",
             f"samples: {int(self.confusion.sum())}",
             "",

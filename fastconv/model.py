@@ -408,6 +408,12 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
         raise FileNotFoundError(f"{path}: model file not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: not a fastconv model file (the file is empty)")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    # np.load falls back to unpickling anything that is neither a zip nor a .npy file; with
+    # pickles refused, its error would call a JPEG "pickled data". Look at the magic bytes first.
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise ValueError(f"{path}: not a fastconv model file (not an .npz archive; it starts with {head!r})")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array

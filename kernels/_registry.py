@@ -118,7 +118,10 @@ def get_default_backend() -> str:
     if _default is None:
         env = os.environ.get("FASTCONV_BACKEND", "").strip()
         if env:
-            get_backend(env)  # raises a clear error for an unknown or unavailable name
+            try:
+                get_backend(env)
+            except ValueError as e:  # say where the bad name came from
+                raise ValueError(f"environment variable FASTCONV_BACKEND={env!r}: {e}") from None
             _default = env
         else:
             _default = available_backends()[0]

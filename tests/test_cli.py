@@ -103,6 +103,12 @@ def test_evaluate_bundled_model_on_catvnoncat_test_split(capsys, data_dir):
     assert "samples: 50" in out
 
 
+def test_evaluate_split_all_on_catvnoncat_says_it_is_the_training_file(capsys, data_dir):
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(data_dir / "catvnoncat"), "--split", "all")
+    assert code == 0
+    assert "data: catvnoncat training file (train + val), 209 images" in out
+
+
 def test_evaluate_json(capsys, data_dir):
     code, out, _ = run_cli(capsys, "evaluate", "--data", str(data_dir / "catvnoncat"), "--json")
     assert code == 0

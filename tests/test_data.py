@@ -434,8 +434,13 @@ def test_class_folder_without_readable_images_is_named(tmp_path):
     (root / "not-cat").mkdir()
     _save(root / "cat" / "x.png", np.zeros((4, 4, 3), np.uint8))
     (root / "not-cat" / "junk.jpg").write_bytes(b"junk")
-    with pytest.raises(D.DataError, match=r"\['not-cat'\] contain no readable image"):
+    (root / "dog").mkdir()
+    (root / "cat" / "notes.txt").write_text("skipped, but in a class that has an image")
+    with pytest.raises(D.DataError) as err:
         D.load_image_folder(root, cache=False)
+    msg = str(err.value)
+    assert "not-cat/ has 1 file(s), none readable: junk.jpg" in msg and "dog/ has no files" in msg
+    assert "notes.txt" not in msg  # the message is about the empty classes only
 
 
 def test_decoded_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):

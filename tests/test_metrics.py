@@ -58,6 +58,15 @@ def test_zero_division_is_zero_not_nan():
     assert (p, r, f) == (0.0, 0.0, 0.0)
 
 
+def test_format_says_when_a_score_is_undefined():
+    never_cat = metrics.classification_report([1, 1, 0], [0, 0, 0], ["non-cat", "cat"]).format()
+    assert "precision: 0.000 (positive class: cat) - undefined, no image was predicted cat" in never_cat
+    assert "recall: 0.000\n" in never_cat  # two cats, none found: 0/2 is a real zero
+    no_cats = metrics.classification_report([0, 0], [0, 1], ["non-cat", "cat"]).format()
+    assert "recall: 0.000 - undefined, no cat image in the data" in no_cats
+    assert "undefined" not in metrics.classification_report(BIN_TRUE, BIN_PRED, ["non-cat", "cat"]).format()
+
+
 def test_num_classes_pads_unseen_classes():
     cm = metrics.confusion_matrix([0, 0], [0, 0], num_classes=3)
     np.testing.assert_array_equal(cm, [[2, 0, 0], [0, 0, 0], [0, 0, 0]])

@@ -133,6 +133,19 @@ def test_predict_batches_equal_one_forward_and_restore_mode(x):
     np.testing.assert_allclose(out, model.eval()(big), rtol=1e-12)
 
 
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_an_empty_batch_flows_through_forward_and_backward(batchnorm):
+    """N = 0 gives (0, outputs) logits and a (0, C, H, W) input gradient (Flatten must not ask
+    reshape to infer a width from zero elements). BatchNorm in training mode has no batch
+    statistics to take and refuses, as PyTorch does, so that case runs in eval mode."""
+    model = tiny_model(batchnorm=batchnorm)
+    if batchnorm:
+        model.eval()
+    x0 = np.zeros((0, 2, 4, 4))
+    assert model(x0).shape == (0, 2)
+    assert model.backward(np.zeros((0, 2)), need_input_grad=True).shape == (0, 2, 4, 4)
+
+
 def test_sequential_rejects_non_layers():
     with pytest.raises(TypeError, match="layer 1"):
         Sequential(ReLU(), "conv")
@@ -345,7 +358,8 @@ def test_load_corrupted_bytes(tmp_path):
 @pytest.mark.parametrize(
     "content,match",
     [
-        (b"this is a text file, not a model\n", "not a fastconv model file"),
+        (b"this is a text file, not a model\n", r"model file \(not an \.npz archive; it starts with b'this i'\)"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", r"not an \.npz archive; it starts with b'\\xff\\xd8"),  # JPEG, not "pickled"
         (b"", "not a fastconv model file"),
     ],
 )

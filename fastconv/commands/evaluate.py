@@ -73,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{model_path} was trained without a validation split; use --split all or test")
         x_tr, y_tr, x_va, y_va = train_val_split(data.x, data.y, val_fraction=frac, seed=seed)
         x, y = (x_va, y_va) if split == "val" else (x_tr, y_tr)
-    where = f"{data.name} {split} split" if split != "all" else data.name
+    if split != "all":
+        where = f"{data.name} {split} split"
+    elif data.kind == "catvnoncat":  # 'all' of catvnoncat is its training file, not the test split
+        where = f"{data.name} training file (train + val)"
+    else:
+        where = data.name
     pred = clf.predict(x, batch_size=args.batch_size)
     report = classification_report(y, pred, clf.classes)
     if args.json:

@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmup-epochs",
         type=int,
         default=d.warmup_epochs,
-        help="linear warm-up epochs before the cosine decay (capped at epochs/5 for short runs)",
+        help="linear warm-up epochs before the cosine decay (capped at max(1, epochs // 5) for short runs; 0 = none)",
     )
     parser.add_argument(
         "--val-fraction",
