@@ -58,6 +58,7 @@ from ._registry import (
     BACKEND_FUNCTIONS,
     available_backends,
     backend_errors,
+    backend_module,
     get_backend,
     get_default_backend,
     known_backends,
@@ -125,7 +126,7 @@ def conv2d_forward(
         require_shape("bias", bias, (g.k,), "one value per output channel K of weight")
     if g.n == 0:
         return np.zeros(g.y_shape, dtype)
-    return get_backend(backend).conv2d_forward(x, weight, bias, g)
+    return backend_module(backend).conv2d_forward(x, weight, bias, g)
 
 
 def conv2d_backward(
@@ -154,7 +155,7 @@ def conv2d_backward(
     if g.n == 0:
         dx = np.zeros(g.x_shape, dtype) if need_dx else None
         return dx, np.zeros(g.w_shape, dtype), np.zeros((g.k,), dtype)
-    return get_backend(backend).conv2d_backward(dy, x, weight, g, bool(need_dx))
+    return backend_module(backend).conv2d_backward(dy, x, weight, g, bool(need_dx))
 
 
 def max_pool2d_forward(
@@ -174,7 +175,7 @@ def max_pool2d_forward(
     g = pool2d_geometry(x.shape, kernel_size, stride, padding)
     if g.n == 0:
         return np.zeros(g.y_shape, x.dtype), np.zeros(g.y_shape, np.int64)
-    return get_backend(backend).max_pool2d_forward(x, g)
+    return backend_module(backend).max_pool2d_forward(x, g)
 
 
 def max_pool2d_backward(
@@ -202,7 +203,7 @@ def max_pool2d_backward(
     if n == 0:
         return np.zeros((n, c, h, w), dy.dtype)
     g = Pool2dGeometry(n, c, h, w, 1, 1, 1, 1, 0, 0, dy.shape[2], dy.shape[3])
-    return get_backend(backend).max_pool2d_backward(dy, argmax, g)
+    return backend_module(backend).max_pool2d_backward(dy, argmax, g)
 
 
 def avg_pool2d_forward(
@@ -221,7 +222,7 @@ def avg_pool2d_forward(
     g = pool2d_geometry(x.shape, kernel_size, stride, padding)
     if g.n == 0:
         return np.zeros(g.y_shape, x.dtype)
-    return get_backend(backend).avg_pool2d_forward(x, g)
+    return backend_module(backend).avg_pool2d_forward(x, g)
 
 
 def avg_pool2d_backward(
@@ -240,7 +241,7 @@ def avg_pool2d_backward(
     require_shape("dy", dy, g.y_shape, f"the pooled shape of input_shape {shape}")
     if g.n == 0:
         return np.zeros(g.x_shape, dy.dtype)
-    return get_backend(backend).avg_pool2d_backward(dy, g)
+    return backend_module(backend).avg_pool2d_backward(dy, g)
 
 
 def relu_forward(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
@@ -248,7 +249,7 @@ def relu_forward(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
     x = as_float_array("x", x)
     if x.size == 0:
         return np.zeros(x.shape, x.dtype)
-    return get_backend(backend).relu_forward(x)
+    return backend_module(backend).relu_forward(x)
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
@@ -259,7 +260,7 @@ def relu_backward(dy: np.ndarray, x: np.ndarray, *, backend: str | None = None) 
     require_shape("dy", dy, x.shape, "the shape of x")
     if x.size == 0:
         return np.zeros(x.shape, x.dtype)
-    return get_backend(backend).relu_backward(dy, x)
+    return backend_module(backend).relu_backward(dy, x)
 
 
 def _norm_args(
@@ -317,7 +318,7 @@ def batch_norm_forward(
     require_shape("bias", bias, (x.shape[1],), "one value per channel of x")
     if x.size == 0:
         return np.zeros(x.shape, x.dtype), mean, var
-    return get_backend(backend).batch_norm_forward(x, weight, bias, eps, mean, var)
+    return backend_module(backend).batch_norm_forward(x, weight, bias, eps, mean, var)
 
 
 def batch_norm_backward(
@@ -347,4 +348,4 @@ def batch_norm_backward(
     if x.size == 0:
         c = x.shape[1]
         return np.zeros(x.shape, x.dtype), np.zeros(c, x.dtype), np.zeros(c, x.dtype)
-    return get_backend(backend).batch_norm_backward(dy, x, weight, mean, var, eps, bool(training))
+    return backend_module(backend).batch_norm_backward(dy, x, weight, mean, var, eps, bool(training))

@@ -230,3 +230,29 @@ def _require_positive(name: str, sizes: tuple[int, ...], labels: tuple[str, ...]
             raise ValueError(
                 f"{name}: expected a positive size for {label}, got shape {tuple(shape)}"
             )
+
+
+def check_in_bounds(g: Conv2dGeometry | Pool2dGeometry) -> None:
+    """Raise ``ValueError`` unless every window ``g`` describes lies inside its padded input.
+
+    This is the condition under which a compiled kernel, which indexes without checks, stays in
+    bounds. Geometries made by :func:`conv2d_geometry` / :func:`pool2d_geometry` always satisfy
+    it; it guards hand-made ones passed straight to a backend (``get_backend(name).<op>``).
+    """
+    if not isinstance(g, (Conv2dGeometry, Pool2dGeometry)):
+        raise TypeError(f"geometry: expected a Conv2dGeometry or Pool2dGeometry, got {type(g).__name__}")
+    fields = vars(g)
+    bad = {k: v for k, v in fields.items() if isinstance(v, bool) or not isinstance(v, int)}
+    if bad:
+        raise TypeError(f"geometry: expected int fields, got {bad}")
+    if g.n < 0 or min(v for k, v in fields.items() if k not in ("n", "ph", "pw")) < 1 or min(g.ph, g.pw) < 0:
+        raise ValueError(f"geometry: expected n, ph, pw >= 0 and every other field >= 1, got {g}")
+    if isinstance(g, Conv2dGeometry):
+        span_h, span_w = g.dh * (g.r - 1) + 1, g.dw * (g.s - 1) + 1
+    else:
+        span_h, span_w = g.kh, g.kw
+        if 2 * g.ph > g.kh or 2 * g.pw > g.kw:  # the max kernels start from a real element
+            raise ValueError(f"geometry: padding larger than half the window: {g}")
+    _require_index_range(g.h + 2 * g.ph, g.w + 2 * g.pw, (g.ph, g.pw))
+    if (g.ho - 1) * g.sh + span_h > g.h + 2 * g.ph or (g.wo - 1) * g.sw + span_w > g.w + 2 * g.pw:
+        raise ValueError(f"geometry: its last window reaches past the padded input: {g}")

@@ -98,8 +98,20 @@ def backend_errors() -> dict[str, str]:
     return dict(_errors)
 
 
-def get_backend(name: str | None = None) -> ModuleType:
-    """The backend module called ``name`` (default: the process default backend)."""
+def get_backend(name: str | None = None) -> CheckedBackend:
+    """The backend called ``name`` (default: the process default backend).
+
+    Its contract functions take already-built geometry objects, so they can be called one
+    backend at a time; each call is checked first (:class:`CheckedBackend`): a geometry or array
+    that does not fit raises ``ValueError`` instead of reaching compiled code. The other
+    attributes are the module's own (``NAME``, ``describe()``, ...).
+    """
+    return CheckedBackend(backend_module(name))
+
+
+def backend_module(name: str | None = None) -> ModuleType:
+    """The raw backend module: its functions trust their arguments, so only the dispatch
+    functions of ``fastconv.kernels`` (which validated them) call it."""
     if name is None:
         name = get_default_backend()
     if not isinstance(name, str):
@@ -119,7 +131,7 @@ def get_default_backend() -> str:
         env = os.environ.get("FASTCONV_BACKEND", "").strip()
         if env:
             try:
-                get_backend(env)
+                backend_module(env)
             except ValueError as e:  # say where the bad name came from
                 raise ValueError(f"environment variable FASTCONV_BACKEND={env!r}: {e}") from None
             _default = env
@@ -131,5 +143,106 @@ def get_default_backend() -> str:
 def set_default_backend(name: str) -> None:
     """Make ``name`` the process-wide default backend (validated now)."""
     global _default
-    get_backend(name)
+    backend_module(name)
     _default = name
+
+
+# (arrays that must have the geometry's x / y / weight shape) for each contract function
+_SHAPED = {
+    "conv2d_forward": {"x": "x_shape", "weight": "w_shape"},
+    "conv2d_backward": {"dy": "y_shape", "x": "x_shape", "weight": "w_shape"},
+    "max_pool2d_forward": {"x": "x_shape"},
+    "max_pool2d_backward": {"dy": "y_shape", "argmax": "y_shape"},
+    "avg_pool2d_forward": {"x": "x_shape"},
+    "avg_pool2d_backward": {"dy": "y_shape"},
+}
+
+
+class CheckedBackend:
+    """A backend module whose contract functions check their arguments before running.
+
+    Dispatch (``fastconv.kernels.conv2d_forward(...)`` etc.) validates everything and then calls
+    the raw module, so this costs nothing there. Called directly, a compiled kernel would index
+    with whatever geometry it is given; here the geometry must keep every window inside the
+    input (:func:`~fastconv.kernels._geometry.check_in_bounds`), arrays must be C-contiguous
+    float32/float64 of one dtype with the geometry's shapes, and max-pool indices must lie in
+    their plane. The checks reuse the dispatch validators: one source of truth.
+    """
+
+    def __init__(self, module: ModuleType):
+        self._module = module
+
+    def __repr__(self) -> str:
+        return f"<checked backend {getattr(self._module, 'NAME', self._module.__name__)!r}>"
+
+    def __getattr__(self, attr: str):
+        value = getattr(self._module, attr)
+        if attr not in BACKEND_FUNCTIONS:
+            return value
+
+        def checked(*args, **kwargs):
+            _check_direct_call(attr, value, args, kwargs)
+            return value(*args, **kwargs)
+
+        checked.__name__ = checked.__qualname__ = attr
+        checked.__doc__ = value.__doc__
+        return checked
+
+
+def _check_direct_call(op: str, fn, args: tuple, kwargs: dict) -> None:
+    import inspect
+
+    import numpy as np
+
+    from ._geometry import Conv2dGeometry, Pool2dGeometry, check_in_bounds
+    from ._validate import as_argmax
+
+    bound = dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+    if "w" in bound:  # backends call the conv weight w
+        bound["weight"] = bound.pop("w")
+    g = bound.get("g")
+    if op.startswith(("conv2d", "max_pool2d", "avg_pool2d")):
+        want = Conv2dGeometry if op.startswith("conv2d") else Pool2dGeometry
+        if not isinstance(g, want):
+            raise TypeError(f"{op}: g: expected a {want.__name__}, got {type(g).__name__}")
+        check_in_bounds(g)
+    # data arrays share one float dtype; batch-norm statistics are float64 (C,) or None
+    dtype = None
+    for name in ("x", "dy", "weight", "b", "bias", "mean", "var"):
+        value = bound.get(name)
+        if value is None and name in ("b", "mean", "var"):
+            continue
+        if name not in bound:
+            continue
+        if not isinstance(value, np.ndarray) or value.dtype not in (np.float32, np.float64):
+            got = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
+            raise TypeError(f"{op}: {name}: expected a float32/float64 numpy array, got {got}")
+        if not value.flags.c_contiguous:
+            raise ValueError(f"{op}: {name}: expected a C-contiguous array")
+        if name in ("mean", "var"):
+            if value.dtype != np.float64:
+                raise TypeError(f"{op}: {name}: expected float64 statistics, got {value.dtype}")
+        elif dtype is not None and value.dtype != dtype:
+            raise TypeError(f"{op}: {name}: expected {dtype} like the other arrays, got {value.dtype}")
+        else:
+            dtype = value.dtype
+    for name, attr in _SHAPED.get(op, {}).items():
+        shape = getattr(g, attr)
+        if name == "argmax":
+            argmax = bound["argmax"]
+            as_argmax("argmax", argmax, shape, g.h * g.w)
+            if argmax.dtype != np.int64 or not argmax.flags.c_contiguous:
+                raise TypeError(f"{op}: argmax: expected a C-contiguous int64 array, got {argmax.dtype}")
+        elif bound[name].shape != shape:
+            raise ValueError(f"{op}: {name}: expected shape {shape} from the geometry, got {bound[name].shape}")
+    if op == "conv2d_forward" and bound.get("b") is not None and bound["b"].shape != (g.k,):
+        raise ValueError(f"{op}: b: expected shape {(g.k,)}, got {bound['b'].shape}")
+    if op in ("relu_backward", "batch_norm_backward") and bound["dy"].shape != bound["x"].shape:
+        raise ValueError(f"{op}: dy: expected x's shape {bound['x'].shape}, got {bound['dy'].shape}")
+    if op.startswith("batch_norm"):
+        x = bound["x"]
+        if x.ndim != 4:
+            raise ValueError(f"{op}: x: expected (N, C, H, W), got shape {x.shape}")
+        for name in ("weight", "bias", "mean", "var"):
+            if bound.get(name) is not None and bound[name].shape != (x.shape[1],):
+                raise ValueError(f"{op}: {name}: expected shape {(x.shape[1],)}, got {bound[name].shape}")

@@ -9,6 +9,7 @@ Numba and Cython backends register a hook here when they are imported and also r
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable
 
@@ -25,6 +26,30 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def max_threads() -> int:
+    """The largest thread count accepted: 4x the machine's logical cores, and at least 64.
+
+    OpenMP starts every thread it is asked for, each with its own stack: libgomp died with a
+    segfault at 200,000 and stopped the process at 5,000 (thread creation failed), with no
+    Python exception either way. Past the core count threads only take turns anyway."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def _checked(n: object, what: str) -> int:
+    if isinstance(n, bool):
+        raise TypeError(f"{what}: expected a positive int, got {n!r} (bool)")
+    try:
+        n = operator.index(n)  # int and numpy integers, not floats or strings
+    except TypeError:
+        raise TypeError(f"{what}: expected a positive int, got {n!r} ({type(n).__name__})") from None
+    if not 1 <= n <= max_threads():
+        raise ValueError(
+            f"{what}: expected an int from 1 to {max_threads()} (4x this machine's {os.cpu_count()} "
+            f"logical cores, at least 64), got {n}"
+        )
+    return n
+
+
 def _parse_env() -> int | None:
     raw = os.environ.get("FASTCONV_NUM_THREADS")
     if raw is None or raw.strip() == "":
@@ -33,9 +58,7 @@ def _parse_env() -> int | None:
         n = int(raw)
     except ValueError:
         raise ValueError(f"FASTCONV_NUM_THREADS: expected a positive integer, got {raw!r}") from None
-    if n < 1:
-        raise ValueError(f"FASTCONV_NUM_THREADS: expected a positive integer, got {raw!r}")
-    return n
+    return _checked(n, "FASTCONV_NUM_THREADS")
 
 
 def get_num_threads() -> int:
@@ -53,14 +76,12 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads in Numba, OpenMP and BLAS alike.
 
-    Raises ``TypeError``/``ValueError`` when ``n`` is not a positive int. Numba cannot use more
-    threads than it was started with (the core count); it is capped there silently.
+    Raises ``TypeError``/``ValueError`` (and changes nothing) when ``n`` is not an int from 1 to
+    :func:`max_threads`. Numba cannot use more threads than it was started with (the core
+    count); it is capped there silently.
     """
     global _num_threads, _blas_limiter
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected a positive int, got {n!r} ({type(n).__name__})")
-    if n < 1:
-        raise ValueError(f"n: expected a positive int, got {n}")
+    n = _checked(n, "n")
     _num_threads = n
     try:
         import threadpoolctl

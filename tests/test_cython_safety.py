@@ -740,3 +740,56 @@ def test_no_prange_body_writes_a_shared_local_through_a_pointer():
                 if not re.search(rf"^\s*{name}\s*=[^=]", text, re.MULTILINE):
                     offenders.append(f"{pyx.name}:{lineno}: &{name}")
     assert not offenders, offenders
+
+
+# --- backends called directly: get_backend(name).<op>(arrays, geometry) -------------------
+
+
+def _direct_call_cases():
+    """(op, args, error type, message part): hand-made geometries or arrays that do not fit.
+    Without the checks, several of these read or wrote out of bounds in compiled code."""
+    import dataclasses
+
+    f32 = np.float32
+    x = np.ones((1, 1, 4, 4), f32)
+    w = np.ones((1, 1, 3, 3), f32)
+    g = K.conv2d_geometry(x.shape, w.shape, 1, 1)
+    p = K.pool2d_geometry((1, 1, 2, 2), 2)
+    return [
+        ("conv2d_forward", (x, w, None, dataclasses.replace(g, ho=10)), ValueError, "last window reaches past"),
+        ("conv2d_forward", (x, w, None, dataclasses.replace(g, h=40, ho=40)), ValueError, "shape (1, 1, 40, 4)"),
+        ("conv2d_forward", (x, w, np.ones(5, f32), g), ValueError, "b: expected shape (1,)"),
+        ("conv2d_forward", (x, w.astype(np.float64), None, g), TypeError, "expected float32 like the other"),
+        ("conv2d_forward", (x, w, None, p), TypeError, "expected a Conv2dGeometry"),
+        ("conv2d_backward", (np.ones((1, 1, 9, 9), f32), x, w, g, True), ValueError, "dy: expected shape (1, 1, 4, 4)"),
+        ("max_pool2d_forward", (np.ones((1, 1, 1, 1), f32), p), ValueError, "x: expected shape (1, 1, 2, 2)"),
+        ("max_pool2d_backward", (np.ones((1, 1, 1, 1), f32), np.full((1, 1, 1, 1), 10**9), p), ValueError,
+         "expected indices in [0, 4)"),
+        ("max_pool2d_backward", (np.ones((1, 1, 1, 1), f32), np.zeros((1, 1, 1, 1), np.int32), p), TypeError, "int64"),
+        ("avg_pool2d_backward", (np.ones((1, 1, 1, 1), f32), dataclasses.replace(p, kh=1, ph=1)), ValueError,
+         "padding larger than half"),
+        ("avg_pool2d_forward", (np.ones((1, 1, 2, 2), f32), dataclasses.replace(p, ho=3)), ValueError, "reaches past"),
+        ("relu_backward", (np.ones(3, f32), np.ones(5, f32)), ValueError, "dy: expected x's shape"),
+        ("relu_forward", (np.ones((4, 4), f32)[:, ::2],), ValueError, "C-contiguous"),
+        ("batch_norm_forward", (x, np.ones(3, f32), np.zeros(1, f32), 1e-5, None, None), ValueError,
+         "weight: expected shape (1,)"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", K.available_backends())
+@pytest.mark.parametrize("case", range(len(_direct_call_cases())))
+def test_direct_backend_calls_check_geometry_and_arrays(backend, case):
+    op, args, error, words = _direct_call_cases()[case]
+    with pytest.raises(error) as err:
+        getattr(K.get_backend(backend), op)(*args)
+    assert words in str(err.value)
+
+
+def test_direct_backend_calls_with_valid_arguments_equal_dispatch():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 9))
+    w = rng.standard_normal((4, 3, 3, 2))
+    g = K.conv2d_geometry(x.shape, w.shape, (2, 1), 1)
+    for backend in K.available_backends():
+        y = K.get_backend(backend).conv2d_forward(x, w, None, g)
+        np.testing.assert_allclose(y, K.conv2d_forward(x, w, None, (2, 1), 1, backend="python"), rtol=1e-12)

@@ -104,16 +104,22 @@ def test_ops_use_the_default_backend(monkeypatch):
 
 def test_set_num_threads_validates_and_governs_blas(monkeypatch):
     before = K.get_num_threads()
-    with pytest.raises(ValueError, match=r"n: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"n: expected an int from 1 to \d+ .*got 0"):
         K.set_num_threads(0)
+    # OpenMP starts every thread asked for: 200,000 segfaulted libgomp. Refused, state unchanged.
+    for huge in (200_000, 2**31, _threads.max_threads() + 1):
+        with pytest.raises(ValueError, match=rf"from 1 to {_threads.max_threads()} .*got {huge}"):
+            K.set_num_threads(huge)
+        assert K.get_num_threads() == before
+    assert _threads.max_threads() >= max(64, 4 * (os.cpu_count() or 1))
     with pytest.raises(TypeError, match=r"n: expected a positive int, got 1.5"):
         K.set_num_threads(1.5)
     seen = []
     monkeypatch.setattr(_threads, "_hooks", [])
     K.register_thread_hook(seen.append)
     try:
-        K.set_num_threads(1)
-        assert K.get_num_threads() == 1
+        K.set_num_threads(np.int64(1))  # numpy integers are ints (as for stride, padding)
+        assert K.get_num_threads() == 1 and type(K.get_num_threads()) is int
         assert seen[-1] == 1
         blas = [d for d in _threads.blas_info() if d.get("user_api") == "blas"]
         assert blas and all(d["num_threads"] == 1 for d in blas)
@@ -129,6 +135,10 @@ def test_num_threads_from_environment():
     env["FASTCONV_NUM_THREADS"] = "many"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "FASTCONV_NUM_THREADS: expected a positive integer, got 'many'" in bad.stderr
+    env["FASTCONV_NUM_THREADS"] = "200000"  # a segfault in libgomp before the cap
+    code = "import numpy as np, fastconv.kernels as k; k.relu_forward(np.zeros(2**20, np.float32), backend='cython')"
+    huge = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert huge.returncode == 1 and "FASTCONV_NUM_THREADS: expected an int from 1 to" in huge.stderr
 
 
 def test_openmp_build_is_reported():
