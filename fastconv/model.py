@@ -43,6 +43,9 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _STATE_PREFIX = "state/"
+_TOP_LEVEL_ENTRIES = ("format_version", "architecture", "metadata")
+#: Largest total (unpacked) size of a model file's entries; catnet's is 0.1 MiB.
+MAX_MODEL_BYTES = 1 << 30
 PathLike = str | os.PathLike
 
 
@@ -365,6 +368,8 @@ _RUNTIME_KEYS = ("dtype", "seed")
 
 def _describe(entry: dict) -> str:
     config = entry.get("config", {}) if isinstance(entry, dict) else {}
+    if not isinstance(config, dict):  # a malformed file: shown as it is, so the comparison fails
+        return repr(entry)
     args = ", ".join(f"{k}={v}" for k, v in config.items() if k not in _RUNTIME_KEYS)
     kind = entry.get("type") if isinstance(entry, dict) else repr(entry)
     return f"{kind}({args})"
@@ -419,7 +424,19 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
             raise ValueError("a single .npy array, not an .npz archive")
         with archive:
-            contents = {key: archive[key] for key in archive.files}
+            # Only our entries are decompressed, and only after the sizes their zip headers declare
+            # are added up: a small file can inflate to gigabytes (a "zip bomb").
+            ours = [k for k in archive.files if k in _TOP_LEVEL_ENTRIES or k.startswith(_STATE_PREFIX)]
+            declared = sum(archive.zip.getinfo(k + ".npy").file_size for k in ours)
+            if declared > MAX_MODEL_BYTES:
+                raise ValueError(
+                    f"its entries unpack to {declared:,} bytes, more than the {MAX_MODEL_BYTES:,} "
+                    "a model file may hold (fastconv.model.MAX_MODEL_BYTES)"
+                )
+            contents = {key: archive[key] for key in ours}
+    except MemoryError as exc:  # an .npy header declaring a huge array
+        raise ValueError(f"{path}: not a readable fastconv model file (an entry declares an array too large "
+                         f"for memory: {exc})") from None
     except ValueError as exc:
         raise ValueError(f"{path}: not a fastconv model file ({_reason(exc)})") from exc
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -456,8 +473,9 @@ def _json_entry(path: Path, contents: dict[str, np.ndarray], key: str) -> object
         raise ValueError(f"{path}: {key} entry is not a JSON string (dtype {value.dtype}, shape {value.shape})")
     try:
         return json.loads(str(value))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: {key} entry is not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # also: nesting too deep, integers of > 4300 digits
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: {key} entry is not valid JSON ({reason})") from None
 
 
 def load_with_metadata(path: PathLike, *, backend: str | None = None) -> tuple[Sequential, dict]:

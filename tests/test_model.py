@@ -384,6 +384,42 @@ def test_load_refuses_pickled_objects(tmp_path):
         fastconv.load(path)
 
 
+def test_load_bounds_what_a_file_may_unpack_to(tmp_path, monkeypatch):
+    """A few hundred KB of zip can inflate to gigabytes: the sizes the zip declares are added
+    up before anything is decompressed, and entries that are not ours are never decompressed."""
+    good = catnet(image_size=8, width=2)
+    with np.load(good.save(tmp_path / "good.npz"), allow_pickle=False) as z:
+        parts = {k: z[k] for k in z.files}
+    ours = sum(a.nbytes for a in parts.values())
+    monkeypatch.setattr(M, "MAX_MODEL_BYTES", ours + 4096)  # npy headers fit in the margin
+    np.savez_compressed(tmp_path / "extra.npz", **parts, junk=np.zeros(10**6, np.float32))  # 4 MB, 4 KB zipped
+    np.testing.assert_array_equal(fastconv.load(tmp_path / "extra.npz").layers[0].weight.data, parts["state/0.weight"])
+    big = {**parts, "state/0.weight": np.zeros(10**6, np.float32)}
+    np.savez_compressed(tmp_path / "big.npz", **big)
+    with pytest.raises(ValueError, match=r"big\.npz: .*entries unpack to [\d,]+ bytes, more than"):
+        fastconv.load(tmp_path / "big.npz")
+
+
+def test_load_reports_pathological_json_and_configs(tmp_path):
+    good = catnet(image_size=8, width=2)
+    with np.load(good.save(tmp_path / "good.npz"), allow_pickle=False) as z:
+        parts = {k: z[k] for k in z.files}
+    cases = {
+        "deep": ("architecture", "[" * 200_000, "architecture entry is not valid JSON"),
+        "digits": ("metadata", '{"a": ' + "9" * 5000 + "}", "metadata entry is not valid JSON"),
+    }
+    for name, (key, text, words) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **{**parts, key: np.array(text)})
+        with pytest.raises(ValueError, match=rf"{name}\.npz: {words}"):
+            fastconv.load(tmp_path / f"{name}.npz")
+    arch = good.architecture()
+    arch[0]["config"] = [1, 2]  # a list where a dict belongs
+    np.savez(tmp_path / "cfg.npz", **{**parts, "architecture": np.array(json.dumps(arch))})
+    for method in (good.load_weights, good.load_backbone):
+        with pytest.raises(ValueError, match=r"cfg\.npz: .*layer 0 is"):
+            method(tmp_path / "cfg.npz")
+
+
 def _write_npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
