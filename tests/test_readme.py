@@ -9,7 +9,8 @@ import numpy as np
 
 import fastconv
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def _blocks() -> list[str]:
@@ -88,3 +89,18 @@ def test_own_network_example(tmp_path, monkeypatch, capsys):
     assert clf.classes == ("blue", "green", "red") and clf.image_size == 32
     img = load_image(tmp_path / "my_images" / "green" / "0.png", 32)[None]
     assert clf.classes[int(np.argmax(clf.predict_proba(img)[0]))] == "green"
+
+
+def test_relative_links_and_named_docs_resolve():
+    """Every relative Markdown link in README.md and docs/*.md points at a file of the repo, and
+    every "DESIGN.md" the docs and help texts name exists (docs/DESIGN.md, a copy of the team's)."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+    assert (ROOT / "docs" / "DESIGN.md").read_text().count("## The reference network: catnet") == 1
