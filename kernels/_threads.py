@@ -13,6 +13,19 @@ import operator
 import os
 from collections.abc import Callable
 
+#: Element count from which the memory-bound kernels (ReLU, pooling, batch norm) of the cython
+#: and numba backends use threads.
+#: Below it a second thread saves too little (ReLU on 2**19 values: ~0.08 ms on one thread) to
+#: pay for a parallel region. 2**19 is catnet's smallest activation, so all of catnet's are
+#: threaded: the DESIGN catnet step at 2 threads on an idle machine was faster than with ReLU
+#: and pooling serial in all 13 interleaved comparisons, by 0.3-6.4 ms (~39 against ~42 ms).
+#: The price is on a busy machine, where every extra parallel region may wait for a descheduled
+#: thread while its team-mate spins (beside two busy processes: 140-319 ms against 121-152 ms
+#: serial); OMP_WAIT_POLICY=PASSIVE avoids it (~70 ms either way). docs/cython.md has the table.
+#: Numba's small kernels behave the same way (ReLU on 4,096 values beside a busy process: 2.9 ms
+#: on two threads against 0.15 ms on one). Read at each call (benchmarks and tests may change it).
+MEMORY_BOUND_PARALLEL_MIN = 1 << 19
+
 _hooks: list[Callable[[int], None]] = []
 _num_threads: int | None = None
 _blas_limiter = None

@@ -35,6 +35,7 @@ from functools import partial
 import numpy as np
 
 from . import _openmp, cython_conv, cython_norm, cython_pool, cython_relu
+from . import _threads as _threads_mod
 from ._geometry import Conv2dGeometry, Pool2dGeometry
 from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads, register_thread_hook
@@ -108,21 +109,12 @@ def _threads(tasks: int) -> int:
     return max(1, min(get_num_threads(), tasks))
 
 
-#: Element count from which the memory-bound kernels (ReLU, pooling, batch norm) use threads.
-#: Below it a second thread saves too little (ReLU on 2**19 values: ~0.08 ms on one thread) to
-#: pay for a parallel region. 2**19 is catnet's smallest activation, so all of catnet's are
-#: threaded: the DESIGN catnet step at 2 threads on an idle machine was faster than with ReLU
-#: and pooling serial in all 13 interleaved comparisons, by 0.3-6.4 ms (~39 against ~42 ms).
-#: The price is on a busy machine, where every extra parallel region may wait for a descheduled
-#: thread while its team-mate spins (beside two busy processes: 140-319 ms against 121-152 ms
-#: serial); OMP_WAIT_POLICY=PASSIVE avoids it (~70 ms either way). docs/cython.md has the table.
-#: Read at each call (benchmarks and tests may change it).
-MEMORY_BOUND_PARALLEL_MIN = 1 << 19
 
 
 def _threads_memory_bound(tasks: int, elements: int) -> int:
-    """:func:`_threads`, but 1 below ``MEMORY_BOUND_PARALLEL_MIN`` elements (read at each call)."""
-    return _threads(tasks) if elements >= MEMORY_BOUND_PARALLEL_MIN else 1
+    """:func:`_threads`, but 1 below ``_threads.MEMORY_BOUND_PARALLEL_MIN`` elements (read at each
+    call; the numba backend follows the same threshold)."""
+    return _threads(tasks) if elements >= _threads_mod.MEMORY_BOUND_PARALLEL_MIN else 1
 
 
 def _check_blas_sizes(g: Conv2dGeometry) -> None:

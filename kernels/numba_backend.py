@@ -20,6 +20,7 @@ thread, so applying it at call time is what makes it hold in every thread that c
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import numpy as np
 from . import _numba_conv as cv
 from . import _numba_norm as nl
 from . import _numba_pool as pl
+from . import _threads
 from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
 from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads
@@ -40,8 +42,14 @@ DESCRIPTION = "Numba @njit kernels: flat padded-plane convolution, prange over p
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
-def _sync_threads() -> None:
-    n = min(get_num_threads(), _MAX_THREADS)
+def _sync_threads(elements: int | None = None) -> None:
+    # Memory-bound kernels (``elements`` given) stay on one thread below the threshold the
+    # cython backend uses too: there a second thread saves microseconds and, on a busy machine,
+    # can cost milliseconds waiting for a descheduled team-mate (see _threads).
+    if elements is not None and elements < _threads.MEMORY_BOUND_PARALLEL_MIN:
+        n = 1
+    else:
+        n = min(get_num_threads(), _MAX_THREADS)
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
 
@@ -197,7 +205,7 @@ LADDER: dict[str, Callable[..., np.ndarray]] = {
 # ---------------------------------------------------------------------------------- pooling
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
     """y (N,C,Ho,Wo) of x's dtype and argmax int64 (flat h*W + w of each window's winner)."""
-    _sync_threads()
+    _sync_threads(x.size)
     y = np.empty(g.y_shape, x.dtype)
     argmax = np.empty(g.y_shape, np.int64)
     if g.is_2x2_stride2:
@@ -209,7 +217,7 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): each dy element added at its window's winner."""
-    _sync_threads()
+    _sync_threads(math.prod(g.x_shape))
     dx = np.zeros(g.x_shape, dy.dtype)
     pl.max_pool_bwd(dy, argmax, dx)
     return dx
@@ -217,7 +225,7 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -
 
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """y (N,C,Ho,Wo) = window sum / (kh*kw)."""
-    _sync_threads()
+    _sync_threads(x.size)
     y = np.empty(g.y_shape, x.dtype)
     if g.is_2x2_stride2:
         pl.avg_pool_fwd_2x2(x, y)
@@ -228,7 +236,7 @@ def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
     """dx (N,C,H,W): dy / (kh*kw) spread over each window's real inputs."""
-    _sync_threads()
+    _sync_threads(math.prod(g.x_shape))
     if g.is_2x2_stride2:  # every element written by the kernel: no zeroing pass
         dx = np.empty(g.x_shape, dy.dtype)
         pl.avg_pool_bwd_2x2(dy, dx)
@@ -240,7 +248,7 @@ def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """y = x where x > 0 else 0, NaN kept; any shape."""
-    _sync_threads()
+    _sync_threads(x.size)
     y = np.empty_like(x)
     pl.relu_fwd(x.reshape(-1), y.reshape(-1))
     return y
@@ -248,7 +256,7 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dx = dy where x > 0 else 0; any shape."""
-    _sync_threads()
+    _sync_threads(x.size)
     dx = np.empty_like(dy)
     pl.relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx
@@ -258,7 +266,7 @@ def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """y (N,C,H,W), mean, var (C,) float64: batch statistics when mean is None (kernels/_norm.py)."""
-    _sync_threads()
+    _sync_threads(x.size)
     return fused_forward(nl.bn_stats, nl.bn_apply, x, weight, bias, eps, mean, var)
 
 
@@ -266,7 +274,7 @@ def batch_norm_backward(
     dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx (N,C,H,W), dweight, dbias (C,) in x's dtype (kernels/_norm.py)."""
-    _sync_threads()
+    _sync_threads(x.size)
     return fused_backward(nl.bn_grad_sums, nl.bn_apply, nl.bn_dx, dy, x, weight, mean, var, eps, training)
 
 

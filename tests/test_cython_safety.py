@@ -669,11 +669,11 @@ def test_large_batch_norm_crosses_the_parallel_threshold():
 
 
 def test_memory_bound_kernels_on_threads_give_the_serial_bits(monkeypatch):
-    """ReLU, pooling and batch norm take threads from cython_backend.MEMORY_BOUND_PARALLEL_MIN
+    """ReLU, pooling and batch norm take threads from _threads.MEMORY_BOUND_PARALLEL_MIN
     elements on: threads own whole planes / chunks / channels, so the threaded result must be
     bitwise the serial one (a race or a wrong plane offset would differ). The threshold is
     lowered so that small, odd-sized arrays take the threaded path."""
-    from fastconv.kernels import _openmp
+    from fastconv.kernels import _openmp, _threads
     from fastconv.kernels import cython_backend as cb
 
     rng = np.random.default_rng(8)
@@ -696,11 +696,11 @@ def test_memory_bound_kernels_on_threads_give_the_serial_bits(monkeypatch):
     before = K.get_num_threads()
     try:
         K.set_num_threads(2)
-        monkeypatch.setattr(cb, "MEMORY_BOUND_PARALLEL_MIN", 64)
+        monkeypatch.setattr(_threads, "MEMORY_BOUND_PARALLEL_MIN", 64)
         assert cb._threads_memory_bound(15, x.size) == (2 if _openmp.openmp_enabled() else 1)
         assert cb._threads_memory_bound(15, 63) == 1
         threaded = run()
-        monkeypatch.setattr(cb, "MEMORY_BOUND_PARALLEL_MIN", 1 << 62)
+        monkeypatch.setattr(_threads, "MEMORY_BOUND_PARALLEL_MIN", 1 << 62)
         assert cb._threads_memory_bound(15, x.size) == 1
         serial = run()
     finally:

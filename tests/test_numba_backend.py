@@ -30,6 +30,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 import fastconv.kernels as K  # noqa: E402
+from fastconv.kernels import _threads  # noqa: E402
 from fastconv.kernels import numba_backend as nb  # noqa: E402
 from fastconv.kernels import python_backend as ref  # noqa: E402
 
@@ -124,10 +125,20 @@ def restore_threads():
 
 def test_set_num_threads_reaches_numba_in_this_and_other_threads(restore_threads):
     x = np.ones((2, 3, 4, 4), np.float32)
+    w = np.ones((2, 3, 3, 3), np.float32)
     for n in (1, 2, 64):
         K.set_num_threads(n)
-        K.relu_forward(x, backend="numba")
+        K.conv2d_forward(x, w, None, 1, 1, backend="numba")
         assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+        # memory-bound kernels below the shared threshold keep to one thread (see _threads)
+        K.relu_forward(x, backend="numba")
+        assert numba.get_num_threads() == 1
+    K.set_num_threads(2)
+    big = np.ones(_threads.MEMORY_BOUND_PARALLEL_MIN, np.float32)
+    K.relu_forward(big, backend="numba")
+    assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    K.max_pool2d_backward(*K.max_pool2d_forward(x, 2), x.shape, backend="numba")
+    assert numba.get_num_threads() == 1
 
     # Numba's setting is per calling thread: a fresh thread starts at the full pool size, so
     # the backend must apply fastconv's setting on each call, not once at import.
@@ -135,7 +146,7 @@ def test_set_num_threads_reaches_numba_in_this_and_other_threads(restore_threads
     seen = []
 
     def worker():
-        K.relu_forward(x, backend="numba")
+        K.conv2d_forward(x, w, None, 1, 1, backend="numba")
         seen.append(numba.get_num_threads())
 
     t = threading.Thread(target=worker)
