@@ -72,6 +72,8 @@ def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:
 
 
 _scratch_store = threading.local()
+#: Largest work array _scratch hands out (padded planes of x or dy).
+SCRATCH_BYTES_MAX = 1 << 32
 
 
 def _scratch(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -82,7 +84,12 @@ def _scratch(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     mapped memory, which in a training step (many large arrays of different sizes alive at
     once) is most of the time: ~1 ms per 9 MB. One buffer per role and per thread (so
     concurrent callers never share) that only grows; never returned to the caller."""
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for absurd paddings
+    if size > SCRATCH_BYTES_MAX:
+        raise ValueError(
+            f"the numba backend would need a {size / 2**30:.3g} GiB work array ({role}, the padded planes) for "
+            f"this padding / dilation; use the cython backend for sizes this large"
+        )
     buf = getattr(_scratch_store, role, None)
     if buf is None or buf.size < size:
         buf = np.empty(size, np.uint8)

@@ -32,11 +32,21 @@ NAME = "numpy"
 DESCRIPTION = "vectorised numpy: im2col/col2im with stride tricks + one BLAS GEMM"
 
 
+#: Largest padded copy _pad builds (im2col, pooling): a padding of 2**39 asks for exabytes.
+PAD_BYTES_MAX = 1 << 32
+
+
 def _pad(x: np.ndarray, ph: int, pw: int, value: float = 0.0) -> np.ndarray:
     """x (N,C,H,W) -> (N,C,H+2ph,W+2pw), border filled with ``value``; no copy when no padding."""
     if ph == 0 and pw == 0:
         return x
     n, c, h, w = x.shape
+    size = n * c * (h + 2 * ph) * (w + 2 * pw) * x.itemsize
+    if size > PAD_BYTES_MAX:  # the other backends never build the padded copy
+        raise ValueError(
+            f"padding ({ph}, {pw}): the numpy backend would build a padded copy of {size / 2**30:.3g} GiB "
+            f"(more than {PAD_BYTES_MAX / 2**30:g} GiB); use the cython backend for such paddings"
+        )
     out = np.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
     out[:, :, ph : ph + h, pw : pw + w] = x
     return out

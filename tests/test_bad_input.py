@@ -324,3 +324,25 @@ def test_batch_norm_bad_arguments(backend):
     # One value per channel is fine with given statistics (inference on a single 1x1 image).
     y, _, _ = K.batch_norm_forward(x[:1, :, :1, :1], w, b, 1e-5, zeros, ones, backend=backend)
     np.testing.assert_allclose(y, np.full((1, 3, 1, 1), 1 / np.sqrt(1 + 1e-5)))
+
+
+def test_huge_windows_and_paddings_are_fast_or_refused_clearly():
+    """A window of 2**40 over a 6x7 input is valid (one output, padding ignored by max): cython
+    and numba visit only the taps that meet real input (numba used to loop 2**40 times), and the
+    backends that would build padded copies refuse with the size instead of numpy's
+    'array is too big' or an allocation of TiB."""
+    x = _pool_x()
+    ref_y, ref_a = K.max_pool2d_forward(x, 2**40, 2**40, 2**39, backend="cython")
+    np.testing.assert_array_equal(ref_y[..., 0, 0], x.max(axis=(2, 3)))
+    avg = K.avg_pool2d_forward(x, 401, 1, 200, backend="cython")
+    for backend in {"numba", "cython"} & set(K.available_backends()):
+        y, a = K.max_pool2d_forward(x, 2**40, 2**40, 2**39, backend=backend)
+        np.testing.assert_array_equal(a, ref_a)
+        np.testing.assert_array_equal(y, ref_y)
+        np.testing.assert_allclose(K.avg_pool2d_forward(x, 401, 1, 200, backend=backend), avg, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"padding \(549755813888, 549755813888\): the numpy backend would build"):
+        K.max_pool2d_forward(x, 2**40, 2**40, 2**39, backend="numpy")
+    if "numba" in K.available_backends():
+        with pytest.raises(ValueError, match=r"numba backend would need a [\d.e+]+ GiB work array"):
+            K.conv2d_forward(np.ones((1, 1, 1, 1)), np.ones((1, 1, 2, 1)), None, 1, (2**39, 0), (2**40, 1),
+                             backend="numba")
