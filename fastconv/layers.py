@@ -3,6 +3,9 @@
 Every layer keeps what its backward pass needs from the *last* forward call (its "cache"),
 accumulates parameter gradients into ``Parameter.grad`` (``+=``, so gradients of several
 backward calls add up until ``zero_grad``) and returns the gradient with respect to its input.
+The cache holds references, not copies (a copy of every activation would cost a training step
+its memory traffic): changing an input array in place between forward and backward changes the
+gradients (PyTorch refuses that through version counters; fastconv leaves it to the caller).
 Convolution, pooling and ReLU arithmetic goes through :mod:`fastconv.kernels` (which validates
 arguments once and dispatches to a backend); layers never loop over pixels.
 
@@ -234,6 +237,16 @@ class Layer:
         if cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward (no cached input)")
 
+    def _check_dy(self, dy: object, shape: Sequence[int]) -> None:
+        """dy must have the shape of the last forward's output (else numpy would broadcast it or
+        fail with a message about some other array)."""
+        if not isinstance(dy, np.ndarray) or tuple(dy.shape) != tuple(shape):
+            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+            raise ValueError(
+                f"{type(self).__name__}.backward: expected dy of shape {tuple(shape)} (the last forward's output), "
+                f"got {got}"
+            )
+
 
 class Conv2d(Layer):
     """2-d convolution (cross-correlation), PyTorch's ``nn.Conv2d`` arguments.
@@ -393,6 +406,7 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._need_cache(self._argmax)
+        self._check_dy(dy, self._argmax.shape)
         return K.max_pool2d_backward(dy, self._argmax, self._input_shape, backend=self.backend)
 
 
@@ -424,6 +438,7 @@ class Flatten(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._need_cache(self._input_shape)
+        self._check_dy(dy, (self._input_shape[0], math.prod(self._input_shape[1:])))
         return dy.reshape(self._input_shape)
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -472,6 +487,7 @@ class Linear(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         self._need_cache(self._x)
+        self._check_dy(dy, (self._x.shape[0], self.out_features))
         self.weight.grad += dy.T @ self._x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
@@ -519,6 +535,9 @@ class Dropout(Layer):
         self.rng = as_rng(seed)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+            got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+            raise TypeError(f"Dropout: expected a float32 or float64 array, got {got}")
         if not self.training or self.p == 0.0:
             self._mask, self._passthrough = None, True
             return x
@@ -533,6 +552,7 @@ class Dropout(Layer):
         if self._passthrough:
             return dy
         self._need_cache(self._mask)
+        self._check_dy(dy, self._mask.shape)
         return dy * self._mask
 
     def config(self) -> dict:
@@ -558,9 +578,9 @@ class BatchNorm2d(Layer):
     ) -> None:
         super().__init__()
         self.num_features = _positive_int("num_features", num_features)
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive number, got {eps!r}")
-        if not 0.0 <= momentum <= 1.0:
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+            raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
         self.eps = float(eps)
         self.momentum = float(momentum)

@@ -42,6 +42,7 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -66,7 +67,7 @@ from ._registry import (
     set_default_backend,
 )
 from ._threads import get_num_threads, register_thread_hook, set_num_threads
-from ._validate import as_argmax, as_float_array, as_shape4, require_shape, same_dtype
+from ._validate import as_argmax, as_flag, as_float_array, as_shape4, require_shape, same_dtype
 
 __all__ = [
     "BACKEND_FUNCTIONS",
@@ -150,12 +151,13 @@ def conv2d_backward(
     x = as_float_array("x", x, 4)
     weight = as_float_array("weight", weight, 4)
     dtype = same_dtype(dy=dy, x=x, weight=weight)
+    need_dx = as_flag("need_dx", need_dx)
     g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
     require_shape("dy", dy, g.y_shape, "the conv2d output shape for x and weight")
     if g.n == 0:
         dx = np.zeros(g.x_shape, dtype) if need_dx else None
         return dx, np.zeros(g.w_shape, dtype), np.zeros((g.k,), dtype)
-    return backend_module(backend).conv2d_backward(dy, x, weight, g, bool(need_dx))
+    return backend_module(backend).conv2d_backward(dy, x, weight, g, need_dx)
 
 
 def max_pool2d_forward(
@@ -268,10 +270,12 @@ def _norm_args(
 ) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
     """Shared checks of the batch-norm ops: weight (C,) of x's dtype, eps, the statistics (C,)."""
     c = x.shape[1]
+    if c == 0:  # statistics of no channel: nothing to normalise, and the kernels expect C >= 1
+        raise ValueError(f"x: expected a positive size for C, got shape {x.shape}")
     weight = as_float_array("weight", weight, 1)
     same_dtype(x=x, weight=weight)
     require_shape("weight", weight, (c,), "one value per channel of x")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (0 < eps < math.inf):
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real) or not (0 < eps < math.inf):
         raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
     stats = []
     for name, value in (("mean", mean), ("var", var)):
@@ -340,12 +344,11 @@ def batch_norm_backward(
     x = as_float_array("x", x, 4)
     same_dtype(dy=dy, x=x)
     require_shape("dy", dy, x.shape, "the shape of x")
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    training = as_flag("training", training)
     if mean is None or var is None:
         raise ValueError("mean and var: expected the (C,) statistics the forward pass used, got None")
-    weight, eps, mean, var = _norm_args(x, weight, eps, mean, var, bool(training))
+    weight, eps, mean, var = _norm_args(x, weight, eps, mean, var, training)
     if x.size == 0:
         c = x.shape[1]
         return np.zeros(x.shape, x.dtype), np.zeros(c, x.dtype), np.zeros(c, x.dtype)
-    return backend_module(backend).batch_norm_backward(dy, x, weight, mean, var, eps, bool(training))
+    return backend_module(backend).batch_norm_backward(dy, x, weight, mean, var, eps, training)

@@ -29,6 +29,10 @@ def as_float_array(name: str, value: object, ndim: int | None = None) -> np.ndar
     """
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of float32 or float64, got {type(value).__name__}")
+    if isinstance(value, np.ma.MaskedArray):  # a kernel would silently compute on the masked values
+        raise TypeError(f"{name}: masked arrays are not supported; pass {name}.filled(value) or {name}.data")
+    if type(value) is not np.ndarray:  # np.matrix, memmap, ...: the kernels see plain arrays
+        value = np.asarray(value)
     if value.dtype.newbyteorder("=") not in FLOAT_DTYPES or value.dtype.kind != "f":
         raise TypeError(f"{name}: expected dtype float32 or float64, got {value.dtype}")
     if ndim is not None and value.ndim != ndim:
@@ -90,3 +94,11 @@ def as_argmax(name: str, value: object, expected_shape: tuple[int, ...], plane_s
                 f"of H*W = {plane_size}), got values in [{lo}, {hi}]"
             )
     return np.require(value, dtype=np.int64, requirements=("C", "A"))
+
+
+def as_flag(name: str, value: object) -> bool:
+    """A True/False switch (``need_dx``, ``training``): bool or numpy bool only, so that a string
+    like ``"no"`` is not silently taken as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)

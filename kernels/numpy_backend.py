@@ -176,8 +176,9 @@ def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
-    """np.maximum propagates NaN (unlike ``x * (x > 0)``, which would turn NaN into 0 or NaN*0)."""
-    return np.maximum(x, 0)
+    """np.maximum propagates NaN (unlike ``x * (x > 0)``, which would turn NaN into 0 or NaN*0).
+    ``out=`` keeps a 0-d input an array (np.maximum alone returns a numpy scalar for it)."""
+    return np.maximum(x, 0, out=np.empty_like(x))
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -346,3 +346,20 @@ def test_huge_windows_and_paddings_are_fast_or_refused_clearly():
         with pytest.raises(ValueError, match=r"numba backend would need a [\d.e+]+ GiB work array"):
             K.conv2d_forward(np.ones((1, 1, 1, 1)), np.ones((1, 1, 2, 1)), None, 1, (2**39, 0), (2**40, 1),
                              backend="numba")
+
+
+def test_flags_masked_arrays_channels_and_numpy_scalars(backend):
+    x, w, _ = _conv_args()
+    dy = np.ones((2, 4, 6, 5))
+    with pytest.raises(TypeError, match=r"need_dx: expected True or False, got 'no'"):
+        K.conv2d_backward(dy, x, w, 1, 1, need_dx="no", backend=backend)  # a string is not False
+    assert K.conv2d_backward(dy, x, w, 1, 1, need_dx=np.bool_(False), backend=backend)[0] is None
+    with pytest.raises(TypeError, match=r"masked arrays are not supported"):
+        K.relu_forward(np.ma.masked_less(x, 0), backend=backend)
+    with pytest.raises(ValueError, match=r"x: expected a positive size for C"):
+        K.batch_norm_forward(np.ones((2, 0, 3, 3)), np.ones(0), np.ones(0), backend=backend)
+    xb = np.random.default_rng(2).standard_normal((2, 3, 4, 4))
+    y_int_eps = K.batch_norm_forward(xb, np.ones(3), np.zeros(3), np.int64(1), backend=backend)[0]
+    np.testing.assert_allclose(y_int_eps, K.batch_norm_forward(xb, np.ones(3), np.zeros(3), 1.0, backend=backend)[0])
+    zero_d = K.relu_forward(np.array(-2.0), backend=backend)
+    assert isinstance(zero_d, np.ndarray) and zero_d.shape == () and zero_d == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -193,6 +194,30 @@ def test_backward_before_forward_is_a_clear_error():
             layer.backward(np.zeros((1, 1, 1, 1), np.float32))
 
 
+def test_backward_names_a_dy_of_the_wrong_shape(rng):
+    """numpy would broadcast a wrong dy (Dropout), fail on another array's shape (Linear,
+    Flatten) or blame argmax (MaxPool2d); each layer says what it expected instead."""
+    x4 = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    cases = [
+        (MaxPool2d(2), x4, (2, 3, 2, 2)),
+        (Flatten(), x4, (2, 48)),
+        (Linear(48, 5, rng=0), rng.standard_normal((2, 48)).astype(np.float32), (2, 5)),
+        (Dropout(0.5, seed=0), x4, x4.shape),
+    ]
+    for layer, x, out_shape in cases:
+        layer.forward(x)
+        bad = np.ones((1, *out_shape[1:]), np.float32)  # would broadcast for Dropout
+        with pytest.raises(ValueError, match=rf"{type(layer).__name__}\.backward: expected dy of shape "
+                                             rf"{re.escape(str(out_shape))}"):
+            layer.backward(bad)
+
+
+def test_dropout_rejects_non_float_input():
+    for x in (np.ones((2, 2), np.int64), np.ones((2, 2), np.float16)):
+        with pytest.raises(TypeError, match=f"Dropout: expected a float32 or float64 array, got {x.dtype}"):
+            Dropout(0.5, seed=0).forward(x)
+
+
 # --- construction, initialisation, config ---------------------------------------------
 
 
@@ -259,6 +284,11 @@ def test_config_is_json_and_rebuilds_the_same_layer(layer):
         (lambda: Linear(3, -1), ValueError),
         (lambda: Dropout(1.5), ValueError),
         (lambda: BatchNorm2d(2, eps=0), ValueError),
+        (lambda: BatchNorm2d(2, eps=True), ValueError),
+        (lambda: BatchNorm2d(2, eps=float("inf")), ValueError),
+        (lambda: BatchNorm2d(2, eps="1"), ValueError),
+        (lambda: BatchNorm2d(2, momentum=True), ValueError),
+        (lambda: BatchNorm2d(2, momentum=None), ValueError),
     ],
 )
 def test_bad_constructor_arguments_are_rejected(make, error):
