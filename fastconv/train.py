@@ -580,9 +580,15 @@ def _kept_message(result: FitResult, out: Path | None) -> str:
     return "No checkpoint was saved (no epoch finished with a finite loss)."
 
 
+#: TrainConfig fields that fit() does not use: they say how ``fastconv train`` built the model and
+#: split the data, which fit() receives ready-made.
+_RECIPE_ONLY_FIELDS = ("val_fraction", "dropout", "width", "batchnorm", "refit", "init")
+
+
 def _save_checkpoint(model, path: Path, metadata: dict | None, config: TrainConfig, record: dict) -> None:
     meta = dict(metadata or {})
-    meta.setdefault("config", config.to_dict())
+    if "config" not in meta:  # fit() called directly: record what it used, not defaults of fields it ignores
+        meta["fit_config"] = {k: v for k, v in config.to_dict().items() if k not in _RECIPE_ONLY_FIELDS}
     meta.setdefault("tta", config.tta)
     meta["epoch"] = record["epoch"]
     meta["val_accuracy"] = _json_float(record["val_accuracy"])

@@ -89,6 +89,16 @@ def test_own_network_example(tmp_path, monkeypatch, capsys):
     assert clf.classes == ("blue", "green", "red") and clf.image_size == 32
     img = load_image(tmp_path / "my_images" / "green" / "0.png", 32)[None]
     assert clf.classes[int(np.argmax(clf.predict_proba(img)[0]))] == "green"
+    # fit() got the split and the model ready-made: the file records what fit used, and not
+    # TrainConfig's defaults for the width, dropout or split of a network it did not build
+    meta = clf.metadata
+    assert "config" not in meta and meta["fit_config"]["epochs"] == 15 and meta["fit_config"]["lr"] == 2e-3
+    assert not {"width", "dropout", "val_fraction", "batchnorm"} & set(meta["fit_config"])
+    from fastconv import cli
+
+    code = cli.main(["evaluate", "--model", "run/model.npz", "--data", "my_images", "--split", "val"])
+    assert code == 1 and "does not record how its validation split was made" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", "run/model.npz", "--data", "my_images"]) == 0
 
 
 def test_relative_links_and_named_docs_resolve():

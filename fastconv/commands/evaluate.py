@@ -62,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
     elif split == "all":
         x, y = data.x, data.y
     else:
-        cfg = clf.metadata.get("config", {})
+        cfg = clf.metadata.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError(
+                f"{model_path} does not record how its validation split was made (a model saved by fit(), which "
+                "receives its split ready-made; 'fastconv train' records it); evaluate images it never saw with "
+                "--split all"
+            )
         frac, seed = float(cfg.get("val_fraction", 0.0)), int(cfg.get("seed", 0))
         if split == "val" and clf.metadata.get("refit"):
             raise ValueError(
