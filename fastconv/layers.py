@@ -226,6 +226,7 @@ class Layer:
         params = inspect.signature(type(self).__init__).parameters
         parts = []
         for key, value in self.config().items():
+            value = tuple(value) if isinstance(value, list) else value  # JSON's lists are pairs here
             default = params[key].default if key in params else inspect.Parameter.empty
             if default is inspect.Parameter.empty:
                 parts.append(repr(value))

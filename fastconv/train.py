@@ -634,6 +634,7 @@ def plot_curves(history: Sequence[dict], best_epoch: int = 0) -> bytes:
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), dpi=100)
@@ -645,6 +646,7 @@ def plot_curves(history: Sequence[dict], best_epoch: int = 0) -> bytes:
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5" ticks on short runs
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -704,7 +706,8 @@ def train_classifier(
         return model, result
 
     if log is not None:
-        log(f"refit: training a fresh catnet on all {len(x)} images for {config.epochs} epochs")
+        log(f"refit: training a fresh catnet on all {len(x)} images for {config.epochs} epoch"
+            f"{'s' if config.epochs != 1 else ''}")
     model, normalizer, metadata = _new_classifier(x, classes, config, dataset)
     best = result.history[result.best_epoch - 1]
     metadata.update(

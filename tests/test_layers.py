@@ -397,3 +397,8 @@ def test_batchnorm_matches_torch(rng):
     ours.eval()
     ref.eval()
     np.testing.assert_allclose(ours.forward(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_repr_shows_pairs_as_tuples_like_the_constructor_takes():
+    assert repr(Conv2d(3, 5, (3, 2), padding=(1, 0), rng=0)) == "Conv2d(3, 5, (3, 2), padding=(1, 0))"
+    assert repr(Conv2d(3, 5, 3, padding=1, rng=0)) == "Conv2d(3, 5, 3, padding=1)"

@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
     written = ["model.npz", "history.json", "history.csv", "curves.png"]
     if config.refit and config.val_fraction > 0:
-        line += f"; then refit on all {n} images for {config.epochs} epochs -> model.npz"
+        epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+        line += f"; then refit on all {n} images for {epochs} -> model.npz"
         written += ["model_val.npz", "history_refit.json", "history_refit.csv"]
     print(line)
     print("wrote " + ", ".join(str(out / f) for f in written))
