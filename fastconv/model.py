@@ -486,6 +486,8 @@ def load_with_metadata(path: PathLike, *, backend: str | None = None) -> tuple[S
         model.load_state_dict(state, strict=True)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    except MemoryError as exc:  # layers are built (and initialised) before their weights are checked
+        raise ValueError(f"{path}: its architecture asks for layers too large for memory ({exc})") from None
     model.set_backend(backend)
     return model.eval(), metadata
 

@@ -516,3 +516,16 @@ def test_saved_file_permissions(tmp_path):
     path.chmod(0o640)
     catnet(image_size=8, width=2).save(path)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_an_architecture_too_large_for_memory_is_a_named_error(tmp_path, monkeypatch):
+    """Layers are built before their weights are compared with the file's; a file declaring a
+    Linear(30000, 30000) runs out of memory there, which must surface as the usual error."""
+    path = catnet(image_size=8, width=2).save(tmp_path / "m.npz")
+
+    def too_big(architecture):
+        raise MemoryError("Unable to allocate 6.71 GiB")
+
+    monkeypatch.setattr(Sequential, "from_architecture", staticmethod(too_big))
+    with pytest.raises(ValueError, match=r"m\.npz: its architecture asks for layers too large for memory"):
+        fastconv.load(path)
