@@ -2,7 +2,9 @@
 
 A file is written into a temporary file in the destination folder, flushed to disk, and renamed
 over the destination with ``os.replace`` (atomic on POSIX and Windows). A crash or an exception
-at any point leaves the previous file intact and no temporary file behind.
+at any point leaves the previous file intact: an exception (or Ctrl-C) also removes the temporary
+file, while a killed process or a power cut may leave a hidden ``.NAME.*.tmp`` beside it — never
+a broken file under the real name.
 """
 
 from __future__ import annotations

@@ -419,6 +419,16 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
 
+            # A finite loss does not make finite weights: BatchNorm's running variance can overflow
+            # to inf while the batch statistics stay usable. A checkpoint must be loadable and sane.
+            bad = _non_finite_state(model)
+            if bad:
+                result.stopped = "diverged"
+                result.message = (
+                    f"training stopped: {bad} became non-finite at epoch {epoch}; try a smaller --lr. "
+                    + _kept_message(result, out)
+                )
+                raise _Diverged
             record = {
                 "epoch": epoch,
                 "lr": lr_epoch,
@@ -585,6 +595,14 @@ def _kept_message(result: FitResult, out: Path | None) -> str:
 _RECIPE_ONLY_FIELDS = ("val_fraction", "dropout", "width", "batchnorm", "refit", "init")
 
 
+def _non_finite_state(model) -> str:
+    """The first parameter or buffer of ``model`` holding NaN or inf (its state key), or ''."""
+    for key, arr in model._state_entries():
+        if not np.isfinite(arr).all():
+            return f"{key} ({type(model.layers[int(key.split('.', 1)[0])]).__name__})"
+    return ""
+
+
 def _save_checkpoint(model, path: Path, metadata: dict | None, config: TrainConfig, record: dict) -> None:
     meta = dict(metadata or {})
     if "config" not in meta:  # fit() called directly: record what it used, not defaults of fields it ignores
@@ -677,8 +695,9 @@ def train_classifier(
     one output logit (binary cross-entropy), more give one logit per class.
 
     With ``config.refit`` (and a validation split) a second run follows the validation run: a
-    fresh catnet, same seed and recipe, trained on *all* N images for ``config.epochs`` epochs
-    (the count chosen on validation data), normaliser refitted on all images; its last epoch
+    fresh catnet, same seed and recipe, trained on *all* N images for as many epochs as the
+    validation run trained (``config.epochs``, or fewer when early stopping ended it; the schedule
+    is then fitted to that count), normaliser refitted on all images; its last epoch
     becomes ``model.npz``. The validation run's best checkpoint is kept as ``model_val.npz`` and
     its history as ``history.json``/``.csv``/``curves.png``; the refit's history is
     ``history_refit.json``/``.csv``.
@@ -705,6 +724,11 @@ def train_classifier(
             model, _ = load_with_metadata(result.checkpoint)
         return model, result
 
+    # The refit trains as many epochs as the validation run did: all of them, or fewer when early
+    # stopping ended it (then its schedule is fitted to that count).
+    ran = len(result.history)
+    if ran < config.epochs:
+        config = dataclasses.replace(config, epochs=ran, patience=0, warmup_epochs=min(config.warmup_epochs, ran))
     if log is not None:
         log(f"refit: training a fresh catnet on all {len(x)} images for {config.epochs} epoch"
             f"{'s' if config.epochs != 1 else ''}")
@@ -719,9 +743,12 @@ def train_classifier(
     refit_dir = out / ".refit" if out is not None else None
     refit = fit(model, x, y, None, None, config, transform=normalizer, out_dir=refit_dir, metadata=metadata, **kw)
     if out is not None:
-        # Validation run's checkpoint -> model_val.npz; the refit model becomes model.npz.
-        os.replace(out / MODEL_FILE, out / "model_val.npz")
+        # Validation run's checkpoint -> model_val.npz (a copy first, so that a model.npz exists
+        # at every moment); then the refit model replaces model.npz.
+        atomic_write_bytes(out / "model_val.npz", (out / MODEL_FILE).read_bytes())
         os.replace(refit_dir / MODEL_FILE, out / MODEL_FILE)
+        if result.checkpoint is not None:
+            result.checkpoint = out / "model_val.npz"
         os.replace(refit_dir / HISTORY_JSON, out / "history_refit.json")
         os.replace(refit_dir / HISTORY_CSV, out / "history_refit.csv")
         for leftover in refit_dir.iterdir():

@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 def test_huge_learning_rate_diverges_with_clear_message(data, tmp_path):
     x, y = data
     cfg = tiny_config(epochs=30, optimizer="sgd", lr=1e12, warmup_epochs=0, dropout=0.0)
-    with pytest.raises(TrainingDiverged, match=r"(loss|validation loss) became (nan|inf).*smaller --lr"):
+    with pytest.raises(TrainingDiverged, match=r"(loss became (nan|inf)|became non-finite).*smaller --lr"):
         train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path, progress=False)
 
 
@@ -248,8 +248,44 @@ def test_refit_trains_on_all_images_and_keeps_the_validation_checkpoint(data, tm
     assert len(refit_hist["epochs"]) == 3 and refit_hist["epochs"][0]["val_accuracy"] is None
     assert len(json.loads((tmp_path / "history.json").read_text())["epochs"]) == 3
     assert not (tmp_path / ".refit").exists()
+    assert result.checkpoint == tmp_path / "model_val.npz"  # where the validation run's best now is
     for a, b in zip(model.parameters(), final.parameters()):
         np.testing.assert_array_equal(a.data, b.data)  # the returned model is the shipped one
+
+
+def test_refit_after_early_stopping_trains_as_many_epochs_as_the_validation_run(data, tmp_path):
+    x, y = data
+    cfg = tiny_config(epochs=20, refit=True, patience=1, lr=0.03)
+    _, result = train_classifier(x, y, ["h", "v"], cfg, out_dir=tmp_path, progress=False)
+    ran = len(result.history)
+    assert result.stopped == "early_stopping" and ran < 20
+    refit_hist = json.loads((tmp_path / "history_refit.json").read_text())
+    assert len(refit_hist["epochs"]) == ran  # not the 20 the run was allowed
+    assert load_with_metadata(tmp_path / "model.npz")[1]["epoch"] == ran
+
+
+def test_non_finite_weights_stop_training_even_when_the_loss_is_finite(data, tmp_path, monkeypatch):
+    """BatchNorm's running variance can overflow while the loss stays finite; no checkpoint may
+    hold it. Poisoned here in epoch 3; the kept checkpoint is from an earlier epoch and finite."""
+    import fastconv.train as T
+
+    x, y = data
+    real = T._non_finite_state
+    epochs_seen = []
+
+    def poisoned(model):
+        epochs_seen.append(1)
+        if len(epochs_seen) == 3:
+            bn = next(layer for layer in model.layers if hasattr(layer, "running_var"))
+            bn.running_var[0] = np.inf
+        return real(model)
+
+    monkeypatch.setattr(T, "_non_finite_state", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"1\.running_var \(BatchNorm2d\) became non-finite at epoch 3"):
+        train_classifier(x, y, ["h", "v"], tiny_config(epochs=6, batchnorm=True), out_dir=tmp_path, progress=False)
+    model, meta = load_with_metadata(tmp_path / "model.npz")
+    assert meta["epoch"] <= 2
+    assert all(np.isfinite(arr).all() for arr in model.state_dict().values())
 
 
 # ---------------------------------------------------------------------------------------------

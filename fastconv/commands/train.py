@@ -16,7 +16,8 @@ DESCRIPTION = (
     "cosine learning rate with warm-up, flip/shift/rotation/zoom augmentation, dropout, a stratified "
     "validation split evaluated every epoch "
     "(the checkpoint with the best validation accuracy is kept as model_val.npz), then a refit of a fresh "
-    "catnet on all training images for the same number of epochs (model.npz), test-time flip averaging. The test "
+    "catnet on all training images for as many epochs as the validation run trained (model.npz), "
+    "test-time flip averaging. The test "
     "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
     "With --data pointing at a folder with one subfolder per class (e.g. cat/ and not-cat/) the same "
     "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs and no refit."
@@ -111,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                         help="after the validation run, train a fresh model on all images (validation included) "
-                        "for the same number of epochs and ship that as model.npz (the validation run's best "
+                        "for as many epochs as the validation run trained (fewer if --patience stopped it) "
+                        "and ship that as model.npz (the validation run's best "
                         f"checkpoint is kept as model_val.npz); default: on, off for datasets of more than "
                         f"{LARGE_DATASET} images")
     parser.add_argument(
@@ -240,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
         line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
     written = ["model.npz", "history.json", "history.csv", "curves.png"]
     if config.refit and config.val_fraction > 0:
-        epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+        ran = len(result.history)  # the refit trains as many epochs as the validation run did
+        epochs = f"{ran} epoch{'s' if ran != 1 else ''}"
         line += f"; then refit on all {n} images for {epochs} -> model.npz"
         written += ["model_val.npz", "history_refit.json", "history_refit.csv"]
     print(line)
