@@ -1203,7 +1203,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
     ]
     header = (
-        f"{'kernel':<13}{'workload':<32}{'engine':<18}{'ms':>10}{'GFLOP/s':>10}{'%peak':>8}{'GB/s':>7}"
+        f"{'kernel':<13}{'workload':<32}{'engine':<18}{'ms':>10}{'GFLOP/s':>10}{'%peak':>8}{'GB/s':>9}"
         f"{'vs python':>11}{'vs numpy':>10}"
     )
     lines += [header, "-" * len(header)]
@@ -1217,7 +1217,7 @@ def format_report(report: dict[str, Any]) -> str:
         any_scaled |= r["scaled"]
         lines.append(
             f"{r['kernel'] if key != prev else '':<13}{r['label'] if key != prev else '':<32}{r['engine']:<18}"
-            f"{ms:>10}{_fmt_rate(r['gflops']):>10}{_fmt_rate(r['pct_peak']):>8}{_fmt_rate(r['gbps']):>7}"
+            f"{ms:>10}{_fmt_rate(r['gflops']):>10}{_fmt_rate(r['pct_peak']):>8}{_fmt_rate(r['gbps']):>9}"
             f"{_fmt_x(r['vs_python']):>11}{_fmt_x(r['vs_numpy']):>10}"
         )
         prev = key
@@ -1237,7 +1237,7 @@ def format_report(report: dict[str, Any]) -> str:
         ms = _fmt_ms(s["ms"]) + ("*" if s["scaled"] else "")
         lines.append(
             f"{impl_names.get(s['impl'], s['impl']):<34}{s['engine']:<10}{ms:>10}"
-            f"{s['images_per_s']:>10.1f}{_fmt_x(s['vs_numpy']):>10}"
+            f"{_fmt_rate(s['images_per_s']):>10}{_fmt_x(s['vs_numpy']):>10}"
         )
     comp = report.get("compile", {})
     lines += ["", "compile / warm-up (not included in any time above)"]

@@ -606,7 +606,7 @@ def _list_files(folder: Path) -> list[Path]:
     return out
 
 
-_FOLDER_CACHE_VERSION = 1
+_FOLDER_CACHE_VERSION = 2  # 2: paths stored relative to the root; inode and ctime in the key
 # Resized images are stored as float32 (uint8 would change them); past this size the disk cost
 # outweighs a re-decode. CIFAR's 10,000 images take 31 MB at 32x32, 491 MB resized to 64x64.
 _FOLDER_CACHE_MAX_BYTES = 1 << 30
@@ -621,16 +621,19 @@ def _folder_cache_path(root: Path, size: tuple[int, int], names: list[str], file
     for f in files:
         try:
             st = f.stat()
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+            # ctime and inode too: `cp -p` / `rsync -t` give a changed file its old size and mtime
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
         except OSError:  # a broken symlink or a file gone meanwhile: decoding names it as skipped
             stamp = "unreadable"
         h.update(f"\0{f.relative_to(root)}\0{stamp}".encode())
     return cache_dir() / "folders" / f"{root.name or 'root'}-{size[0]}x{size[1]}-{h.hexdigest()[:20]}.npz"
 
 
-def _save_folder_cache(path: Path, ds: FolderDataset) -> None:
+def _save_folder_cache(path: Path, ds: FolderDataset, root: Path) -> None:
     """Atomic write (fastconv._io.atomic_savez). Pixels go in as uint8 when that is lossless
-    (8-bit images at their native size), which makes the file 4x smaller."""
+    (8-bit images at their native size), which makes the file 4x smaller. Paths are stored
+    relative to ``root``, so the same tree named another way (``tiny`` from one folder,
+    ``/abs/tiny`` from another) gets paths that exist from where it was named."""
 
     q = np.rint(ds.x * np.float32(255.0)).astype(np.uint8)
     x = q if np.array_equal(q.astype(np.float32) / np.float32(255.0), ds.x) else ds.x
@@ -640,20 +643,21 @@ def _save_folder_cache(path: Path, ds: FolderDataset) -> None:
     atomic_savez(
         path,
         {
-            "x": x, "y": ds.y, "classes": np.array(ds.classes, dtype=str), "paths": np.array(ds.paths, dtype=str),
-            "skipped": np.array(ds.skipped, dtype=str).reshape(-1, 2),
+            "x": x, "y": ds.y, "classes": np.array(ds.classes, dtype=str),
+            "paths": np.array([os.path.relpath(p, root) for p in ds.paths], dtype=str),
+            "skipped": np.array([(os.path.relpath(p, root), r) for p, r in ds.skipped], dtype=str).reshape(-1, 2),
         },
     )  # fmt: skip
 
 
-def _load_folder_cache(path: Path) -> FolderDataset | None:
+def _load_folder_cache(path: Path, root: Path) -> FolderDataset | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             x = z["x"]
             x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
             return FolderDataset(
-                x, z["y"].astype(np.int64), z["classes"].tolist(), z["paths"].tolist(),
-                [(str(a), str(b)) for a, b in z["skipped"]],
+                x, z["y"].astype(np.int64), z["classes"].tolist(), [str(root / p) for p in z["paths"].tolist()],
+                [(str(root / a), str(b)) for a, b in z["skipped"]],
             )  # fmt: skip
     except Exception:  # a damaged cache entry is rebuilt, never fatal
         return None
@@ -715,7 +719,7 @@ def load_image_folder(
     listing = [(label, f) for label, name in enumerate(names) for f in _list_files(root / name)]
     cache_path = _folder_cache_path(root, size, names, [f for _, f in listing]) if cache else None
     if cache_path is not None and cache_path.is_file():
-        cached = _load_folder_cache(cache_path)
+        cached = _load_folder_cache(cache_path, root)
         if cached is not None:
             _warn_skipped(root, cached.skipped)
             return cached
@@ -766,7 +770,7 @@ def load_image_folder(
     ds = FolderDataset(np.stack(images).astype(np.float32, copy=False), y, names, paths, skipped)
     if cache_path is not None:
         try:
-            _save_folder_cache(cache_path, ds)
+            _save_folder_cache(cache_path, ds, root)
         except OSError as e:  # a read-only or full cache must not stop training
             warnings.warn(f"could not write the decoded-image cache {cache_path}: {e}", stacklevel=2)
     return ds

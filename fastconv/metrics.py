@@ -3,7 +3,8 @@ exact test for comparing two classifiers on the same examples.
 
 Labels are integer class indices ``0 .. num_classes-1`` (int64 arrays of shape (N,)).
 For two classes, "positive" is class 1 (``cat`` in catvnoncat, whose classes are
-``["non-cat", "cat"]``); for more classes precision/recall/F1 are macro averages.
+``["non-cat", "cat"]``); for more classes precision/recall/F1 are macro averages over the
+classes that occur in the labels or the predictions.
 
 Conventions (the same as scikit-learn's ``zero_division=0``): a ratio whose denominator
 is zero (no predicted positives, no actual positives) is reported as 0.0, never NaN.
@@ -139,6 +140,15 @@ def format_confusion(cm: np.ndarray, classes: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def _macro(scores: tuple[np.ndarray, ...], cm: np.ndarray) -> tuple[float, ...]:
+    """Means over the classes that occur in the labels or the predictions (scikit-learn's label
+    set): a class index that appears in neither has no score to average, wherever it sits."""
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    if not present.any():
+        return tuple(0.0 for _ in scores)
+    return tuple(float(s[present].mean()) for s in scores)
+
+
 def classification_report(y_true, y_pred, classes: Sequence[str] | None = None) -> Report:
     """Accuracy, precision, recall, F1 and confusion matrix of predictions.
 
@@ -153,7 +163,8 @@ def classification_report(y_true, y_pred, classes: Sequence[str] | None = None) 
     if cm.shape[0] == 2:
         average, p, r, f = "binary", precision[1], recall[1], f1[1]
     else:
-        average, p, r, f = "macro", precision.mean(), recall.mean(), f1.mean()
+        average = "macro"
+        p, r, f = _macro((precision, recall, f1), cm)
     total = cm.sum()
     acc = float(np.trace(cm) / total) if total else 0.0
     return Report(acc, float(p), float(r), float(f), cm, tuple(str(c) for c in classes), average)
@@ -168,7 +179,7 @@ def precision_recall_f1(y_true, y_pred, average: str = "binary") -> tuple[float,
             raise ValueError(f"average='binary' needs two classes, the labels have {cm.shape[0]}")
         return float(precision[1]), float(recall[1]), float(f1[1])
     if average == "macro":
-        return float(precision.mean()), float(recall.mean()), float(f1.mean())
+        return _macro((precision, recall, f1), cm)  # type: ignore[return-value]
     raise ValueError(f"average: expected 'binary' or 'macro', got {average!r}")
 
 

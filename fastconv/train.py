@@ -479,7 +479,8 @@ def fit(
             if config.patience and has_val and since_best >= config.patience:
                 result.stopped = "early_stopping"
                 result.message = (
-                    f"early stopping after epoch {epoch}: no better {config.monitor} for {config.patience} epochs"
+                    f"early stopping after epoch {epoch}: no better {config.monitor} for {config.patience} epoch"
+                    f"{'s' if config.patience != 1 else ''}"
                 )
                 break
     except _Diverged:

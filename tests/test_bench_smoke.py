@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 
 import fastconv.kernels as K
 import numpy as np
@@ -417,3 +418,15 @@ def test_openmp_runtime_detection_sees_the_kernels_runtime():
         pytest.skip("needs Linux /proc and Cython kernels built with OpenMP")
     K.set_num_threads(K.get_num_threads())  # loads the kernels' OpenMP runtime
     assert bench._openmp_runtime_loaded()
+
+
+def test_report_columns_never_touch():
+    """A 7-character GB/s value (naive python's 0.00866) once ran into the '-' of the %peak
+    column and read as negative; the published report renders with a gap between all columns."""
+    from pathlib import Path
+
+    report = bench.load_json(Path(__file__).resolve().parents[1] / "docs" / "bench.json")
+    text = bench.format_report(report)
+    glued = [line for line in text.splitlines() if re.search(r"(?<=\s)-\d", line)]
+    assert not glued, glued[:3]
+    assert re.search(r"^fastconv\.kernels ops\s+python\s+\S+\s+0\.0\d+\s", text, re.MULTILINE)  # images/s, not 0.0

@@ -468,6 +468,21 @@ def test_decoded_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     i = changed.paths.index(str(target))
     np.testing.assert_allclose(changed.x[i], 99 / 255.0, atol=1e-6)
 
+    # A file rewritten with its old size and mtime (cp -p, rsync -t) is still noticed.
+    st = target.stat()
+    target.unlink()
+    _save(target, np.full((10, 10, 3), 77, np.uint8))  # same size: a uniform PNG of the same shape
+    assert target.stat().st_size == st.st_size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    same_stamp = D.load_image_folder(root, 8)
+    np.testing.assert_allclose(same_stamp.x[same_stamp.paths.index(str(target))], 77 / 255.0, atol=1e-6)
+
+    # The cached tree named another way (relative, from elsewhere) gets paths that exist from there.
+    monkeypatch.chdir(tmp_path)
+    relative = D.load_image_folder("r", 8)
+    assert relative.paths[0].startswith("r" + os.sep) and all(os.path.exists(p) for p in relative.paths)
+    np.testing.assert_array_equal(relative.x, same_stamp.x)
+
     # Arrays over the size cap are not written.
     monkeypatch.setattr(D, "_FOLDER_CACHE_MAX_BYTES", 100)
     shutil.rmtree(tmp_path / "cache" / "folders")
@@ -481,7 +496,7 @@ def test_decoded_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     for entry in (tmp_path / "cache" / "folders").iterdir():
         entry.write_bytes(b"garbage")
     rebuilt = D.load_image_folder(root, 8)
-    np.testing.assert_array_equal(rebuilt.x, changed.x)
+    np.testing.assert_array_equal(rebuilt.x, same_stamp.x)
 
 
 @pytest.mark.slow

@@ -67,6 +67,14 @@ def test_format_says_when_a_score_is_undefined():
     assert "undefined" not in metrics.classification_report(BIN_TRUE, BIN_PRED, ["non-cat", "cat"]).format()
 
 
+def test_macro_average_skips_classes_absent_from_labels_and_predictions():
+    """scikit-learn's rule: a class that occurs nowhere has no score, wherever its index is."""
+    assert metrics.precision_recall_f1([0, 0, 2], [0, 0, 2], "macro") == (1.0, 1.0, 1.0)
+    assert metrics.precision_recall_f1([0, 0, 1], [0, 0, 1], "macro") == (1.0, 1.0, 1.0)
+    rep = metrics.classification_report([0, 2, 2], [0, 2, 0], ["a", "b", "c"])  # "b" nowhere
+    assert rep.precision == pytest.approx((0.5 + 1.0) / 2) and rep.recall == pytest.approx((1.0 + 0.5) / 2)
+
+
 def test_num_classes_pads_unseen_classes():
     cm = metrics.confusion_matrix([0, 0], [0, 0], num_classes=3)
     np.testing.assert_array_equal(cm, [[2, 0, 0], [0, 0, 0], [0, 0, 0]])

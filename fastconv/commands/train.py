@@ -104,8 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--average-epochs", type=int, default=d.average_epochs, metavar="N",
         help="ship the uniform average of the weights over every step of the last N epochs, BatchNorm statistics "
-        "recomputed on the training images (stochastic weight averaging; needs --patience 0); 0 = off, the "
-        "best epoch's weights (docs/training.md has what it did in cross-validation)",
+        "recomputed on the training images (stochastic weight averaging; needs --patience 0); 0 = off: the "
+        "best epoch's weights, or the refit's last epoch with --refit (docs/training.md has what it did in "
+        "cross-validation)",
     )
     parser.add_argument(
         "--no-tta", action="store_true", help="no test-time flip averaging (stored in the model file; default on)"
