@@ -38,11 +38,11 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
 * Outputs have the input dtype. float64 agrees with the ``python`` reference to ~1e-10
   relative; float32 agrees with float64 within the tolerance documented in ``tests/``.
 * Infinities and conv padding: one case is left open. Where an infinite weight (forward) or an
-  infinite dy (dweight) meets a *padded* position, the ``python`` reference skips the padded
-  tap (a finite result) while im2col + GEMM and the padded-plane kernels multiply by the
-  padding's zeros (0 * inf = NaN, as PyTorch does); numba's dweight falls back to valid pairs
-  only. dx never involves padding and agrees everywhere; so does every case with finite
-  weights and dy (NaN/inf in x included). The conformance tests compare only where all agree.
+  infinite dy (dweight) meets a *padded* position, kernels that skip padded taps give a finite
+  number (the ``python`` reference; numba's strided forward and its dweight) and kernels that
+  multiply the padding's zeros give NaN (0 * inf, as PyTorch does: numpy, cython, numba's
+  stride-1 forward). dx never involves padding and agrees everywhere; so does every case with
+  finite weights and dy (NaN/inf in x included). The conformance tests compare only there.
 """
 
 from __future__ import annotations
