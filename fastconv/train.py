@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -742,7 +743,15 @@ def train_classifier(
                         "val_loss": best["val_loss"], "train_size": len(x_tr), "val_size": len(x_va)},
     )  # fmt: skip
     refit_dir = out / ".refit" if out is not None else None
-    refit = fit(model, x, y, None, None, config, transform=normalizer, out_dir=refit_dir, metadata=metadata, **kw)
+    try:
+        refit = fit(model, x, y, None, None, config, transform=normalizer, out_dir=refit_dir, metadata=metadata, **kw)
+    except TrainingDiverged as exc:
+        # model.npz is still the validation run's checkpoint; the refit's partial files go.
+        if refit_dir is not None:
+            shutil.rmtree(refit_dir, ignore_errors=True)
+        kept = f" {out / MODEL_FILE} is still the validation run's best checkpoint." if out is not None else ""
+        first = str(exc).split(" The last good", 1)[0].split(" No checkpoint", 1)[0]
+        raise TrainingDiverged(f"refit on all images: {first}{kept}", exc.result) from None
     if out is not None:
         # Validation run's checkpoint -> model_val.npz (a copy first, so that a model.npz exists
         # at every moment); then the refit model replaces model.npz.

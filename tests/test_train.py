@@ -264,6 +264,27 @@ def test_refit_after_early_stopping_trains_as_many_epochs_as_the_validation_run(
     assert load_with_metadata(tmp_path / "model.npz")[1]["epoch"] == ran
 
 
+def test_a_diverging_refit_leaves_the_validation_checkpoint_and_no_hidden_folder(data, tmp_path, monkeypatch):
+    import fastconv.train as T
+
+    x, y = data
+    real = T._non_finite_state
+    calls = []
+
+    def poisoned(model):
+        calls.append(1)
+        return "0.weight (Conv2d)" if len(calls) == 4 else real(model)  # the refit's first epoch
+
+    monkeypatch.setattr(T, "_non_finite_state", poisoned)
+    with pytest.raises(TrainingDiverged) as info:
+        train_classifier(x, y, ["h", "v"], tiny_config(epochs=3, refit=True), out_dir=tmp_path, progress=False)
+    msg = str(info.value)
+    assert msg.startswith("refit on all images: training stopped: 0.weight (Conv2d) became non-finite at epoch 1")
+    assert msg.endswith("model.npz is still the validation run's best checkpoint.") and ".refit" not in msg
+    assert not (tmp_path / ".refit").exists()
+    assert load_with_metadata(tmp_path / "model.npz")[1]["refit"] is False
+
+
 def test_non_finite_weights_stop_training_even_when_the_loss_is_finite(data, tmp_path, monkeypatch):
     """BatchNorm's running variance can overflow while the loss stays finite; no checkpoint may
     hold it. Poisoned here in epoch 3; the kept checkpoint is from an earlier epoch and finite."""
