@@ -15,7 +15,7 @@ max_pool2d_backward    dy, argmax, input_shape                     dx (N,C,H,W)
 avg_pool2d_forward     x, kernel_size, stride, padding             y
 avg_pool2d_backward    dy, input_shape, kernel_size, stride, pad   dx
 relu_forward           x                                           y = max(x, 0)
-relu_backward          dy, x                                       dx = dy * (x > 0)
+relu_backward          dy, x                                       dx = dy where x > 0, else 0
 batch_norm_forward     x, weight (C,), bias (C,), eps,             y, mean (C,), var (C,)
                        [mean (C,), var (C,)]
 batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (C,), dbias (C,)

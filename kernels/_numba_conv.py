@@ -8,12 +8,13 @@ outputs are preallocated by the caller in ``numba_backend``.
 The ladder for the forward pass (see docs/numba.md for measurements):
 
 1. ``conv_fwd_naive``: the python reference's loops, unchanged, only jitted. Innermost loop is
-   the S taps of one kernel row with two bounds checks per tap; no SIMD.
+   the S taps of one kernel row with two bounds checks per tap; no SIMD, no FMA (float64
+   multiply, then add, like the reference).
 2. ``conv_fwd_reordered``: the same sums, loops reordered so the innermost loop runs over the
    output row ``j`` with its valid range precomputed (no branch inside), reading ``x`` with
-   unit stride when ``stride == 1``: LLVM can vectorise it (8 float32 per AVX2 register).
-3. ``conv_fwd_parallel``: rung 2 with ``prange`` over (image, output channel) and FMA
-   contraction allowed: 2 cores, fused multiply-adds.
+   unit stride when ``stride == 1``: LLVM can vectorise it (8 float32 per AVX2 register), and
+   FMA contraction is allowed (``_fwd_plane`` has ``fastmath=_FMA``).
+3. ``conv_fwd_parallel``: rung 2 with ``prange`` over (image, output channel): 2 cores.
 4. ``conv_fwd_im2col_blas``: per image, unfold the windows into a (C*R*S, Ho*Wo) matrix and
    call BLAS sgemm through ``np.dot``. Good for large C*R*S; the matrix M = K rows is small in
    catnet, where OpenBLAS is far from its peak, and the unfold writes 9x the input.
@@ -22,8 +23,9 @@ The ladder for the forward pass (see docs/numba.md for measurements):
    ``q = i*Wp + j`` and tap (r, s) reads ``xp[q + r*dh*Wp + s*dw]``: every tap becomes one long
    contiguous vector with a constant offset, with no padding branches and no short rows
    (the Wp - Wo wrap-around columns are computed and thrown away: 3 % extra work at 64x64).
-   Taps are processed three at a time in one loop, so each accumulator load/store is amortised
-   over three FMAs; the accumulator tile (``_TILE`` floats) stays in L1 (32 KiB per core).
+   One pass of the inner loop handles 3 taps for 3 output channels, so each input load is
+   shared by three channels and each accumulator load/store by three taps (9 FMAs per 3 + 3
+   loads and 3 stores); the accumulator tiles (``_TILE`` floats per channel) stay in L1.
    The same kernel computes dx of the backward pass (a correlation of the zero-bordered dy with
    the flipped kernel) — see ``flat_correlate``.
 """
@@ -33,8 +35,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# Accumulator tile of flat_correlate, in elements: 1024 float32 = 4 KiB, so the tile plus the
-# three input streams it reads stay well inside the 32 KiB L1d of a Zen4 core.
+# Accumulator tile of flat_correlate, in elements: 1024 float32 = 4 KiB per output channel, so
+# the three channels' tiles (12 KiB) plus the input streams they read stay inside the 32 KiB L1d
+# of a Zen4 core.
 _TILE = 1024
 # The flat loops run over a length rounded up to a multiple of _ROUND elements, so LLVM's
 # vectorised body (8 float32 lanes x 4-fold unrolling = 32 elements) covers everything and

@@ -40,7 +40,7 @@ cdef PGeo _pgeo(object g):
 
 
 # The caller (cython_backend) passes num_threads = 1 for calls too small to be worth a second
-# thread (its MEMORY_BOUND_PARALLEL_MIN); then no OpenMP team is started.
+# thread (_threads.MEMORY_BOUND_PARALLEL_MIN); then no OpenMP team is started.
 
 
 cdef inline bint _is_2x2(const PGeo* g) noexcept nogil:

@@ -13,9 +13,12 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 # One parallel region per call; the caller (cython_backend) passes num_threads = 1 for arrays
-# too small to be worth a second thread (its MEMORY_BOUND_PARALLEL_MIN), and then no team starts.
+# too small to be worth a second thread (_threads.MEMORY_BOUND_PARALLEL_MIN), and then no team starts.
 cdef enum:
-    CHUNK = 16384  # elements per task
+    # Elements per task: 64 KiB of float32, a few microseconds of work, so handing out a task
+    # costs nothing measurable, while catnet's smallest threaded activation (2**19 values)
+    # still splits into 32 tasks to balance between the threads.
+    CHUNK = 16384
 
 
 def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):

@@ -1,8 +1,9 @@
 """Backend ``numba``: every op of the kernel contract as ``@njit`` kernels, parallel and cached.
 
-The kernels live in ``_numba_conv.py`` (conv2d, with the optimisation ladder kept in code) and
-``_numba_pool.py`` (pooling, ReLU). This module only allocates outputs, derives the few
-layout numbers a kernel needs from the geometry ``g`` and picks a kernel. Arrays arrive
+The kernels live in ``_numba_conv.py`` (conv2d, with the optimisation ladder kept in code),
+``_numba_pool.py`` (pooling, ReLU) and ``_numba_norm.py`` (batch norm's fused passes). This
+module only allocates outputs, derives the few layout numbers a kernel needs from the geometry
+``g`` and picks a kernel. Arrays arrive
 validated by dispatch: C-contiguous, one dtype, float32 or float64 — exactly what the
 kernels are compiled for, so nothing is re-checked here.
 

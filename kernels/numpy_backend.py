@@ -7,7 +7,9 @@ interpreter.
   flattened C x R x S input patch and one flattened filter. Lay all patches side by side
   as the columns of a matrix (``im2col``) and the whole layer becomes a single
   ``(K, C*R*S) @ (C*R*S, N*Ho*Wo)`` GEMM, which BLAS runs with SIMD, cache blocking and
-  threads at a large fraction of the machine's peak.
+  threads. On catnet's thin layers (K = 16-64 rows, a 27-576-deep reduction) that product
+  reaches only 14-45% of the machine's peak (docs/ladder.md): square GEMMs are what BLAS
+  is tuned for.
 * **Stride tricks make the patch matrix a view.** ``as_strided`` describes the 6-d array
   ``patches[n, c, r, s, i, j] = xpad[n, c, i*sh + r*dh, j*sw + s*dw]`` without copying; the
   single copy happens when BLAS needs it contiguous. Its cost is memory: the column matrix is
@@ -176,13 +178,14 @@ def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
-    """np.maximum propagates NaN (unlike ``x * (x > 0)``, which would turn NaN into 0 or NaN*0).
-    ``out=`` keeps a 0-d input an array (np.maximum alone returns a numpy scalar for it)."""
+    """y = max(x, 0), any shape, x's dtype. np.maximum propagates NaN (unlike ``x * (x > 0)``,
+    which would turn NaN into 0 or NaN*0). ``out=`` keeps a 0-d input an array (np.maximum
+    alone returns a numpy scalar for it)."""
     return np.maximum(x, 0, out=np.empty_like(x))
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dx = dy where x > 0 else 0."""
+    """dx = dy where x > 0 else 0; dy, x and dx of one shape and dtype."""
     return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
 
 

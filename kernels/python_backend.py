@@ -14,8 +14,8 @@ done in Python floats (float64), then stored in the array's dtype: this is the m
 backend, which is what a reference should be.
 
 Speed: each multiply-add costs an interpreted loop iteration plus several numpy scalar
-indexings (~100 ns each), i.e. roughly 10 million FLOP/s, thousands of times below the
-hardware. That gap is what the other backends close.
+indexings: ~500 ns per multiply-add, i.e. about 4 million FLOP/s (0.0035-0.0047 GFLOP/s in
+docs/bench.json), tens of thousands of times below the hardware. That gap is what the other backends close.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
-    """y = x where x > 0, else 0; NaN stays NaN (``x != x`` is the NaN test)."""
+    """y = x where x > 0, else 0, any shape, x's dtype; NaN stays NaN (``x != x`` is the NaN test)."""
     flat = x.reshape(-1)
     y = np.empty_like(flat)
     for i in range(flat.size):
@@ -182,7 +182,8 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0, like PyTorch)."""
+    """dx = dy where x > 0, else 0; dy and x of one shape and dtype, dx the same (the derivative at
+    exactly 0 is taken as 0, like PyTorch)."""
     fdy, fx = dy.reshape(-1), x.reshape(-1)
     dx = np.empty_like(fdy)
     for i in range(fdy.size):
@@ -194,6 +195,9 @@ def batch_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, mean: np.ndarray | None, var: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """y = (x - mean) / sqrt(var + eps) * weight + bias per channel; batch statistics when mean is None.
+
+    x (N, C, H, W) and weight, bias (C,) of one dtype; mean, var (C,) float64 or None. Returns
+    y (N, C, H, W) in x's dtype and the mean, var (C,) float64 that were used.
 
     The definition, channel by channel: sum the M = N*H*W values for the mean, then the squares
     of their distances from it for the (biased) variance, then normalise every value.
@@ -230,7 +234,8 @@ def batch_norm_forward(
 def batch_norm_backward(
     dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, training: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx, dweight, dbias of batch_norm_forward.
+    """dx (N, C, H, W), dweight, dbias (C,), all in x's dtype, of batch_norm_forward
+    (mean, var (C,) float64: the statistics the forward used).
 
     With xhat = (x - mean) * invstd: y = weight * xhat + bias gives dbias = sum(dy) and
     dweight = sum(dy * xhat). dx = weight * invstd * dy, plus, when mean and var were the batch's
