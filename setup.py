@@ -18,6 +18,7 @@ import sysconfig
 import tempfile
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def compiler_accepts(flags: list[str], src: str = "int main(void){ return 0; }\n") -> bool:
@@ -106,4 +107,26 @@ def extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    """Recompile every module when the build configuration changed since the last build in this
+    checkout (OpenMP on/off, compiler, flags). setuptools alone recompiles only modules whose C
+    source is newer than the object, so switching FASTCONV_NO_OPENMP or CC left a mix of OpenMP
+    and serial modules that ``fastconv info`` reported as an OpenMP build."""
+
+    def run(self) -> None:
+        config = repr(
+            (os.environ.get("CC"), sorted((e.name, e.extra_compile_args, e.extra_link_args) for e in self.extensions))
+        )
+        stamp = os.path.join(self.build_temp, "fastconv-build-config.txt")
+        try:
+            with open(stamp) as f:
+                self.force = self.force or f.read() != config
+        except OSError:
+            self.force = True  # no record of what built the objects here: rebuild them
+        super().run()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(config)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -22,6 +22,8 @@ if bad:
     sys.exit(f"wheel must not install a top-level 'kernels' package, found {bad}")
 if not any(n.startswith("fastconv/kernels/") and n.endswith(".so") for n in names):
     sys.exit("wheel holds no compiled Cython extension under fastconv/kernels/")
+if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+    sys.exit("wheel carries no LICENSE file in its .dist-info/licenses/")
 
 site = wheel_dir.parent / "wheel-site"
 subprocess.run(

@@ -48,8 +48,11 @@ def _simd_module(baseline, avx2_name: str):
 
     The AVX2 module is not even imported on other CPUs: its compiled code (module set-up
     included) may use AVX instructions, which would crash there. FASTCONV_CYTHON_SIMD=sse2
-    forces the baseline builds (to compare the two)."""
-    if os.environ.get("FASTCONV_CYTHON_SIMD", "").lower() != "sse2" and cython_conv.cpu_has_avx2_fma():
+    forces the baseline builds (to compare the two); ``avx2`` or unset = the best the CPU has."""
+    choice = os.environ.get("FASTCONV_CYTHON_SIMD", "").strip().lower()
+    if choice not in ("", "sse2", "avx2"):
+        raise ValueError(f"FASTCONV_CYTHON_SIMD: expected 'sse2', 'avx2' or unset, got {choice!r}")
+    if choice != "sse2" and cython_conv.cpu_has_avx2_fma():
         try:
             return importlib.import_module(f"{__package__}.{avx2_name}")
         except ImportError:  # built without it (non-x86 compiler, or one without -mavx2)

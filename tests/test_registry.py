@@ -150,3 +150,10 @@ def test_openmp_build_is_reported():
         assert _openmp.openmp_version() >= 200805  # OpenMP 3.0 or newer
     else:
         assert _openmp.get_max_threads() == 1
+
+
+def test_an_unknown_cython_simd_choice_is_reported_not_ignored():
+    code = "import fastconv.kernels as k; k.available_backends(); print(k.backend_errors().get('cython', ''))"
+    env = dict(os.environ, FASTCONV_CYTHON_SIMD="bogus")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "FASTCONV_CYTHON_SIMD: expected 'sse2', 'avx2' or unset, got 'bogus'" in out.stdout
