@@ -37,12 +37,10 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
   else the same without the two mean terms.
 * Outputs have the input dtype. float64 agrees with the ``python`` reference to ~1e-10
   relative; float32 agrees with float64 within the tolerance documented in ``tests/``.
-* Infinities and conv padding: one case is left open. Where an infinite weight (forward) or an
-  infinite dy (dweight) meets a *padded* position, kernels that skip padded taps give a finite
-  number (the ``python`` reference; numba's strided forward and its dweight) and kernels that
-  multiply the padding's zeros give NaN (0 * inf, as PyTorch does: numpy, cython, numba's
-  stride-1 forward). dx never involves padding and agrees everywhere; so does every case with
-  finite weights and dy (NaN/inf in x included). The conformance tests compare only there.
+* Conv padding is zeros that take part in the arithmetic: where an infinite or NaN weight
+  (forward) or dy (dweight) meets a padded position, the product is NaN (0 * inf), in every
+  backend as in PyTorch. Kernels that skip padded taps for speed (numba's strided ones) write
+  the zeros out first when a weight or dy is not finite. dx has no padded entries to keep.
 """
 
 from __future__ import annotations

@@ -74,13 +74,11 @@ def conv_fwd_naive(x, w, b, sh, sw, ph, pw, dh, dw, y):
                     for c in range(c_):
                         for r in range(r_):
                             h = i * sh - ph + r * dh
-                            if h < 0 or h >= h_:
-                                continue
                             for s in range(s_):
                                 ww = j * sw - pw + s * dw
-                                if ww < 0 or ww >= w_:
-                                    continue
-                                acc += np.float64(x[n, c, h, ww]) * np.float64(w[k, c, r, s])
+                                inside = 0 <= h < h_ and 0 <= ww < w_
+                                xv = np.float64(x[n, c, h, ww]) if inside else np.float64(0.0)
+                                acc += xv * np.float64(w[k, c, r, s])
                     y[n, k, i, j] = acc
 
 

@@ -21,6 +21,7 @@ thread, so applying it at call time is what makes it hold in every thread that c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -115,12 +116,25 @@ def conv_fwd_flat(x: np.ndarray, w: np.ndarray, b: np.ndarray, g: Conv2dGeometry
     return y
 
 
+def _explicitly_padded(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, Conv2dGeometry]:
+    """x with its zero padding written out, and the same problem without padding.
+
+    The strided kernels visit only taps that meet real input, which is exact as long as every
+    weight and dy value is finite (a skipped tap would add 0). With an inf or NaN, zero padding
+    means 0 * inf = NaN (the contract, the reference and PyTorch): then the zeros are made real."""
+    xp = np.zeros((g.n, g.c, g.h + 2 * g.ph, g.w + 2 * g.pw), x.dtype)
+    xp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w] = x
+    return xp, dataclasses.replace(g, h=g.h + 2 * g.ph, w=g.w + 2 * g.pw, ph=0, pw=0)
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """y (N,K,Ho,Wo) = b + conv(x (N,C,H,W), w (K,C,R,S)), dtype of x."""
     _sync_threads()
     bias = _bias(b, g, x.dtype)
     if g.sh == 1 and g.sw == 1:
-        return conv_fwd_flat(x, w, bias, g)
+        return conv_fwd_flat(x, w, bias, g)  # padded planes: the zeros are real already
+    if (g.ph or g.pw) and not np.isfinite(w).all():
+        x, g = _explicitly_padded(x, g)
     y = np.empty(g.y_shape, x.dtype)
     cv.conv_fwd_parallel(x, w, bias, *_strides(g), y)
     return y
@@ -138,7 +152,7 @@ def conv2d_backward(
     db64 = np.zeros(g.k, np.float64)
     zero = dtype.type(0)
     if g.sh != 1 or g.sw != 1:
-        cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
+        _dw_generic(dy, x, g, zero, dw64, db64)
         dx = _dx_generic(dy, w, g) if need_dx else None
         return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
 
@@ -156,7 +170,8 @@ def conv2d_backward(
         # inf there gives 0 * inf = NaN where the reference (valid pairs only) may be finite.
         # Rare (non-finite data), cheap to detect on the small dW: redo it pair by pair.
         dw64[...] = 0.0
-        cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
+        db64[...] = 0.0
+        _dw_generic(dy, x, g, zero, dw64, db64)
     dx = None
     if need_dx and not np.isfinite(w).all():
         # Same for dx: zeros of the bordered dy times an infinite weight would give NaN.
@@ -168,6 +183,14 @@ def conv2d_backward(
         dx = np.empty(g.x_shape, dtype)
         cv.flat_correlate(dyb, wt, lead - offs, np.zeros(g.c, dtype), g.ph * wp + g.pw, wp, dx)
     return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
+
+
+def _dw_generic(dy: np.ndarray, x: np.ndarray, g: Conv2dGeometry, zero, dw64: np.ndarray, db64: np.ndarray) -> None:
+    """dw64, db64 += the pair-by-pair dW and db (valid output pixels x taps). With a non-finite
+    dy the padding's zeros take part (0 * inf = NaN), so they are written out first."""
+    if (g.ph or g.pw) and not np.isfinite(dy).all():
+        x, g = _explicitly_padded(x, g)
+    cv.conv_bwd_dw_generic(dy, x, *_strides(g), zero, dw64.reshape(g.w_shape), db64)
 
 
 def _dx_generic(dy: np.ndarray, w: np.ndarray, g: Conv2dGeometry) -> np.ndarray:

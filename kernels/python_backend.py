@@ -42,13 +42,14 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
                         for r in range(g.r):
                             # Row of the input this tap reads; it may lie in the padding.
                             h = i * g.sh - g.ph + r * g.dh
-                            if h < 0 or h >= g.h:
-                                continue  # zero padding contributes nothing
                             for s in range(g.s):
                                 ww = j * g.sw - g.pw + s * g.dw
-                                if ww < 0 or ww >= g.w:
-                                    continue
-                                acc += float(x[n, c, h, ww]) * float(w[k, c, r, s])
+                                # Zero padding: a tap outside the input reads 0.0, which is
+                                # multiplied like any value (0 * inf = NaN, as in PyTorch and
+                                # in every kernel that pads), not skipped.
+                                inside = 0 <= h < g.h and 0 <= ww < g.w
+                                xv = float(x[n, c, h, ww]) if inside else 0.0
+                                acc += xv * float(w[k, c, r, s])
                     y[n, k, i, j] = acc
     return y
 
@@ -72,14 +73,12 @@ def conv2d_backward(
                     for c in range(g.c):
                         for r in range(g.r):
                             h = i * g.sh - g.ph + r * g.dh
-                            if h < 0 or h >= g.h:
-                                continue
                             for s in range(g.s):
                                 ww = j * g.sw - g.pw + s * g.dw
-                                if ww < 0 or ww >= g.w:
-                                    continue
-                                dw[k, c, r, s] += grad * float(x[n, c, h, ww])
-                                if dx is not None:
+                                inside = 0 <= h < g.h and 0 <= ww < g.w
+                                # the padding's zeros take part in dW as in the forward
+                                dw[k, c, r, s] += grad * (float(x[n, c, h, ww]) if inside else 0.0)
+                                if dx is not None and inside:  # padding has no gradient to keep
                                     dx[n, c, h, ww] += grad * float(w[k, c, r, s])
     dtype = x.dtype
     return (None if dx is None else dx.astype(dtype)), dw.astype(dtype), db.astype(dtype)

@@ -319,6 +319,49 @@ def test_nan_and_inf_propagate(backend, dtype):
     assert np.isnan(r[0, 0, 1, 1]) and np.isposinf(r[0, 1, 4, 4])
 
 
+@pytest.mark.parametrize("where", ["w", "dy", "x"])
+@pytest.mark.parametrize(("stride", "padding", "dilation"), [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 1)])
+def test_infinities_meet_zero_padding_as_zeros(backend, where, stride, padding, dilation):
+    """Zero padding is real zeros: an infinite weight (forward) or dy (dW) times a padded 0 is
+    NaN, in every backend as in the reference and PyTorch; dx has no padded entries to keep."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 7, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal(K.conv2d_forward(x, w, None, stride, padding, dilation, backend="numpy").shape)
+    if where == "w":
+        w[1, 2, 0, 0], w[3, 0, 2, 1] = np.inf, np.nan
+    elif where == "dy":
+        dy[0, 1, 0, 0], dy[1, 2, -1, -1] = np.inf, -np.inf
+    else:
+        x[0, 1, 0, 0], x[1, 2, -1, 3] = np.inf, np.nan
+    args = (stride, padding, dilation)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = [K.conv2d_forward(x, w, None, *args, backend="python"),
+                    *K.conv2d_backward(dy, x, w, *args, backend="python")]
+        got = [K.conv2d_forward(x, w, None, *args, backend=backend),
+               *K.conv2d_backward(dy, x, w, *args, backend=backend)]
+    if where in ("w", "dy"):  # the case this is about: the padding's zeros do meet the infinity
+        assert np.isnan(expected[0 if where == "w" else 2]).any()
+    for name, g, e in zip(("y", "dx", "dw", "db"), got, expected):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(e), err_msg=name)
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(e), err_msg=name)
+        finite = np.isfinite(e)
+        np.testing.assert_allclose(g[finite], e[finite], rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_zero_padding_semantics_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(12).standard_normal((1, 2, 5, 6))
+    w = np.ones((3, 2, 3, 3))
+    w[0, 1, 0, 0], w[2, 0, 2, 2] = np.inf, -np.inf
+    for stride in (1, 2):
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), stride=stride, padding=1).numpy()
+        with np.errstate(invalid="ignore"):
+            got = K.conv2d_forward(x, w, None, stride, 1, backend="python")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
 # --------------------------------------------------------------------------- batch norm
 
 # (N, C, H, W): H*W below, at and above the cython kernel's 8 summing lanes, batch 1, H or W 1.
