@@ -7,6 +7,7 @@ import json
 import math
 import re
 
+import fastconv.kernels as K
 import numpy as np
 import pytest
 from kernel_oracles import assert_gradient, distinct_values, numerical_gradient
@@ -402,3 +403,19 @@ def test_batchnorm_matches_torch(rng):
 def test_repr_shows_pairs_as_tuples_like_the_constructor_takes():
     assert repr(Conv2d(3, 5, (3, 2), padding=(1, 0), rng=0)) == "Conv2d(3, 5, (3, 2), padding=(1, 0))"
     assert repr(Conv2d(3, 5, 3, padding=1, rng=0)) == "Conv2d(3, 5, 3, padding=1)"
+
+
+def test_zero_padding_semantics_match_torch():
+    """The reference's zero padding (tests/test_conformance.py holds every backend to it) is
+    PyTorch's: an infinite weight times a padded zero is NaN. Kept out of the ASan run's files,
+    whose environment has no torch."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(12).standard_normal((1, 2, 5, 6))
+    w = np.ones((3, 2, 3, 3))
+    w[0, 1, 0, 0], w[2, 0, 2, 2] = np.inf, -np.inf
+    for stride in (1, 2):
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), stride=stride, padding=1).numpy()
+        with np.errstate(invalid="ignore"):
+            got = K.conv2d_forward(x, w, None, stride, 1, backend="python")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
