@@ -12,7 +12,7 @@ Output size (PyTorch's convention, floor mode)::
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 IntOrPair = int | tuple[int, int]
 
@@ -230,6 +230,12 @@ def _require_positive(name: str, sizes: tuple[int, ...], labels: tuple[str, ...]
             raise ValueError(
                 f"{name}: expected a positive size for {label}, got shape {tuple(shape)}"
             )
+
+
+def padding_written_out(g: Conv2dGeometry) -> Conv2dGeometry:
+    """The same convolution on its input with the zero padding made part of it (H + 2ph, W + 2pw,
+    no padding): what a kernel that pads the array itself must be told."""
+    return replace(g, h=g.h + 2 * g.ph, w=g.w + 2 * g.pw, ph=0, pw=0)
 
 
 def check_in_bounds(g: Conv2dGeometry | Pool2dGeometry) -> None:

@@ -195,7 +195,7 @@ def _check_direct_call(op: str, fn, args: tuple, kwargs: dict) -> None:
     import numpy as np
 
     from ._geometry import Conv2dGeometry, Pool2dGeometry, check_in_bounds
-    from ._validate import as_argmax
+    from ._validate import FLOAT_DTYPES, as_argmax, require_shape, same_dtype
 
     bound = dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
     if "w" in bound:  # backends call the conv weight w
@@ -206,43 +206,35 @@ def _check_direct_call(op: str, fn, args: tuple, kwargs: dict) -> None:
         if not isinstance(g, want):
             raise TypeError(f"{op}: g: expected a {want.__name__}, got {type(g).__name__}")
         check_in_bounds(g)
-    # data arrays share one float dtype; batch-norm statistics are float64 (C,) or None
-    dtype = None
-    for name in ("x", "dy", "weight", "b", "bias", "mean", "var"):
-        value = bound.get(name)
-        if value is None and name in ("b", "mean", "var"):
-            continue
-        if name not in bound:
-            continue
-        if not isinstance(value, np.ndarray) or value.dtype not in (np.float32, np.float64):
+    # Dispatch converts arrays (as_float_array); here they are passed on as given, so they must
+    # already be what the kernel reads: C-contiguous float arrays (statistics: float64).
+    data = {n: bound[n] for n in ("x", "dy", "weight", "b", "bias") if bound.get(n) is not None}
+    stats = {n: bound[n] for n in ("mean", "var") if bound.get(n) is not None}
+    for name, value in {**data, **stats}.items():
+        if not isinstance(value, np.ndarray) or value.dtype not in FLOAT_DTYPES:
             got = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
             raise TypeError(f"{op}: {name}: expected a float32/float64 numpy array, got {got}")
         if not value.flags.c_contiguous:
             raise ValueError(f"{op}: {name}: expected a C-contiguous array")
-        if name in ("mean", "var"):
-            if value.dtype != np.float64:
-                raise TypeError(f"{op}: {name}: expected float64 statistics, got {value.dtype}")
-        elif dtype is not None and value.dtype != dtype:
-            raise TypeError(f"{op}: {name}: expected {dtype} like the other arrays, got {value.dtype}")
-        else:
-            dtype = value.dtype
+    same_dtype(**data)
+    if any(v.dtype != np.float64 for v in stats.values()):
+        raise TypeError(f"{op}: mean and var: expected float64 statistics")
+    why = "from the geometry"
     for name, attr in _SHAPED.get(op, {}).items():
-        shape = getattr(g, attr)
         if name == "argmax":
-            argmax = bound["argmax"]
-            as_argmax("argmax", argmax, shape, g.h * g.w)
-            if argmax.dtype != np.int64 or not argmax.flags.c_contiguous:
-                raise TypeError(f"{op}: argmax: expected a C-contiguous int64 array, got {argmax.dtype}")
-        elif bound[name].shape != shape:
-            raise ValueError(f"{op}: {name}: expected shape {shape} from the geometry, got {bound[name].shape}")
-    if op == "conv2d_forward" and bound.get("b") is not None and bound["b"].shape != (g.k,):
-        raise ValueError(f"{op}: b: expected shape {(g.k,)}, got {bound['b'].shape}")
-    if op in ("relu_backward", "batch_norm_backward") and bound["dy"].shape != bound["x"].shape:
-        raise ValueError(f"{op}: dy: expected x's shape {bound['x'].shape}, got {bound['dy'].shape}")
+            argmax = as_argmax("argmax", bound["argmax"], g.y_shape, g.h * g.w)
+            if argmax is not bound["argmax"]:  # as_argmax made an int64 C-order copy the kernel would not see
+                raise TypeError(f"{op}: argmax: expected a C-contiguous int64 array, got {bound['argmax'].dtype}")
+        else:
+            require_shape(name, bound[name], getattr(g, attr), why)
+    if op == "conv2d_forward" and "b" in data:
+        require_shape("b", data["b"], (g.k,), "one bias per output channel of the geometry")
+    if op in ("relu_backward", "batch_norm_backward"):
+        require_shape("dy", bound["dy"], bound["x"].shape, "x's shape")
     if op.startswith("batch_norm"):
         x = bound["x"]
         if x.ndim != 4:
             raise ValueError(f"{op}: x: expected (N, C, H, W), got shape {x.shape}")
-        for name in ("weight", "bias", "mean", "var"):
-            if bound.get(name) is not None and bound[name].shape != (x.shape[1],):
-                raise ValueError(f"{op}: {name}: expected shape {(x.shape[1],)}, got {bound[name].shape}")
+        for name, value in {**data, **stats}.items():
+            if name in ("weight", "bias", "mean", "var"):
+                require_shape(name, value, (x.shape[1],), "one value per channel of x")

@@ -21,7 +21,6 @@ thread, so applying it at call time is what makes it hold in every thread that c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -34,7 +33,7 @@ from . import _numba_conv as cv
 from . import _numba_norm as nl
 from . import _numba_pool as pl
 from . import _threads
-from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, pool2d_geometry
+from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, padding_written_out, pool2d_geometry
 from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads
 
@@ -122,9 +121,7 @@ def _explicitly_padded(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, Co
     The strided kernels visit only taps that meet real input, which is exact as long as every
     weight and dy value is finite (a skipped tap would add 0). With an inf or NaN, zero padding
     means 0 * inf = NaN (the contract, the reference and PyTorch): then the zeros are made real."""
-    xp = np.zeros((g.n, g.c, g.h + 2 * g.ph, g.w + 2 * g.pw), x.dtype)
-    xp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w] = x
-    return xp, dataclasses.replace(g, h=g.h + 2 * g.ph, w=g.w + 2 * g.pw, ph=0, pw=0)
+    return np.pad(x, ((0, 0), (0, 0), (g.ph, g.ph), (g.pw, g.pw))), padding_written_out(g)
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
@@ -170,7 +167,6 @@ def conv2d_backward(
         # inf there gives 0 * inf = NaN where the reference (valid pairs only) may be finite.
         # Rare (non-finite data), cheap to detect on the small dW: redo it pair by pair.
         dw64[...] = 0.0
-        db64[...] = 0.0
         _dw_generic(dy, x, g, zero, dw64, db64)
     dx = None
     if need_dx and not np.isfinite(w).all():
