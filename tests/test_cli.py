@@ -366,3 +366,27 @@ def test_info_reports_what_this_process_really_uses(capsys):
 
         assert info["cython_simd"].split()[0] == cython_backend._conv.simd()
         assert cython_backend._conv.simd() in ("sse2", "avx2+fma")
+
+
+def test_info_lists_numpys_blas_first_and_names_each_owner(monkeypatch, capsys):
+    # fastconv's matrix products go through numpy's BLAS; SciPy's (loaded by scikit-image) may be
+    # listed before it by load order, with a thread count of its own
+    from fastconv.kernels import _threads
+
+    libs = [
+        {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30", "num_threads": 1,
+         "filepath": "/x/site-packages/scipy.libs/libscipy_openblas.so"},
+        {"user_api": "openmp", "internal_api": "openmp", "filepath": "/usr/lib/libgomp.so.1"},
+        {"user_api": "blas", "internal_api": "openblas", "version": "0.3.31", "num_threads": 2,
+         "filepath": "/x/site-packages/numpy.libs/libscipy_openblas64_.so"},
+    ]  # fmt: skip
+    monkeypatch.setattr(_threads, "blas_info", lambda: libs)
+    code, out, _ = run_cli(capsys, "info", "--json")
+    assert code == 0
+    blas = json.loads(out)["blas"]
+    assert len(blas) == 2
+    assert blas[0].startswith("openblas 0.3.31 (numpy:") and "2 threads" in blas[0]
+    assert blas[1].startswith("openblas 0.3.30 (scipy:") and "1 threads" in blas[1]
+    code, out, _ = run_cli(capsys, "info")
+    line = next(x for x in out.splitlines() if x.startswith("blas"))
+    assert line.index("(numpy:") < line.index("(scipy:")

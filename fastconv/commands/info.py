@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from pathlib import Path
 
 NAME = "info"
 HELP = "show backends (and why any is unavailable), threads, OpenMP, BLAS and versions"
@@ -59,13 +60,22 @@ def collect() -> dict:
         info["cython"] = Cython.__version__
     except ImportError:
         info["cython"] = "not installed (only needed to build)"
+    # Every BLAS loaded in this process, numpy's first: fastconv's matrix products go through
+    # numpy's; another (SciPy's, loaded by scikit-image) may keep its own thread count.
+    blas = [d for d in _threads.blas_info() if d.get("user_api") == "blas"]
+    blas.sort(key=lambda d: (_blas_owner(d) != "numpy", _blas_owner(d), str(d.get("filepath"))))
     info["blas"] = [
-        f"{d.get('internal_api')} {d.get('version')} ({d.get('threading_layer', '?')}, "
+        f"{d.get('internal_api')} {d.get('version')} ({_blas_owner(d)}: {d.get('threading_layer', '?')}, "
         f"{d.get('num_threads')} threads, arch {d.get('architecture', '?')})"
-        for d in _threads.blas_info()
-        if d.get("user_api") == "blas"
+        for d in blas
     ]
     return info
+
+
+def _blas_owner(d: dict) -> str:
+    """The package that shipped a BLAS library: 'numpy' for .../numpy.libs/libscipy_openblas64_.so."""
+    parent = Path(str(d.get("filepath", ""))).parent.name
+    return parent[: -len(".libs")] if parent.endswith(".libs") else parent or "?"
 
 
 def run(args: argparse.Namespace) -> int:
