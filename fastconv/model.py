@@ -67,7 +67,8 @@ class Sequential:
         self.layers: list[Layer] = list(layers)
         for i, layer in enumerate(self.layers):
             for name, p in layer.named_parameters():
-                p.name = f"{i}.{name}"
+                if p.name == name:  # a layer's own name ("weight"); a layer shared with another model keeps its first
+                    p.name = f"{i}.{name}"
         self.training = True
 
     # --- container protocol ----------------------------------------------------------
@@ -121,10 +122,17 @@ class Sequential:
         """
         if not self.layers:
             return dlogits if need_input_grad else None
-        self.layers[0].requires_input_grad = bool(need_input_grad)
-        dy: np.ndarray | None = dlogits
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        # Only for this call: the layer may also sit inside another model (a shared feature
+        # extractor or head) where it is not first and must pass its input gradient on.
+        first = self.layers[0]
+        kept = first.requires_input_grad
+        first.requires_input_grad = bool(need_input_grad)
+        try:
+            dy: np.ndarray | None = dlogits
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
+        finally:
+            first.requires_input_grad = kept
         return dy if need_input_grad else None
 
     # --- parameters and modes ------------------------------------------------------------
@@ -132,7 +140,8 @@ class Sequential:
         return [p for layer in self.layers for p in layer.parameters()]
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
-        return [(p.name, p) for p in self.parameters()]
+        """(``"i.name"``, parameter) pairs, i = the layer's position in this model: the keys of :meth:`state_dict`."""
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())

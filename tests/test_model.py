@@ -78,6 +78,32 @@ def test_backward_returns_input_gradient_only_when_asked(monkeypatch, x):
     assert calls == [False, True]
 
 
+def test_layers_shared_by_two_models_keep_working_in_both(rng):
+    # A feature extractor or head shared with a second model: the head's backward must not leave
+    # its first layer unable to pass gradients on inside the full model, nor rename its weights.
+    full = Sequential(Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=1), ReLU(), Flatten(),
+                      Linear(3 * 4 * 4, 1, dtype=np.float64, rng=2))  # fmt: skip
+    names = [name for name, _ in full.named_parameters()]
+    head = Sequential(*full.layers[3:])
+    assert [name for name, _ in head.named_parameters()] == ["0.weight", "0.bias"]
+    assert [name for name, _ in full.named_parameters()] == names == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert list(full.state_dict()) == names
+    x = rng.standard_normal((2, 2, 4, 4))
+    dy = rng.standard_normal((2, 1))
+    full(x)
+    full.zero_grad()
+    full.backward(dy)
+    expected = [p.grad.copy() for p in full.parameters()]
+    head(full.layers[2](full.layers[1](full.layers[0](x))))
+    assert head.backward(dy) is None
+    full(x)
+    full.zero_grad()
+    full.backward(dy)
+    for p, g in zip(full.parameters(), expected):
+        np.testing.assert_allclose(p.grad, g, rtol=1e-12)
+    assert full.layers[3].requires_input_grad and full.layers[0].requires_input_grad
+
+
 def test_zero_grad_clears_every_gradient(x):
     model = tiny_model()
     model(x)
