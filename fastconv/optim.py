@@ -50,6 +50,18 @@ class Optimizer:
         for p in self.params:
             p.grad.fill(0)
 
+    def _state(self) -> list[list[np.ndarray]]:
+        """Every per-parameter state list (each indexed like ``params``); subclasses add theirs."""
+        return [self._scratch]
+
+    def _follow_dtypes(self) -> None:
+        """Recast a parameter's state when its dtype has changed since (``model.astype`` after
+        the optimizer was built): otherwise float64 weights would get float32 updates silently."""
+        for i, p in enumerate(self.params):
+            if self._scratch[i].dtype != p.data.dtype:
+                for arrays in self._state():
+                    arrays[i] = arrays[i].astype(p.data.dtype)
+
     def step(self) -> None:
         raise NotImplementedError
 
@@ -87,7 +99,11 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self._buf = [np.zeros_like(p.data) for p in self.params] if self.momentum else []
 
+    def _state(self) -> list[list[np.ndarray]]:
+        return [self._scratch, self._buf] if self.momentum else [self._scratch]
+
     def step(self) -> None:
+        self._follow_dtypes()
         self.steps += 1
         m, lr = self.momentum, self.lr
         for i, p in enumerate(self.params):
@@ -140,7 +156,11 @@ class Adam(Optimizer):
         self._v = [np.zeros_like(p.data) for p in self.params]
         self._denom = [np.empty_like(p.data) for p in self.params]
 
+    def _state(self) -> list[list[np.ndarray]]:
+        return [self._scratch, self._m, self._v, self._denom]
+
     def step(self) -> None:
+        self._follow_dtypes()
         self.steps += 1
         b1, b2 = self.betas
         lr, t = self.lr, self.steps

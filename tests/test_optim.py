@@ -115,6 +115,51 @@ def test_updates_in_place_and_lr_is_settable(cls):
     assert not p.grad.any()
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [(SGD, dict(lr=0.1, momentum=0.9)), (SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+     (Adam, dict(lr=0.01, weight_decay=0.1)), (AdamW, dict(lr=0.01, weight_decay=0.1))],
+)  # fmt: skip
+def test_a_model_cast_after_the_optimizer_was_built_gets_updates_in_its_new_dtype(cls, kwargs):
+    from fastconv import Linear, Sequential
+
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((3, 5)) for _ in range(4)]
+
+    def steps(cast_first: bool) -> np.ndarray:
+        model = Sequential(Linear(5, 3, rng=1))
+        if cast_first:
+            model.astype(np.float64)
+        opt = cls(model.parameters(), **kwargs)
+        w = model.layers[0].weight
+        for t, g in enumerate(grads):
+            if t == 2 and not cast_first:
+                model.astype(np.float64)  # part-way: moments so far are kept, now in float64
+            w.grad[...] = g
+            opt.step()
+            assert w.data.dtype == np.float64 or t < 2
+        return w.data
+
+    late, early = steps(False), steps(True)
+    assert late.dtype == early.dtype == np.float64
+    # float32 moments of the first two steps differ from float64 ones by float32 rounding only;
+    # float32 updates after the cast would differ by ~1e-8 of the weight, as the old code did
+    np.testing.assert_allclose(late, early, rtol=0, atol=1e-6)
+    model = Sequential(Linear(5, 3, rng=1))
+    opt = cls(model.parameters(), **kwargs)
+    model.astype(np.float64)
+    w = model.layers[0].weight
+    for g in grads:
+        w.grad[...] = g
+        opt.step()
+    ref = Sequential(Linear(5, 3, rng=1)).astype(np.float64)
+    ref_opt = cls(ref.parameters(), **kwargs)
+    for g in grads:
+        ref.layers[0].weight.grad[...] = g
+        ref_opt.step()
+    np.testing.assert_array_equal(w.data, ref.layers[0].weight.data)
+
+
 def test_optimizer_argument_checks():
     p = Parameter(np.zeros(2))
     with pytest.raises(ValueError, match="empty"):
