@@ -518,8 +518,9 @@ class Dropout(Layer):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the
     survivors by ``1 / (1 - p)`` so the expected output equals the input; identity in eval mode.
 
-    Any shape, float32/float64. ``seed`` (int, Generator or None) makes the masks reproducible;
-    :meth:`reseed` restarts the stream.
+    Any shape, float32/float64. ``seed`` (int, SeedSequence, Generator or None) makes the masks
+    reproducible; :meth:`reseed` restarts the stream. Without a seed the masks come from fresh OS
+    entropy, unless :func:`fastconv.train.fit` seeds them from its ``TrainConfig.seed``.
     """
 
     def __init__(self, p: float = 0.5, seed: RngLike = None) -> None:
@@ -529,11 +530,13 @@ class Dropout(Layer):
         self.p = float(p)
         self.seed = seed if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) else None
         self.rng = as_rng(seed)
+        self.seeded = seed is not None  # False: fit() gives the masks a stream of its run's seed
         self._mask: np.ndarray | None = None
         self._passthrough = False
 
     def reseed(self, seed: RngLike) -> None:
         self.rng = as_rng(seed)
+        self.seeded = seed is not None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):

@@ -213,7 +213,7 @@ class Sequential:
     def summary(self, input_shape: Sequence[int]) -> str:
         """A table with one row per layer: output shape, parameter count, forward FLOP per image; and totals.
 
-        ``input_shape`` is per sample, e.g. ``(3, 64, 64)`` (a leading batch size is ignored).
+        ``input_shape`` is per sample, e.g. ``(3, 64, 64)``; a 4-d shape is taken as NCHW and its batch size ignored.
         """
         rows = self._summary_rows(input_shape)
         header = ("layer", "output shape", "params", "FLOPs/image")

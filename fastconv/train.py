@@ -11,9 +11,11 @@
 * :class:`Classifier` loads a model file written here (weights + normalisation + class names +
   image size + test-time-augmentation flag) and predicts probabilities.
 
-Reproducibility: one ``seed`` drives the model initialisation, dropout masks, shuffling,
-augmentation and the validation split, so the same seed, data, backend and thread count give the
-same history.
+Reproducibility: in :func:`train_classifier` (``fastconv train``) one ``seed`` drives the model
+initialisation, dropout masks, shuffling, augmentation and the validation split, so the same
+seed, data, backend and thread count give the same history. :func:`fit` on a model of your own
+seeds shuffling, augmentation and any Dropout built without a seed; the initial weights are the
+model's (layers take ``rng=``).
 """
 
 from __future__ import annotations
@@ -86,22 +88,25 @@ class TrainConfig:
     """Hyperparameters of one training run (the defaults are those of ``fastconv train``).
 
     Epochs count passes over the training split. ``warmup_epochs`` of linear warm-up precede a
-    cosine decay to ``min_lr`` at the last epoch. ``patience`` epochs without a better validation
-    score stop the run early (0 = never). ``monitor``: ``"val_accuracy"`` (ties broken by the
-    lower validation loss) or ``"val_loss"``. ``tta``: average the predictions on the image and
-    its horizontal mirror at evaluation time (stored in the model file). ``init``: where the
-    feature layers start from — ``None`` (random, He initialisation), ``"pretrained"`` (the
-    bundled CIFAR-10 backbone), a model file path, or ``"auto"``: pretrained for catvnoncat,
-    random for any other dataset (resolved by :func:`train_classifier`). ``average_epochs``: 0 = off;
-    N > 0 = the model :func:`fit` returns and saves is the uniform average of the weights after
-    every optimizer step of the last N epochs, its BatchNorm statistics recomputed on the training
-    images (stochastic weight averaging, Izmailov et al. 2018); needs ``patience`` 0.
+    cosine decay to ``min_lr`` at the last epoch (a run of ``warmup_epochs`` or fewer epochs is all
+    warm-up: it ends at the peak rate). ``optimizer``: ``"adamw"``, ``"adam"`` or ``"sgd"`` (always
+    with Nesterov momentum ``momentum``); weight decay skips biases and BatchNorm. ``patience``
+    epochs without a better validation score stop the run early (0 = never). ``monitor``:
+    ``"val_accuracy"`` (ties broken by the lower validation loss) or ``"val_loss"``. ``tta``:
+    average the predictions on the image and its horizontal mirror at evaluation time (stored in the
+    model file). ``init``: where the feature layers start from — ``None`` (random, He
+    initialisation), ``"pretrained"`` (the bundled CIFAR-10 backbone), a model file path, or
+    ``"auto"``: pretrained for catvnoncat, random for any other dataset (resolved by
+    :func:`train_classifier`). ``average_epochs``: 0 = off; N > 0 = the model :func:`fit` returns
+    and saves is the uniform average of the weights after every optimizer step of the last N
+    epochs, its BatchNorm statistics recomputed on the training images (stochastic weight
+    averaging, Izmailov et al. 2018); needs ``patience`` 0.
     """
 
     epochs: int = 60
     batch_size: int = 32
     lr: float | None = None  # None: LR_SCRATCH, or LR_FINETUNE when the conv layers start from a backbone
-    optimizer: str = "adamw"  # adamw | adam | sgd
+    optimizer: str = "adamw"  # adamw | adam | sgd (Nesterov)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.05
     warmup_epochs: int = 5
@@ -244,7 +249,7 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 128, tta: bool = Fals
                 out = 0.5 * (out + np.asarray(model(np.ascontiguousarray(xb[..., ::-1])), dtype=np.float64))
             outs.append(out)
         if not outs:
-            return np.zeros((0, _num_outputs(model)), dtype=np.float64)
+            return np.zeros((0, _num_outputs(model, x.shape[1:])), dtype=np.float64)
         return np.concatenate(outs)
     finally:
         if was_training:
@@ -255,11 +260,33 @@ def _is_training(model) -> bool:
     return bool(getattr(model, "training", any(getattr(layer, "training", False) for layer in model.layers)))
 
 
-def _num_outputs(model) -> int:
-    for layer in reversed(model.layers):
-        if hasattr(layer, "out_features"):
-            return int(layer.out_features)
-    return 1
+def _num_outputs(model, sample_shape: Sequence[int]) -> int:
+    """Logits per image of ``model`` for inputs of per-image shape ``sample_shape`` (e.g. (3, 64, 64)):
+    one for a binary (sigmoid) model, one per class otherwise. Any layer may come last, so the
+    answer is the model's output shape, not the last Linear's width."""
+    shape = model.output_shape(tuple(int(v) for v in sample_shape))
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(
+            f"the model's output per image has shape {shape} for input {tuple(sample_shape)}; "
+            "training and prediction need one vector of logits per image (end the model with Flatten, and Linear)"
+        )
+    return int(shape[0])
+
+
+def _check_labels(name: str, y: np.ndarray, n: int, num_outputs: int) -> np.ndarray:
+    """y as int64 (n,), every label a class index the model's outputs can score."""
+    y = np.asarray(y)
+    classes = max(num_outputs, 2)
+    if y.shape != (n,) or not (y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0))):
+        raise ValueError(
+            f"{name}: expected {n} integer class indices (one per image), got {y.dtype} of shape {y.shape}"
+        )
+    if n and not (0 <= y.min() and y.max() < classes):
+        raise ValueError(
+            f"{name}: class indices must lie in [0, {classes}) for a model with {num_outputs} output(s), "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
+    return y.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,15 +382,31 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val: give both (validation every epoch) or neither")
+    x_train = np.asarray(x_train)
+    if x_train.ndim < 2:
+        raise ValueError(f"x_train: expected a batch of inputs (N, ...), got shape {x_train.shape}")
     if len(x_train) == 0:
         raise ValueError("no training images")
+    num_outputs = _num_outputs(model, x_train.shape[1:])
+    y_train = _check_labels("y_train", y_train, len(x_train), num_outputs)
+    has_val = x_val is not None and len(x_val) > 0
+    if has_val:
+        x_val = np.asarray(x_val)
+        if x_val.shape[1:] != x_train.shape[1:]:
+            raise ValueError(f"x_val: expected images of shape {x_train.shape[1:]} like x_train, got {x_val.shape[1:]}")
+        y_val = _check_labels("y_val", y_val, len(x_val), num_outputs)
 
-    num_outputs = _num_outputs(model)
     dtype = model.parameters()[0].data.dtype
     if config.backend is not None:
         model.set_backend(config.backend)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
+    # A Dropout built without a seed would draw its masks from OS entropy and make the run
+    # unrepeatable; it gets a stream of config.seed. Seeded ones (catnet's) keep their own.
+    unseeded = [layer for layer in model.layers if getattr(layer, "seeded", True) is False]
+    for layer, child in zip(unseeded, np.random.SeedSequence([config.seed, 2]).spawn(len(unseeded))):
+        layer.reseed(child)
     augment = Augmenter(
         hflip=config.hflip,
         max_shift=config.max_shift,
@@ -570,7 +613,7 @@ def recompute_batchnorm(
 
 def _validation_scores(model, val_inputs: np.ndarray, y_val: np.ndarray, tta: bool) -> dict:
     """Validation loss (plain, unsmoothed), accuracy and F1 (binary, or macro over classes) of ``model``."""
-    num_outputs = _num_outputs(model)
+    num_outputs = _num_outputs(model, val_inputs.shape[1:])
     dtype = model.parameters()[0].data.dtype
     vlogits = predict_logits(model, val_inputs, tta=tta)
     vloss = float(_make_loss(num_outputs).forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
@@ -1097,9 +1140,17 @@ class Classifier:
                 "model files written by 'fastconv train' have them"
             )
         classes = tuple(str(c) for c in meta["classes"])
-        outputs = _num_outputs(model)
-        if outputs != (1 if len(classes) == 2 else len(classes)):
-            raise ValueError(f"{path}: the model has {outputs} outputs but the file names {len(classes)} classes")
+        try:
+            outputs = _num_outputs(model, (3, int(meta["image_size"]), int(meta["image_size"])))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a classifier for {meta['image_size']!r}-pixel RGB images ({exc})") from None
+        # Two classes: one logit (sigmoid, as fastconv train builds it) or two (softmax, e.g. fit()
+        # on a model ending in Linear(..., 2)); more classes: one logit each.
+        if outputs not in ((1, 2) if len(classes) == 2 else (len(classes),)):
+            expected = "1 or 2 outputs" if len(classes) == 2 else f"{len(classes)} outputs"
+            raise ValueError(
+                f"{path}: the file names {len(classes)} classes, so the model needs {expected}; it has {outputs}"
+            )
         if backend is not None:
             model.set_backend(backend)
         model.eval()

@@ -213,6 +213,75 @@ def test_multiclass_uses_one_logit_per_class(tmp_path):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
 
 
+def _own_model(outputs: int, dropout_seed=None, rng=0) -> Sequential:
+    from fastconv.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+
+    return Sequential(Conv2d(3, 4, 3, padding=1, rng=rng), ReLU(), MaxPool2d(4), Flatten(),
+                      Dropout(0.5, seed=dropout_seed), Linear(4 * 4 * 4, outputs, rng=rng + 1))  # fmt: skip
+
+
+def test_fit_on_a_two_logit_model_writes_a_file_classifier_loads(data, tmp_path):
+    # Two classes scored by two softmax logits (a user's own Linear(..., 2)) instead of one sigmoid logit.
+    x, y = data
+    norm = Normalizer().fit(x)
+    meta = {"classes": ["h", "v"], "image_size": SIZE, "normalizer": norm.to_dict(), "tta": False}
+    model = _own_model(2)
+    fit(model, x, y, config=tiny_config(epochs=2), transform=norm, out_dir=tmp_path, metadata=meta, progress=False)
+    clf = Classifier.load(tmp_path / "model.npz")
+    proba = clf.predict_proba(x[:6])
+    assert proba.shape == (6, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict(x[:6]), proba.argmax(axis=1))
+    three = tmp_path / "three.npz"
+    _own_model(3).save(three, metadata=dict(meta, classes=["a", "b", "c", "d"]))
+    with pytest.raises(ValueError, match="names 4 classes, so the model needs 4 outputs; it has 3"):
+        Classifier.load(three)
+
+
+def test_fit_counts_outputs_from_the_models_output_shape_not_its_last_linear(data):
+    # An all-convolutional model: its last layer with weights is a conv, its output 3 logits per image.
+    from fastconv.layers import AvgPool2d, Conv2d, Flatten, Linear
+
+    x, y = data
+    y3 = (y + (np.arange(len(y)) % 3 == 0)) % 3
+    model = Sequential(Conv2d(3, 3, 1, rng=0), AvgPool2d(SIZE), Flatten())
+    result = fit(model, x, y3, x[:20], y3[:20], tiny_config(epochs=1), progress=False)
+    assert np.isfinite(result.history[0]["val_loss"])
+    # one logit per class: CrossEntropy over 3, whose loss at the start is near log 3, not a BCE
+    assert abs(result.history[0]["train_loss"] - math.log(3)) < 0.5
+    with pytest.raises(ValueError, match=r"output per image has shape \(3, 1, 1\)"):
+        fit(Sequential(Conv2d(3, 3, 1, rng=0), AvgPool2d(SIZE)), x, y3, config=tiny_config(epochs=1), progress=False)
+    head_first = Sequential(Flatten(), Linear(3 * SIZE * SIZE, 2, rng=0))
+    assert fit(head_first, x, y, config=tiny_config(epochs=1), progress=False).history
+
+
+def test_fit_checks_labels_and_validation_pairs(data):
+    x, y = data
+    cfg = tiny_config(epochs=1)
+    with pytest.raises(ValueError, match=r"y_train: class indices must lie in \[0, 2\)"):
+        fit(_own_model(1), x, y + 1, config=cfg, progress=False)
+    with pytest.raises(ValueError, match=r"y_train: expected 96 integer class indices"):
+        fit(_own_model(1), x, y[:50], config=cfg, progress=False)
+    with pytest.raises(ValueError, match="give both"):
+        fit(_own_model(1), x, y, x[:10], None, cfg, progress=False)
+    with pytest.raises(ValueError, match=r"y_val: class indices must lie in \[0, 3\)"):
+        fit(_own_model(3), x, y, x[:10], np.full(10, 3), cfg, progress=False)
+    # plain Python lists of labels are fine
+    assert fit(_own_model(1), x, [int(v) for v in y], config=cfg, progress=False).history
+
+
+def test_fit_seeds_a_dropout_built_without_a_seed_from_the_config(data):
+    x, y = data
+    cfg = tiny_config(epochs=2)
+    runs = [fit(_own_model(1), x, y, config=cfg, progress=False).history for _ in range(2)]
+    assert [r["train_loss"] for r in runs[0]] == [r["train_loss"] for r in runs[1]]
+    other = fit(_own_model(1), x, y, config=dataclasses.replace(cfg, seed=1), progress=False).history
+    assert [r["train_loss"] for r in other] != [r["train_loss"] for r in runs[0]]
+    # a Dropout seeded by its builder keeps its own stream: the run differs from the unseeded one's
+    own = fit(_own_model(1, dropout_seed=7), x, y, config=cfg, progress=False).history
+    assert [r["train_loss"] for r in own] != [r["train_loss"] for r in runs[0]]
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
