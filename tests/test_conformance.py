@@ -34,6 +34,17 @@ CONV_CASES = [
     ((1, 2, 3, 12), (2, 2, 3, 5), (1, 2), (0, 2), 1),
 ]
 
+# Shapes that reach the paths the small cases above cannot (counted by a test audit: the cases
+# above and the property tests never produce an output row of 16 or more): stride 1 with output
+# rows of >= 16 pixels and a kernel larger than 1x1 take cython's register-blocked direct kernels
+# (a row block of 16 pixels plus a tail, channels not a multiple of the 4-channel block);
+# C*R*S*Ho*Wo > 65,536 splits one image into several im2col + GEMM tiles (stride 2).
+WIDE_CONV_CASES = [
+    ((2, 3, 4, 19), (5, 3, 2, 3), 1, (1, 2), (1, 2)),
+    ((1, 2, 5, 37), (3, 2, 3, 3), 1, 1, 1),
+    ((1, 8, 70, 70), (2, 8, 3, 3), 2, 1, 1),
+]
+
 POOL_CASES = [
     ((2, 3, 8, 8), 2, None, 0),
     ((1, 2, 7, 9), 3, 2, 1),
@@ -75,7 +86,7 @@ def test_python_reference_pooling_by_hand():
 # --------------------------------------------------------------------------- agreement with reference
 
 
-@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES)
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES + WIDE_CONV_CASES)
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv_matches_reference_float64(fast_backend, rng, xs, ws, stride, padding, dilation, with_bias):
     x, w = _rand(rng, xs), _rand(rng, ws)
@@ -235,7 +246,7 @@ def test_relu_gradient_numerically(backend, rng):
 # --------------------------------------------------------------------------- float32 vs float64
 
 
-@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES[:5])
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV_CASES[:5] + WIDE_CONV_CASES)
 def test_conv_float32_agrees_with_float64(backend, rng, xs, ws, stride, padding, dilation):
     x32, w32, b32 = _rand(rng, xs, np.float32), _rand(rng, ws, np.float32), _rand(rng, (ws[0],), np.float32)
     x64, w64, b64 = x32.astype(np.float64), w32.astype(np.float64), b32.astype(np.float64)
@@ -321,11 +332,13 @@ def test_nan_and_inf_propagate(backend, dtype):
 
 @pytest.mark.parametrize("where", ["w", "dy", "x"])
 @pytest.mark.parametrize(("stride", "padding", "dilation"), [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 1)])
-def test_infinities_meet_zero_padding_as_zeros(backend, where, stride, padding, dilation):
+@pytest.mark.parametrize("width", [9, 20])
+def test_infinities_meet_zero_padding_as_zeros(backend, where, stride, padding, dilation, width):
     """Zero padding is real zeros: an infinite weight (forward) or dy (dW) times a padded 0 is
-    NaN, in every backend as in the reference and PyTorch; dx has no padded entries to keep."""
+    NaN, in every backend as in the reference and PyTorch; dx has no padded entries to keep.
+    Width 20 at stride 1 takes cython's direct kernels (output rows of >= 16 pixels)."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 3, 7, 9))
+    x = rng.standard_normal((2, 3, 7, width))
     w = rng.standard_normal((4, 3, 3, 3))
     dy = rng.standard_normal(K.conv2d_forward(x, w, None, stride, padding, dilation, backend="numpy").shape)
     if where == "w":
