@@ -110,11 +110,21 @@ def test_evaluate_split_all_on_catvnoncat_says_it_is_the_training_file(capsys, d
 
 
 def test_evaluate_json(capsys, data_dir):
+    import h5py
+
+    with h5py.File(data_dir / "catvnoncat" / "test_catvnoncat.h5", "r") as f:
+        x, y = f["test_set_x"][()], f["test_set_y"][()].astype(np.int64)
+    pred = _independent_predictions(BUNDLED_MODEL, x)
     code, out, _ = run_cli(capsys, "evaluate", "--data", str(data_dir / "catvnoncat"), "--json")
     assert code == 0
     doc = json.loads(out)
     assert doc["classes"] == ["non-cat", "cat"]
-    assert sum(map(sum, doc["confusion_matrix"])) == 50
+    assert doc["confusion_matrix"] == [[int(np.sum((y == t) & (pred == p))) for p in (0, 1)] for t in (0, 1)]
+    assert doc["accuracy"] == pytest.approx(np.mean(pred == y), abs=1e-12)
+    tp, fp, fn = (int(np.sum((pred == a) & (y == b))) for a, b in ((1, 1), (1, 0), (0, 1)))
+    assert doc["precision"] == pytest.approx(tp / max(tp + fp, 1), abs=1e-12)
+    assert doc["recall"] == pytest.approx(tp / max(tp + fn, 1), abs=1e-12)
+    assert doc["tta"] is True
 
 
 def test_predict_folder_with_bad_files(capsys, tmp_path):

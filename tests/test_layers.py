@@ -71,6 +71,23 @@ def test_backward_accumulates_parameter_gradients(rng):
     np.testing.assert_allclose(once, dy.T @ x, rtol=1e-12)
 
 
+@pytest.mark.parametrize("make", [lambda: Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0),
+                                  lambda: BatchNorm2d(2, dtype=np.float64)])  # fmt: skip
+def test_every_layer_with_weights_accumulates_its_gradients(backend, rng, make):
+    # Gradients add up over backward calls (zero_grad clears them): a kernel that assigned
+    # dW/db (or dgamma/dbeta) instead of adding to .grad would lose all but the last call.
+    layer = make()
+    layer.backend = backend
+    x = rng.standard_normal((2, 2, 5, 6))
+    dy = rng.standard_normal(layer.forward(x).shape)
+    layer.backward(dy)
+    once = [p.grad.copy() for p in layer.parameters()]
+    assert all(np.abs(g).max() > 0 for g in once)
+    layer.backward(2 * dy)
+    for p, g in zip(layer.parameters(), once):
+        np.testing.assert_allclose(p.grad, 3 * g, rtol=1e-12, atol=1e-14)
+
+
 def test_relu_gradients(backend, rng):
     layer = ReLU()
     layer.backend = backend

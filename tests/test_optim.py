@@ -43,6 +43,13 @@ def test_sgd_nesterov():
     np.testing.assert_allclose(run(SGD, lr=0.1, momentum=0.9, nesterov=True), [-0.19, -0.651, -0.6959], rtol=1e-14)
 
 
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_adam_weight_decay_respects_the_decay_flag(cls):
+    # a parameter with decay=False (biases, BatchNorm) is not decayed: zero gradients leave it put
+    assert run(cls, [0.0, 0.0], p0=1.0, decay=False, lr=0.1, weight_decay=0.3) == [1.0, 1.0]
+    assert run(cls, [0.0, 0.0], p0=1.0, decay=True, lr=0.1, weight_decay=0.3)[-1] < 1.0
+
+
 def test_sgd_weight_decay_respects_the_decay_flag():
     # g_eff = g + wd * p with p0 = 1, g = 0, lr 0.1, wd 0.5: p1 = 1 - 0.05 = 0.95, p2 = 0.95 * 0.95
     np.testing.assert_allclose(run(SGD, [0.0, 0.0], p0=1.0, lr=0.1, weight_decay=0.5), [0.95, 0.9025], rtol=1e-15)

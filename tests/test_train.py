@@ -654,3 +654,138 @@ def test_weight_averaging_config_is_checked():
         TrainConfig(epochs=10, average_epochs=5, patience=3)
     with pytest.raises(ValueError, match="average_epochs"):
         TrainConfig(average_epochs=-1)
+
+
+# --- what fit() does inside one step (each test would fail on a plausible slip in the loop) ---
+
+
+def _mirror_asymmetric_model(outputs: int = 1) -> Sequential:
+    from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+    # no dropout, no BatchNorm: a step is a deterministic function of the batch
+    return Sequential(Conv2d(3, 2, 3, rng=0), ReLU(), MaxPool2d(2), Flatten(), Linear(2 * 7 * 7, outputs, rng=1))
+
+
+def test_tta_averages_the_logits_of_the_image_and_its_mirror(data, tmp_path):
+    x, _ = data
+    model = _mirror_asymmetric_model().astype(np.float64).eval()
+    xs = x[:6].astype(np.float64)
+    plain, mirrored = model(xs), model(np.ascontiguousarray(xs[..., ::-1]))
+    assert np.abs(plain - mirrored).max() > 1e-3  # the model is not mirror-symmetric
+    np.testing.assert_allclose(predict_logits(model, xs, tta=True), 0.5 * (plain + mirrored), rtol=1e-12)
+    np.testing.assert_allclose(predict_logits(model, xs, tta=False), plain, rtol=1e-12)
+    norm = Normalizer().fit(x)
+    for tta in (True, False):
+        path = tmp_path / f"tta{tta}.npz"
+        model.save(path, metadata={"classes": ["h", "v"], "image_size": SIZE, "normalizer": norm.to_dict(), "tta": tta})
+        z = 0.5 * (model(norm(xs)) + model(np.ascontiguousarray(norm(xs)[..., ::-1]))) if tta else model(norm(xs))
+        p_cat = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        np.testing.assert_allclose(Classifier.load(path).predict_proba(xs)[:, 1], p_cat, rtol=1e-9)
+
+
+def test_each_step_applies_the_gradient_of_its_own_augmented_batch(data, monkeypatch):
+    """Records what fit feeds the model and the loss, and at every optimizer step recomputes the
+    gradient of that batch alone on a copy of the weights: a missing zero_grad, augmentation not
+    applied, smoothing ignored or the wrong optimizer would each break one assertion."""
+    import fastconv.train as T
+    from fastconv import optim
+
+    x, y = data
+    model = _mirror_asymmetric_model().astype(np.float64)
+    norm = Normalizer().fit(x)
+    cfg = tiny_config(epochs=2, max_shift=0, label_smoothing=0.2, lr=0.05, warmup_epochs=0, val_fraction=0.0)
+    batch = {}
+    first = model.layers[0]
+    real_forward = first.forward
+
+    def record_input(inp):
+        if first.training:
+            batch["x"] = inp.copy()
+        return real_forward(inp)
+
+    monkeypatch.setattr(first, "forward", record_input)
+    real_loss = T._make_loss
+
+    def make_loss(*args):
+        loss = real_loss(*args)
+        forward = loss.forward
+
+        def record_targets(logits, targets):
+            batch["t"] = np.array(targets, copy=True)
+            return forward(logits, targets)
+
+        loss.forward = record_targets
+        return loss
+
+    monkeypatch.setattr(T, "_make_loss", make_loss)
+    steps = []
+    real_make_optimizer = T._make_optimizer
+
+    def make_optimizer(m, config):
+        opt = real_make_optimizer(m, config)
+        real_step = opt.step
+
+        def step():
+            clone = _mirror_asymmetric_model().astype(np.float64)
+            clone.load_state_dict(m.state_dict())
+            lf = losses.BCEWithLogitsLoss()
+            lf.forward(clone(batch["x"]), batch["t"])
+            clone.zero_grad()
+            clone.backward(lf.backward())
+            for p, q in zip(m.parameters(), clone.parameters()):
+                np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12)
+            steps.append((batch["x"], batch["t"]))
+            real_step()
+
+        opt.step = step
+        steps.append(opt)
+        return opt
+
+    monkeypatch.setattr(T, "_make_optimizer", make_optimizer)
+    fit(model, x, y, config=cfg, transform=norm, progress=False)
+    opt, recorded = steps[0], steps[1:]
+    assert type(opt) is optim.AdamW and opt.weight_decay == cfg.weight_decay
+    assert len(recorded) == 2 * math.ceil(len(x) / cfg.batch_size)
+    # smoothing 0.2 moves the binary targets to 0.1 and 0.9
+    assert set(np.unique(np.concatenate([t for _, t in recorded]))) == {0.1, 0.9}
+    # flip-only augmentation: every input is a normalised training image or its mirror, some mirrored
+    plain = {img.tobytes() for img in norm(x).astype(np.float64)}
+    flipped = {np.ascontiguousarray(img[..., ::-1]).tobytes() for img in norm(x).astype(np.float64)}
+    rows = [img.tobytes() for xb, _ in recorded for img in xb]
+    assert all(r in plain or r in flipped for r in rows)
+    assert sum(r in flipped and r not in plain for r in rows) > len(rows) // 4
+
+
+@pytest.mark.parametrize(
+    "name, cls, extra", [("adamw", "AdamW", {}), ("adam", "Adam", {}), ("sgd", "SGD", {"nesterov": True})]
+)
+def test_the_configured_optimizer_is_built_with_the_configured_settings(name, cls, extra):
+    import fastconv.train as T
+    from fastconv import optim
+
+    model = _mirror_asymmetric_model()
+    opt = T._make_optimizer(model, TrainConfig(optimizer=name, lr=0.03, weight_decay=0.07, momentum=0.8))
+    assert type(opt) is getattr(optim, cls)
+    assert opt.lr == 0.03 and opt.weight_decay == 0.07
+    assert opt.params == model.parameters()
+    for key, value in extra.items():
+        assert getattr(opt, key) == value
+    if name == "sgd":
+        assert opt.momentum == 0.8
+
+
+@pytest.mark.parametrize("monitor, best", [("val_loss", 2), ("val_accuracy", 3)])
+def test_the_monitor_decides_which_epoch_is_kept(data, tmp_path, monkeypatch, monitor, best):
+    import fastconv.train as T
+
+    # scripted validation scores on which the two monitors disagree (accuracy ties: lower loss)
+    scores = iter([(0.90, 0.50), (0.85, 0.30), (0.95, 0.60), (0.95, 0.70)])
+    monkeypatch.setattr(
+        T, "_validation_scores",
+        lambda *a, **k: dict(zip(("val_accuracy", "val_loss"), next(scores)), val_f1=0.5),
+    )  # fmt: skip
+    x, y = data
+    _, result = train_classifier(x, y, ["h", "v"], tiny_config(epochs=4, monitor=monitor), out_dir=tmp_path,
+                                 progress=False)  # fmt: skip
+    assert result.best_epoch == best
+    assert load_with_metadata(tmp_path / "model.npz")[1]["epoch"] == best
