@@ -60,8 +60,9 @@ def collect() -> dict:
         info["cython"] = Cython.__version__
     except ImportError:
         info["cython"] = "not installed (only needed to build)"
-    # Every BLAS loaded in this process, numpy's first: fastconv's matrix products go through
-    # numpy's; another (SciPy's, loaded by scikit-image) may keep its own thread count.
+    # Every BLAS loaded in this process, numpy's first: numpy's runs the numpy/numba backends'
+    # products with fastconv's thread count; SciPy's runs the cython backend's GEMM tiles, one
+    # per OpenMP thread, so cython_backend keeps it at 1 thread on purpose.
     blas = [d for d in _threads.blas_info() if d.get("user_api") == "blas"]
     blas.sort(key=lambda d: (_blas_owner(d) != "numpy", _blas_owner(d), str(d.get("filepath"))))
     info["blas"] = [
