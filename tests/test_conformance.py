@@ -609,3 +609,50 @@ def test_property_pooling_matches_reference(fast_backend, p):
     assert_within(K.avg_pool2d_backward(dy, shape, *args, backend=fast_backend),
                   K.avg_pool2d_backward(dy, shape, *args, backend="python"),
                   scale * K.avg_pool2d_backward(np.abs(dy), shape, *args, backend="python"), "avg dx")
+
+
+# --------------------------------------------------------------------------- concurrent callers
+
+
+def test_concurrent_calls_from_python_threads_give_the_serial_results(fast_backend):
+    """A library user may call the kernels from several Python threads at once (a thread pool
+    serving predictions). Scratch buffers (numba's thread-local padded planes, cython's
+    per-call buffers) must not be shared between calls: six threads with six different shapes,
+    each repeating its call, must reproduce the results computed one call at a time, bit for bit."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    jobs = []
+    for i in range(6):
+        shape = (3, 4, 9 + i, 18 + i)  # rows >= 16: cython's direct kernels and their buffers
+        jobs.append((_rand(rng, shape, np.float32), _rand(rng, (5, 4, 3, 3), np.float32),
+                     _rand(rng, (3, 5, 9 + i, 18 + i), np.float32), _rand(rng, (4,), np.float32)))  # fmt: skip
+
+    def run(job):
+        x, w, dy, gamma = job
+        y = K.conv2d_forward(x, w, None, 1, 1, backend=fast_backend)
+        grads = K.conv2d_backward(dy, x, w, 1, 1, backend=fast_backend)
+        p, a = K.max_pool2d_forward(y, 2, backend=fast_backend)
+        bn = K.batch_norm_forward(x, gamma, gamma, backend=fast_backend)
+        return (y, *grads, p, a, K.max_pool2d_backward(p, a, y.shape, backend=fast_backend),
+                K.relu_forward(y, backend=fast_backend), bn[0])  # fmt: skip
+
+    expected = [run(job) for job in jobs]
+    failures: list[str] = []
+
+    def worker(k: int) -> None:
+        try:
+            for _ in range(8):
+                for i, (got, want) in enumerate(zip(run(jobs[k]), expected[k])):
+                    if not np.array_equal(got, want):
+                        failures.append(f"thread {k}: output {i} differs")
+                        return
+        except Exception as exc:  # reported below, with the thread it came from
+            failures.append(f"thread {k}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
