@@ -97,10 +97,12 @@ class TrainConfig:
     model file). ``init``: where the feature layers start from — ``None`` (random, He
     initialisation), ``"pretrained"`` (the bundled CIFAR-10 backbone), a model file path, or
     ``"auto"``: pretrained for catvnoncat, random for any other dataset (resolved by
-    :func:`train_classifier`). ``average_epochs``: 0 = off; N > 0 = the model :func:`fit` returns
-    and saves is the uniform average of the weights after every optimizer step of the last N
-    epochs, its BatchNorm statistics recomputed on the training images (stochastic weight
-    averaging, Izmailov et al. 2018); needs ``patience`` 0.
+    :func:`train_classifier`). ``pos_weight`` (binary models): weight of the positive class in the
+    training loss (validation loss and metrics stay unweighted); ``"balanced"`` = negatives /
+    positives of the labels :func:`fit` trains on; None = 1. ``average_epochs``: 0 = off; N > 0 =
+    the model :func:`fit` returns and saves is the uniform average of the weights after every
+    optimizer step of the last N epochs, its BatchNorm statistics recomputed on the training images
+    (stochastic weight averaging, Izmailov et al. 2018); needs ``patience`` 0.
     """
 
     epochs: int = 60
@@ -123,6 +125,7 @@ class TrainConfig:
     width: int = 16
     batchnorm: bool = True
     label_smoothing: float = 0.0
+    pos_weight: float | str | None = None  # binary only: weight of the positive class in BCE; "balanced"
     tta: bool = True
     refit: bool = True
     init: str | None = "auto"
@@ -157,6 +160,11 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
+        pw = self.pos_weight
+        if pw is not None and pw != "balanced" and (
+            isinstance(pw, (bool, str)) or not isinstance(pw, (int, float)) or not (math.isfinite(pw) and pw > 0)
+        ):
+            raise ValueError(f"pos_weight: expected None, 'balanced' or a positive number, got {pw!r}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.init is not None and not isinstance(self.init, (str, os.PathLike)):
@@ -305,11 +313,27 @@ def _make_optimizer(model, config: TrainConfig):
     return optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
 
 
-def _make_loss(num_outputs: int, label_smoothing: float = 0.0):
-    """Binary cross-entropy for one logit (smoothing is applied to its targets), softmax CE otherwise."""
+def _make_loss(num_outputs: int, label_smoothing: float = 0.0, pos_weight: float | None = None):
+    """Binary cross-entropy for one logit (smoothing is applied to its targets; ``pos_weight``
+    weighs the positive class), softmax CE otherwise."""
     from . import losses
 
-    return losses.BCEWithLogitsLoss() if num_outputs == 1 else losses.CrossEntropyLoss(label_smoothing)
+    if num_outputs == 1:
+        return losses.BCEWithLogitsLoss(pos_weight=pos_weight)
+    if pos_weight is not None:
+        raise ValueError(f"pos_weight: applies to a binary model with one logit, not to {num_outputs} outputs")
+    return losses.CrossEntropyLoss(label_smoothing)
+
+
+def resolve_pos_weight(pos_weight: float | str | None, y: np.ndarray) -> float | None:
+    """``TrainConfig.pos_weight`` as a number: ``"balanced"`` = negatives / positives in ``y``
+    (int64 (N,) labels 0/1), so that both classes weigh the same in the training loss."""
+    if pos_weight != "balanced":
+        return None if pos_weight is None else float(pos_weight)
+    positives = int(np.count_nonzero(y == 1))
+    if positives == 0 or positives == len(y):
+        raise ValueError(f"pos_weight 'balanced': the training labels hold {positives} of {len(y)} positives")
+    return (len(y) - positives) / positives
 
 
 def _targets(y: np.ndarray, num_outputs: int, smoothing: float, dtype) -> np.ndarray:
@@ -413,7 +437,7 @@ def fit(
         max_rotation=config.max_rotation,
         scale=(1.0 - config.scale, 1.0 + config.scale) if config.scale else None,
     )
-    loss_fn = _make_loss(num_outputs, config.label_smoothing)
+    loss_fn = _make_loss(num_outputs, config.label_smoothing, resolve_pos_weight(config.pos_weight, y_train))
     optimizer = _make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     from .optim import CosineSchedule

@@ -333,6 +333,14 @@ def test_counts_and_sizes_must_be_positive(capsys, argv):
     assert f"argument {argv[1]}: expected a positive integer, got '{argv[2]}'" in err
 
 
+@pytest.mark.parametrize("value", ["heavy", "0", "-2", "inf", "nan"])
+def test_pos_weight_is_balanced_or_a_positive_number(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--pos-weight", value])
+    assert exc.value.code == 2
+    assert f"argument --pos-weight: expected 'balanced' or a positive number, got '{value}'" in capsys.readouterr().err
+
+
 def test_pictures_rejects_an_image_size_the_model_cannot_take(capsys, tmp_path):
     code, _, err = run_cli(capsys, "pictures", "--image-size", "32", "--out", str(tmp_path))
     assert code == 1

@@ -789,3 +789,43 @@ def test_the_monitor_decides_which_epoch_is_kept(data, tmp_path, monkeypatch, mo
                                  progress=False)  # fmt: skip
     assert result.best_epoch == best
     assert load_with_metadata(tmp_path / "model.npz")[1]["epoch"] == best
+
+
+def test_pos_weight_balanced_weighs_the_classes_of_the_labels_fit_trains_on(data, monkeypatch):
+    import fastconv.train as T
+
+    x, y = data
+    keep = np.flatnonzero((y == 0) | (np.arange(len(y)) % 3 == 0))  # fewer positives than negatives
+    xs, ys = x[keep], y[keep]
+    made = []
+    real = T._make_loss
+
+    def spy(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(T, "_make_loss", spy)
+    fit(_own_model(1), xs, ys, xs[:8], ys[:8], tiny_config(epochs=1, pos_weight="balanced"), progress=False)
+    negatives, positives = int(np.sum(ys == 0)), int(np.sum(ys == 1))
+    assert positives < negatives
+    assert made[0] == (1, 0.0, negatives / positives)  # the training loss
+    assert all(len(args) == 1 for args in made[1:])  # validation loss: plain BCE
+    made.clear()
+    fit(_own_model(1), xs, ys, config=tiny_config(epochs=1, pos_weight=2.5), progress=False)
+    assert made[0] == (1, 0.0, 2.5)
+    with pytest.raises(ValueError, match="applies to a binary model"):
+        fit(_own_model(3), xs, ys, config=tiny_config(epochs=1, pos_weight="balanced"), progress=False)
+    with pytest.raises(ValueError, match="hold 0 of 5 positives"):
+        T.resolve_pos_weight("balanced", np.zeros(5, np.int64))
+    for bad in (0, -1.0, "heavy", float("inf"), True):
+        with pytest.raises(ValueError, match="pos_weight"):
+            TrainConfig(pos_weight=bad)
+
+
+def test_pos_weight_scales_the_gradient_of_the_positive_examples(rng):
+    # BCE with pos_weight w: dL/dz = (1 - t) s - w t (1 - s), per example, over N
+    z, t = rng.standard_normal((6, 1)), np.array([1, 0, 1, 1, 0, 0.0])
+    loss = losses.BCEWithLogitsLoss(pos_weight=3.0)
+    loss.forward(z, t)
+    s = 1 / (1 + np.exp(-z[:, 0]))
+    np.testing.assert_allclose(loss.backward()[:, 0], ((1 - t) * s - 3.0 * t * (1 - s)) / 6, rtol=1e-12)

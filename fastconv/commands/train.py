@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                         help="label smoothing of the targets (0 = none)")
+    parser.add_argument("--pos-weight", type=_pos_weight, default=d.pos_weight, metavar="W|balanced",
+                        help="binary models: weight of the positive class (cat) in the training loss; 'balanced' = "
+                        "negatives / positives of the training images, so both classes weigh the same; None = 1")
     parser.add_argument(
         "--average-epochs", type=int, default=d.average_epochs, metavar="N",
         help="ship the uniform average of the weights over every step of the last N epochs, BatchNorm statistics "
@@ -199,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         batchnorm=args.batchnorm,
         label_smoothing=args.label_smoothing,
+        pos_weight=args.pos_weight,
         tta=not args.no_tta,
         refit=refit,
         init=args.init,
@@ -251,6 +255,19 @@ def run(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(out / f) for f in written))
     print(f"next: {_evaluate_hint(out, data, config)}")
     return 0
+
+
+def _pos_weight(text: str) -> float | str:
+    """argparse ``type=`` for --pos-weight: 'balanced' or a positive number."""
+    if text == "balanced":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or a positive number, got {text!r}")
+    return value
 
 
 def _print_now(line: str) -> None:
