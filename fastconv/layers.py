@@ -6,6 +6,9 @@ backward calls add up until ``zero_grad``) and returns the gradient with respect
 The cache holds references, not copies (a copy of every activation would cost a training step
 its memory traffic): changing an input array in place between forward and backward changes the
 gradients (PyTorch refuses that through version counters; fastconv leaves it to the caller).
+A layer names its cache in ``_cache_names``, so that :meth:`Sequential.evaluating` (behind
+``Sequential.predict`` and ``fastconv.train.predict_logits``) can run other inputs between a
+forward and its backward and put the cache back afterwards.
 Convolution, pooling and ReLU arithmetic goes through :mod:`fastconv.kernels` (which validates
 arguments once and dispatches to a backend); layers never loop over pixels.
 
@@ -157,6 +160,9 @@ class Layer:
     _param_names: tuple[str, ...] = ()
     #: attribute names of non-trainable arrays saved in state_dict (e.g. running statistics)
     _buffer_names: tuple[str, ...] = ()
+    #: attribute names of what forward keeps for backward (saved and restored around an
+    #: evaluation that runs between a forward and its backward: :meth:`Sequential.predict`)
+    _cache_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.training = True
@@ -184,6 +190,15 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    def cache(self) -> dict[str, object]:
+        """What the last forward kept for backward (see ``_cache_names``), to hand back to
+        :meth:`restore_cache`."""
+        return {name: getattr(self, name, None) for name in self._cache_names}
+
+    def restore_cache(self, cache: dict[str, object]) -> None:
+        for name, value in cache.items():
+            setattr(self, name, value)
 
     def buffers(self) -> dict[str, np.ndarray]:
         """Non-trainable state that belongs in a checkpoint (the live arrays, not copies)."""
@@ -257,6 +272,7 @@ class Conv2d(Layer):
     """
 
     _param_names = ("weight", "bias")
+    _cache_names = ("_x",)
 
     def __init__(
         self,
@@ -345,6 +361,8 @@ class Conv2d(Layer):
 class ReLU(Layer):
     """y = max(x, 0) elementwise, any shape."""
 
+    _cache_names = ("_x",)
+
     def __init__(self) -> None:
         super().__init__()
         self._x: np.ndarray | None = None
@@ -396,6 +414,8 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """Max pooling (PyTorch ``nn.MaxPool2d``): x (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size."""
 
+    _cache_names = ("_argmax", "_input_shape")
+
     def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
         super().__init__(kernel_size, stride, padding)
         self._argmax: np.ndarray | None = None
@@ -414,6 +434,8 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Average pooling (PyTorch ``nn.AvgPool2d``, count_include_pad=True): (N, C, H, W) -> (N, C, Ho, Wo)."""
 
+    _cache_names = ("_input_shape",)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._input_shape = x.shape
         return K.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
@@ -427,6 +449,8 @@ class AvgPool2d(_Pool2d):
 
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...), like PyTorch's ``nn.Flatten()`` (start_dim=1)."""
+
+    _cache_names = ("_input_shape",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -451,6 +475,8 @@ class Linear(Layer):
 
     x: (N, in_features) -> y: (N, out_features); weight: (out_features, in_features); bias: (out_features,).
     """
+
+    _cache_names = ("_x",)
 
     _param_names = ("weight", "bias")
 
@@ -523,6 +549,8 @@ class Dropout(Layer):
     entropy, unless :func:`fastconv.train.fit` seeds them from its ``TrainConfig.seed``.
     """
 
+    _cache_names = ("_mask", "_passthrough")
+
     def __init__(self, p: float = 0.5, seed: RngLike = None) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
@@ -573,6 +601,8 @@ class BatchNorm2d(Layer):
     The arithmetic is the kernels' ``batch_norm_forward`` / ``batch_norm_backward`` on the
     layer's backend.
     """
+
+    _cache_names = ("_cache",)
 
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var")

@@ -19,6 +19,7 @@ model where a good one used to be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -103,16 +104,27 @@ class Sequential:
     __call__ = forward
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Eval-mode forward over ``x`` in batches (restores the previous mode). Returns the stacked outputs."""
-        was_training = self.training
-        self.eval()
-        try:
+        """Eval-mode forward over ``x`` in batches (inside :meth:`evaluating`). Returns the stacked outputs."""
+        with self.evaluating():
             outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        finally:
-            self.train(was_training)
         if not outs:
             return np.zeros((0, *self.output_shape(x.shape[1:])), self.dtype)
         return np.concatenate(outs, axis=0)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[Sequential]:
+        """``with model.evaluating():`` eval mode inside, and afterwards the model as it was found:
+        the previous train/eval mode and what the last forward kept for backward, so that
+        ``model(xb); model.predict(xv); model.backward(dy)`` still gives xb's gradients."""
+        was_training = self.training
+        kept = [layer.cache() for layer in self.layers]
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
+            for layer, cache in zip(self.layers, kept):
+                layer.restore_cache(cache)
 
     def backward(self, dlogits: np.ndarray, *, need_input_grad: bool = False) -> np.ndarray | None:
         """Backpropagate ``dlogits`` (shape of the last forward output) through every layer.

@@ -241,14 +241,14 @@ def logits_to_proba(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_logits(model, x: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
-    """Logits of ``model`` in eval mode for normalised inputs x (N, C, H, W), in batches.
+    """Logits of ``model`` (a :class:`~fastconv.model.Sequential`) in eval mode for normalised
+    inputs x (N, C, H, W), in batches.
 
     With ``tta`` the result averages the logits of each image and its horizontal mirror.
-    Returns float (N, outputs). The model's train/eval mode is restored afterwards.
+    Returns float (N, outputs). Runs inside ``model.evaluating()``: the train/eval mode and what
+    a pending forward kept for backward are as before afterwards.
     """
-    was_training = _is_training(model)
-    model.eval()
-    try:
+    with model.evaluating():
         outs = []
         for i in range(0, len(x), batch_size):
             xb = np.ascontiguousarray(x[i : i + batch_size])
@@ -256,16 +256,9 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 128, tta: bool = Fals
             if tta:
                 out = 0.5 * (out + np.asarray(model(np.ascontiguousarray(xb[..., ::-1])), dtype=np.float64))
             outs.append(out)
-        if not outs:
-            return np.zeros((0, _num_outputs(model, x.shape[1:])), dtype=np.float64)
-        return np.concatenate(outs)
-    finally:
-        if was_training:
-            model.train()
-
-
-def _is_training(model) -> bool:
-    return bool(getattr(model, "training", any(getattr(layer, "training", False) for layer in model.layers)))
+    if not outs:
+        return np.zeros((0, _num_outputs(model, x.shape[1:])), dtype=np.float64)
+    return np.concatenate(outs)
 
 
 def _num_outputs(model, sample_shape: Sequence[int]) -> int:

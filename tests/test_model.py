@@ -78,6 +78,29 @@ def test_backward_returns_input_gradient_only_when_asked(monkeypatch, x):
     assert calls == [False, True]
 
 
+@pytest.mark.parametrize("how", ["predict", "predict_logits"])
+def test_an_evaluation_between_forward_and_backward_leaves_the_gradients_alone(rng, x, how):
+    # Validation or a quick look at other images between a training forward and its backward:
+    # the backward must still see the training batch (same batch size, so nothing would fail).
+    from fastconv.train import predict_logits
+
+    other = rng.standard_normal(x.shape)
+    dy = rng.standard_normal((len(x), 2))
+
+    def gradients(look: bool) -> list[np.ndarray]:
+        model = tiny_model().reseed(3).train()
+        model(x)
+        if look:
+            model.predict(other) if how == "predict" else predict_logits(model, other, tta=True)
+            assert model.training
+        model.zero_grad()
+        dx = model.backward(dy, need_input_grad=True)
+        return [dx, *(p.grad.copy() for p in model.parameters())]
+
+    for got, want in zip(gradients(True), gradients(False)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_layers_shared_by_two_models_keep_working_in_both(rng):
     # A feature extractor or head shared with a second model: the head's backward must not leave
     # its first layer unable to pass gradients on inside the full model, nor rename its weights.
