@@ -76,3 +76,15 @@ __all__ = [
     "set_default_backend",
     "set_num_threads",
 ]
+
+# Submodules that pull in more (h5py, scikit-image, matplotlib) load on first use, so that
+# ``import fastconv`` stays light and ``fastconv.train.fit`` still works without its own import.
+_LAZY_SUBMODULES = ("bench", "data", "metrics", "train", "viz")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -578,3 +578,20 @@ def test_an_architecture_too_large_for_memory_is_a_named_error(tmp_path, monkeyp
     monkeypatch.setattr(Sequential, "from_architecture", staticmethod(too_big))
     with pytest.raises(ValueError, match=r"m\.npz: its architecture asks for layers too large for memory"):
         fastconv.load(path)
+
+
+def test_import_fastconv_is_light_and_submodules_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fastconv\n"
+        "heavy = [m for m in ('h5py', 'skimage', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert callable(fastconv.train.fit) and callable(fastconv.data.load_image_folder)\n"
+        "assert callable(fastconv.metrics.accuracy)\n"
+        "try:\n    fastconv.no_such_thing\nexcept AttributeError as e:\n    assert 'no_such_thing' in str(e)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
