@@ -4,6 +4,8 @@ Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad``; per-
 state (momentum buffers, Adam moments) and one scratch array are allocated once, so a step
 allocates no arrays. Weight decay skips parameters whose ``decay`` flag is False (biases and
 normalisation parameters). ``optimizer.lr`` may be changed at any time (schedules do).
+``state_dict()`` / ``load_state_dict()`` of optimizers and schedules hold plain arrays (for
+``np.savez`` next to the model's ``state_dict()``), so an interrupted run resumes exactly.
 
 Update rules, for a parameter p with gradient g at step t = 1, 2, ... (wd = weight_decay):
 
@@ -54,6 +56,45 @@ class Optimizer:
         """Every per-parameter state list (each indexed like ``params``); subclasses add theirs."""
         return [self._scratch]
 
+    def _moments(self) -> dict[str, list[np.ndarray]]:
+        """The per-parameter state a resumed run needs (not the scratch), by name."""
+        return {}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the optimizer's state as plain arrays, for ``np.savez`` (no pickle needed):
+        ``steps``, ``lr`` and every per-parameter buffer as ``"<buffer>.<i>"``, i indexing ``params``
+        (SGD: ``momentum``; Adam/AdamW: ``m`` and ``v``)."""
+        state = {"steps": np.array(self.steps, np.int64), "lr": np.array(self.lr, np.float64)}
+        for name, arrays in self._moments().items():
+            for i, a in enumerate(arrays):
+                state[f"{name}.{i}"] = a.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Resume from :meth:`state_dict` of an optimizer of the same kind over parameters of the
+        same shapes. Raises ValueError naming missing, unexpected or mis-shaped entries; nothing
+        changes unless every check passes. Buffers are cast to their parameter's dtype."""
+        moments = self._moments()
+        expected = {"steps": (), "lr": ()}
+        for name, arrays in moments.items():
+            expected.update({f"{name}.{i}": a.shape for i, a in enumerate(arrays)})
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [f"{k}: expected shape {expected[k]}, got {np.shape(state[k])}"
+                 for k in expected if k in state and np.shape(state[k]) != expected[k]]  # fmt: skip
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"optimizer state of another optimizer or model: missing {missing}, unexpected {unexpected}"
+                + (f", {'; '.join(wrong)}" if wrong else "")
+            )
+        steps, lr = int(state["steps"]), float(state["lr"])
+        if steps < 0 or not lr >= 0:
+            raise ValueError(f"optimizer state: steps {steps} and lr {lr} must be >= 0")
+        for name, arrays in moments.items():
+            for i, a in enumerate(arrays):
+                np.copyto(a, np.asarray(state[f"{name}.{i}"]), casting="unsafe")
+        self.steps, self.lr = steps, lr
+
     def _follow_dtypes(self) -> None:
         """Recast a parameter's state when its dtype has changed since (``model.astype`` after
         the optimizer was built): otherwise float64 weights would get float32 updates silently."""
@@ -101,6 +142,9 @@ class SGD(Optimizer):
 
     def _state(self) -> list[list[np.ndarray]]:
         return [self._scratch, self._buf] if self.momentum else [self._scratch]
+
+    def _moments(self) -> dict[str, list[np.ndarray]]:
+        return {"momentum": self._buf} if self.momentum else {}
 
     def step(self) -> None:
         self._follow_dtypes()
@@ -159,6 +203,9 @@ class Adam(Optimizer):
     def _state(self) -> list[list[np.ndarray]]:
         return [self._scratch, self._m, self._v, self._denom]
 
+    def _moments(self) -> dict[str, list[np.ndarray]]:
+        return {"m": self._m, "v": self._v}
+
     def step(self) -> None:
         self._follow_dtypes()
         self.steps += 1
@@ -214,6 +261,17 @@ class _Schedule:
     @property
     def lr(self) -> float:
         return self.optimizer.lr
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``last_step`` and ``base_lr`` as arrays (``np.savez``-able), for :meth:`load_state_dict`."""
+        return {"last_step": np.array(self.last_step, np.int64), "base_lr": np.array(self.base_lr, np.float64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Resume the schedule where :meth:`state_dict` left it; sets the optimizer's lr for that step."""
+        if set(state) != {"last_step", "base_lr"}:
+            raise ValueError(f"schedule state: expected entries last_step and base_lr, got {sorted(state)}")
+        self.last_step, self.base_lr = int(state["last_step"]), float(state["base_lr"])
+        self.optimizer.lr = self.lr_at(self.last_step)
 
     def step(self) -> float:
         """Advance one step and set (and return) the learning rate for the next optimizer step."""

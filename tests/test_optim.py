@@ -167,6 +167,63 @@ def test_a_model_cast_after_the_optimizer_was_built_gets_updates_in_its_new_dtyp
     np.testing.assert_array_equal(w.data, ref.layers[0].weight.data)
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [(SGD, dict(lr=0.1, momentum=0.9, nesterov=True)), (SGD, dict(lr=0.1)), (Adam, dict(lr=0.01)),
+     (AdamW, dict(lr=0.01, weight_decay=0.1))],
+)  # fmt: skip
+def test_a_run_resumed_from_saved_optimizer_and_schedule_state_continues_exactly(tmp_path, cls, kwargs):
+    from fastconv import Linear, Sequential
+
+    rng = np.random.default_rng(1)
+    grads = [[rng.standard_normal((3, 5)), rng.standard_normal(3)] for _ in range(6)]
+
+    def build():
+        model = Sequential(Linear(5, 3, rng=2)).astype(np.float64)
+        opt = cls(model.parameters(), **kwargs)
+        return model, opt, CosineSchedule(opt, total_steps=6, warmup_steps=2)
+
+    def steps(model, opt, sched, gs):
+        for g in gs:
+            for p, gp in zip(model.parameters(), g):
+                p.grad[...] = gp
+            opt.step()
+            sched.step()
+
+    straight = build()
+    steps(*straight, grads)
+    first = build()
+    steps(*first, grads[:3])
+    np.savez(tmp_path / "run.npz", **first[0].state_dict(), **{f"opt.{k}": v for k, v in first[1].state_dict().items()},
+             **{f"sched.{k}": v for k, v in first[2].state_dict().items()})  # fmt: skip
+    with np.load(tmp_path / "run.npz", allow_pickle=False) as f:
+        saved = dict(f)
+    resumed = build()
+    resumed[0].load_state_dict({k: v for k, v in saved.items() if not k.startswith(("opt.", "sched."))})
+    resumed[1].load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("opt.")})
+    resumed[2].load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("sched.")})
+    assert resumed[1].lr == first[1].lr and resumed[1].steps == 3
+    steps(*resumed, grads[3:])
+    for p, q in zip(resumed[0].parameters(), straight[0].parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_optimizer_state_of_another_model_or_optimizer_is_refused():
+    from fastconv import Linear, Sequential
+
+    adam = Adam(Sequential(Linear(5, 3, rng=0)).parameters())
+    with pytest.raises(ValueError, match=r"missing \['m.0', 'm.1', 'v.0', 'v.1'\], unexpected \['momentum.0'"):
+        adam.load_state_dict(SGD(Sequential(Linear(5, 3, rng=0)).parameters(), lr=0.1, momentum=0.9).state_dict())
+    other = Adam(Sequential(Linear(4, 3, rng=0)).parameters()).state_dict()
+    before = [a.copy() for a in adam._m]
+    with pytest.raises(ValueError, match=r"m.0: expected shape \(3, 5\), got \(3, 4\)"):
+        adam.load_state_dict(other)
+    assert all(np.array_equal(a, b) for a, b in zip(adam._m, before)) and adam.steps == 0
+    sched = CosineSchedule(adam, total_steps=4)
+    with pytest.raises(ValueError, match="last_step and base_lr"):
+        sched.load_state_dict({"last_step": np.array(1)})
+
+
 def test_optimizer_argument_checks():
     p = Parameter(np.zeros(2))
     with pytest.raises(ValueError, match="empty"):
