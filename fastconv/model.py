@@ -25,6 +25,7 @@ import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -76,7 +77,17 @@ class Sequential:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, index: int) -> Layer:
+    @overload
+    def __getitem__(self, index: int) -> Layer: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+    def __getitem__(self, index: int | slice) -> Layer | Sequential:
+        """``model[i]`` is a layer; ``model[a:b]`` a Sequential of those same layer objects (shared,
+        as in PyTorch: e.g. ``model[:-3]`` as a feature extractor that trains with the model)."""
+        if isinstance(index, slice):
+            part = Sequential(*self.layers[index])
+            part.training = self.training  # its layers are in this model's mode
+            return part
         return self.layers[index]
 
     def __iter__(self) -> Iterator[Layer]:

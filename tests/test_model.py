@@ -101,6 +101,15 @@ def test_an_evaluation_between_forward_and_backward_leaves_the_gradients_alone(r
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_slice_is_a_sequential_of_the_same_layers(x):
+    model = tiny_model().eval()
+    features = model[:4]
+    assert isinstance(features, Sequential) and not features.training
+    assert all(a is b for a, b in zip(features.layers, model.layers[:4]))
+    np.testing.assert_array_equal(model[4:](features(x)), model(x))
+    assert isinstance(model[-1], L.Linear) and len(model[::2]) == 4
+
+
 def test_layers_shared_by_two_models_keep_working_in_both(rng):
     # A feature extractor or head shared with a second model: the head's backward must not leave
     # its first layer unable to pass gradients on inside the full model, nor rename its weights.
