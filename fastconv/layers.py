@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import kernels as K
-from .kernels import IntOrPair, conv2d_geometry, normalize_pair, pool2d_geometry
+from .kernels import IntOrPair, conv2d_geometry, conv_padding, normalize_pair, pool2d_geometry
 
 __all__ = [
     "LAYER_TYPES",
@@ -268,7 +268,8 @@ class Conv2d(Layer):
     """2-d convolution (cross-correlation), PyTorch's ``nn.Conv2d`` arguments.
 
     x: (N, in_channels, H, W) -> y: (N, out_channels, Ho, Wo), same float dtype as the weights.
-    weight: (out_channels, in_channels, R, S); bias: (out_channels,) or None.
+    weight: (out_channels, in_channels, R, S); bias: (out_channels,) or None. ``padding``: an int,
+    a pair, ``"valid"`` or ``"same"`` (stride 1, odd effective kernel), stored as the pair of ints.
     """
 
     _param_names = ("weight", "bias")
@@ -280,7 +281,7 @@ class Conv2d(Layer):
         out_channels: int,
         kernel_size: IntOrPair,
         stride: IntOrPair = 1,
-        padding: IntOrPair = 0,
+        padding: IntOrPair | str = 0,
         dilation: IntOrPair = 1,
         bias: bool = True,
         *,
@@ -294,8 +295,8 @@ class Conv2d(Layer):
         self.out_channels = _positive_int("out_channels", out_channels)
         self.kernel_size = normalize_pair(kernel_size, "kernel_size", minimum=1)
         self.stride = normalize_pair(stride, "stride", minimum=1)
-        self.padding = normalize_pair(padding, "padding", minimum=0)
         self.dilation = normalize_pair(dilation, "dilation", minimum=1)
+        self.padding = conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # "same" -> ints
         self.backend = backend
         self.dtype = _float_dtype(dtype)
         shape = (self.out_channels, self.in_channels, *self.kernel_size)

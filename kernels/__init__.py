@@ -56,6 +56,7 @@ from ._geometry import (
     Pool2dGeometry,
     conv2d_geometry,
     conv_output_size,
+    conv_padding,
     normalize_pair,
     pool2d_geometry,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "conv2d_forward",
     "conv2d_geometry",
     "conv_output_size",
+    "conv_padding",
     "get_backend",
     "get_default_backend",
     "get_num_threads",
@@ -109,7 +111,7 @@ def conv2d_forward(
     weight: np.ndarray,
     bias: np.ndarray | None = None,
     stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
+    padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
     *,
     backend: str | None = None,
@@ -119,7 +121,8 @@ def conv2d_forward(
     x: (N, C, H, W), weight: (K, C, R, S), bias: (K,) or None, all float32 or all float64.
     Returns y: (N, K, Ho, Wo) of the same dtype,
     ``y[n,k,i,j] = bias[k] + sum_{c,r,s} x[n, c, i*sh - ph + r*dh, j*sw - pw + s*dw] * weight[k,c,r,s]``
-    with zero padding.
+    with zero padding. ``padding`` also takes ``"valid"`` (0) and ``"same"`` (Ho, Wo = H, W; see
+    :func:`conv_padding`).
     """
     x = as_float_array("x", x, 4)
     weight = as_float_array("weight", weight, 4)
@@ -139,7 +142,7 @@ def conv2d_backward(
     x: np.ndarray,
     weight: np.ndarray,
     stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
+    padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
     *,
     need_dx: bool = True,

@@ -47,6 +47,31 @@ def normalize_pair(value: object, name: str, *, minimum: int) -> tuple[int, int]
     return out[0], out[1]
 
 
+def conv_padding(
+    padding: object, kernel_size: IntOrPair, stride: IntOrPair = 1, dilation: IntOrPair = 1
+) -> tuple[int, int]:
+    """Conv padding as ``(ph, pw)``: an int or pair, or PyTorch's strings ``"valid"`` (none) and
+    ``"same"`` (output size = input size: stride 1, padding dilation*(k-1)/2 on each side, which
+    must be a whole number since padding here is the same on both sides of an axis)."""
+    if not isinstance(padding, str):
+        return normalize_pair(padding, "padding", minimum=0)
+    if padding == "valid":
+        return 0, 0
+    if padding != "same":
+        raise ValueError(f"padding: expected an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+    if normalize_pair(stride, "stride", minimum=1) != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride {stride!r}")
+    kh, kw = normalize_pair(kernel_size, "kernel_size", minimum=1)
+    dh, dw = normalize_pair(dilation, "dilation", minimum=1)
+    total = (dh * (kh - 1), dw * (kw - 1))
+    if total[0] % 2 or total[1] % 2:
+        raise ValueError(
+            f"padding='same' with kernel {(kh, kw)} and dilation {(dh, dw)} needs {total} padded rows/columns, "
+            "which cannot be split evenly between both sides; use an odd kernel or explicit padding"
+        )
+    return total[0] // 2, total[1] // 2
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Output length of a convolution / pooling along one axis (floor mode)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
@@ -108,12 +133,12 @@ def conv2d_geometry(
     every other size must be positive.
     """
     sh, sw = normalize_pair(stride, "stride", minimum=1)
-    ph, pw = normalize_pair(padding, "padding", minimum=0)
     dh, dw = normalize_pair(dilation, "dilation", minimum=1)
     if len(x_shape) != 4:
         raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
         raise ValueError(f"weight: expected a 4-d array (K, C, R, S), got shape {tuple(w_shape)}")
+    ph, pw = conv_padding(padding, tuple(int(v) for v in w_shape[2:]), (sh, sw), (dh, dw))
     n, c, h, w = (int(v) for v in x_shape)
     k, cw, r, s = (int(v) for v in w_shape)
     _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)

@@ -656,3 +656,31 @@ def test_concurrent_calls_from_python_threads_give_the_serial_results(fast_backe
     for t in threads:
         t.join()
     assert not failures, failures
+
+
+def test_same_and_valid_padding_are_the_explicit_paddings(backend, rng):
+    x, w = _rand(rng, (2, 3, 7, 8)), _rand(rng, (4, 3, 5, 3))
+    same = K.conv2d_forward(x, w, None, 1, "same", (1, 2), backend=backend)
+    assert same.shape[2:] == x.shape[2:]
+    np.testing.assert_array_equal(same, K.conv2d_forward(x, w, None, 1, (2, 2), (1, 2), backend=backend))
+    np.testing.assert_array_equal(K.conv2d_forward(x, w, None, 2, "valid", backend=backend),
+                                  K.conv2d_forward(x, w, None, 2, 0, backend=backend))  # fmt: skip
+    dy = _rand(rng, same.shape)
+    for a, b in zip(K.conv2d_backward(dy, x, w, 1, "same", (1, 2), backend=backend),
+                    K.conv2d_backward(dy, x, w, 1, (2, 2), (1, 2), backend=backend)):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("w_shape", "stride", "dilation", "match"),
+    [((2, 1, 2, 3), 1, 1, r"needs \(1, 2\) padded rows"), ((2, 1, 3, 3), 2, 1, "needs stride 1"),
+     ((2, 1, 3, 3), 1, 1, None)],
+)  # fmt: skip
+def test_same_padding_refuses_what_it_cannot_keep_the_size_of(w_shape, stride, dilation, match):
+    x, w = np.zeros((1, 1, 5, 5)), np.zeros(w_shape)
+    if match is None:
+        with pytest.raises(ValueError, match="expected an int, a pair of ints, 'same' or 'valid', got 'full'"):
+            K.conv2d_forward(x, w, None, stride, "full", dilation)
+        return
+    with pytest.raises(ValueError, match=match):
+        K.conv2d_forward(x, w, None, stride, "same", dilation)

@@ -436,3 +436,16 @@ def test_zero_padding_semantics_match_torch():
             got = K.conv2d_forward(x, w, None, stride, 1, backend="python")
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_conv2d_same_padding_keeps_the_size_and_saves_as_integers(tmp_path):
+    from fastconv import Sequential, load
+
+    layer = Conv2d(3, 4, 5, padding="same", dilation=2, rng=0)
+    assert layer.padding == (4, 4) and layer.output_shape((3, 9, 11)) == (4, 9, 11)
+    model = Sequential(layer)
+    model.save(tmp_path / "m.npz")
+    assert load(tmp_path / "m.npz").layers[0].padding == (4, 4)
+    assert Conv2d(3, 4, 3, padding="valid").padding == (0, 0)
+    with pytest.raises(ValueError, match="needs stride 1"):
+        Conv2d(3, 4, 3, stride=2, padding="same")
