@@ -681,7 +681,11 @@ LAYER_TYPES: dict[str, type[Layer]] = {
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:
-    """Make a custom Layer subclass loadable from model files (usable as a class decorator)."""
+    """Make a custom Layer subclass loadable from model files (usable as a class decorator).
+
+    A custom layer that keeps arrays from forward for backward should list their attribute names
+    in ``_cache_names``: :meth:`Sequential.evaluating` (``predict``, validation) puts exactly those
+    back after an evaluation that runs between a forward and its backward."""
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise TypeError(f"register_layer: expected a Layer subclass, got {cls!r}")
     LAYER_TYPES[cls.__name__] = cls

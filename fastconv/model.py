@@ -125,16 +125,20 @@ class Sequential:
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[Sequential]:
         """``with model.evaluating():`` eval mode inside, and afterwards the model as it was found:
-        the previous train/eval mode and what the last forward kept for backward, so that
-        ``model(xb); model.predict(xv); model.backward(dy)`` still gives xb's gradients."""
+        each layer's train/eval mode and what the last forward kept for backward (the attributes
+        each layer names in ``_cache_names``; a custom layer must name its own), so that
+        ``model(xb); model.predict(xv); model.backward(dy)`` still gives xb's gradients. For
+        gradients of an evaluation-mode forward (saliency), call ``model.eval(); model(x)`` instead."""
         was_training = self.training
+        modes = [layer.training for layer in self.layers]
         kept = [layer.cache() for layer in self.layers]
         self.eval()
         try:
             yield self
         finally:
-            self.train(was_training)
-            for layer, cache in zip(self.layers, kept):
+            self.training = was_training
+            for layer, mode, cache in zip(self.layers, modes, kept):
+                layer.train(mode)
                 layer.restore_cache(cache)
 
     def backward(self, dlogits: np.ndarray, *, need_input_grad: bool = False) -> np.ndarray | None:

@@ -74,6 +74,7 @@ class Optimizer:
         """Resume from :meth:`state_dict` of an optimizer of the same kind over parameters of the
         same shapes. Raises ValueError naming missing, unexpected or mis-shaped entries; nothing
         changes unless every check passes. Buffers are cast to their parameter's dtype."""
+        self._follow_dtypes()  # a model cast since the optimizer was built: buffers in the new dtype
         moments = self._moments()
         expected = {"steps": (), "lr": ()}
         for name, arrays in moments.items():

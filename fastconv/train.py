@@ -257,21 +257,24 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 128, tta: bool = Fals
                 out = 0.5 * (out + np.asarray(model(np.ascontiguousarray(xb[..., ::-1])), dtype=np.float64))
             outs.append(out)
     if not outs:
-        return np.zeros((0, _num_outputs(model, x.shape[1:])), dtype=np.float64)
+        return np.zeros((0, *model.output_shape(x.shape[1:])), dtype=np.float64)
     return np.concatenate(outs)
 
 
-def _num_outputs(model, sample_shape: Sequence[int]) -> int:
-    """Logits per image of ``model`` for inputs of per-image shape ``sample_shape`` (e.g. (3, 64, 64)):
-    one for a binary (sigmoid) model, one per class otherwise. Any layer may come last, so the
-    answer is the model's output shape, not the last Linear's width."""
-    shape = model.output_shape(tuple(int(v) for v in sample_shape))
-    if len(shape) != 1 or shape[0] < 1:
+def _num_outputs(model, sample: np.ndarray) -> int:
+    """Logits per image of ``model``: the width of its output for ``sample``, a batch of one model
+    input (run in eval mode inside ``model.evaluating()``, so nothing about the model changes).
+    One for a binary (sigmoid) model, one per class otherwise. A real forward, not shape
+    arithmetic: any layer may come last, and a custom layer need not describe its output shape."""
+    with model.evaluating():
+        out = np.asarray(model(np.ascontiguousarray(sample)))
+    if out.ndim != 2 or out.shape[1] < 1:
         raise ValueError(
-            f"the model's output per image has shape {shape} for input {tuple(sample_shape)}; "
-            "training and prediction need one vector of logits per image (end the model with Flatten, and Linear)"
+            f"the model's output for a batch of one input of shape {tuple(sample.shape[1:])} has shape {out.shape}; "
+            "training and prediction need one vector of logits per image (N, outputs): end the model with Flatten "
+            "(and Linear)"
         )
-    return int(shape[0])
+    return int(out.shape[1])
 
 
 def _check_labels(name: str, y: np.ndarray, n: int, num_outputs: int) -> np.ndarray:
@@ -396,9 +399,6 @@ def fit(
 
     config = config or TrainConfig()
     transform = transform or (lambda a: a)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val: give both (validation every epoch) or neither")
     x_train = np.asarray(x_train)
@@ -406,7 +406,7 @@ def fit(
         raise ValueError(f"x_train: expected a batch of inputs (N, ...), got shape {x_train.shape}")
     if len(x_train) == 0:
         raise ValueError("no training images")
-    num_outputs = _num_outputs(model, x_train.shape[1:])
+    num_outputs = _num_outputs(model, transform(x_train[:1]))  # what the model is given, after transform
     y_train = _check_labels("y_train", y_train, len(x_train), num_outputs)
     has_val = x_val is not None and len(x_val) > 0
     if has_val:
@@ -414,6 +414,9 @@ def fit(
         if x_val.shape[1:] != x_train.shape[1:]:
             raise ValueError(f"x_val: expected images of shape {x_train.shape[1:]} like x_train, got {x_val.shape[1:]}")
         y_val = _check_labels("y_val", y_val, len(x_val), num_outputs)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
 
     dtype = model.parameters()[0].data.dtype
     if config.backend is not None:
@@ -424,6 +427,7 @@ def fit(
     unseeded = [layer for layer in model.layers if getattr(layer, "seeded", True) is False]
     for layer, child in zip(unseeded, np.random.SeedSequence([config.seed, 2]).spawn(len(unseeded))):
         layer.reseed(child)
+        layer.seeded = False  # still the run's to seed: the next fit() seeds it from its own config
     augment = Augmenter(
         hflip=config.hflip,
         max_shift=config.max_shift,
@@ -630,9 +634,9 @@ def recompute_batchnorm(
 
 def _validation_scores(model, val_inputs: np.ndarray, y_val: np.ndarray, tta: bool) -> dict:
     """Validation loss (plain, unsmoothed), accuracy and F1 (binary, or macro over classes) of ``model``."""
-    num_outputs = _num_outputs(model, val_inputs.shape[1:])
     dtype = model.parameters()[0].data.dtype
     vlogits = predict_logits(model, val_inputs, tta=tta)
+    num_outputs = vlogits.shape[1]
     vloss = float(_make_loss(num_outputs).forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
     vpred = _predicted(vlogits)
     avg = "binary" if max(num_outputs, 2) == 2 else "macro"
@@ -1158,9 +1162,13 @@ class Classifier:
             )
         classes = tuple(str(c) for c in meta["classes"])
         try:
-            outputs = _num_outputs(model, (3, int(meta["image_size"]), int(meta["image_size"])))
+            size = int(meta["image_size"])
+            outputs = _num_outputs(model, np.zeros((1, 3, size, size), model.dtype))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: not a classifier for {meta['image_size']!r}-pixel RGB images ({exc})") from None
+            raise ValueError(
+                f"{path}: its model does not classify the {meta['image_size']!r}x{meta['image_size']!r} RGB images "
+                f"its metadata names ({exc})"
+            ) from None
         # Two classes: one logit (sigmoid, as fastconv train builds it) or two (softmax, e.g. fit()
         # on a model ending in Linear(..., 2)); more classes: one logit each.
         if outputs not in ((1, 2) if len(classes) == 2 else (len(classes),)):

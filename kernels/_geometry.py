@@ -138,11 +138,11 @@ def conv2d_geometry(
         raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
         raise ValueError(f"weight: expected a 4-d array (K, C, R, S), got shape {tuple(w_shape)}")
-    ph, pw = conv_padding(padding, tuple(int(v) for v in w_shape[2:]), (sh, sw), (dh, dw))
     n, c, h, w = (int(v) for v in x_shape)
     k, cw, r, s = (int(v) for v in w_shape)
     _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
     _require_positive("weight", (k, cw, r, s), ("K", "C", "R", "S"), w_shape)
+    ph, pw = conv_padding(padding, (r, s), (sh, sw), (dh, dw))
     if cw != c:
         raise ValueError(
             f"weight: expected {c} input channels to match x of shape {tuple(x_shape)}, "

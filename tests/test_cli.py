@@ -386,6 +386,19 @@ def test_info_reports_what_this_process_really_uses(capsys):
         assert cython_backend._conv.simd() in ("sse2", "avx2+fma")
 
 
+@pytest.mark.parametrize(
+    "path, owner",
+    [("/v/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_.so", "numpy"),
+     ("/v/lib/python3.11/site-packages/numpy/.libs/libopenblas.so", "numpy"),
+     ("/usr/lib/python3/dist-packages/scipy.libs/libopenblas.so", "scipy"),
+     ("/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "system"), ("/opt/conda/lib/libmkl_rt.so", "system")],
+)  # fmt: skip
+def test_info_names_the_package_that_shipped_a_blas(path, owner):
+    from fastconv.commands.info import _blas_owner
+
+    assert _blas_owner({"filepath": path}) == owner
+
+
 def test_info_lists_numpys_blas_first_and_names_each_owner(monkeypatch, capsys):
     # fastconv's matrix products go through numpy's BLAS; SciPy's (loaded by scikit-image) may be
     # listed before it by load order, with a thread count of its own

@@ -101,6 +101,13 @@ def test_an_evaluation_between_forward_and_backward_leaves_the_gradients_alone(r
         np.testing.assert_array_equal(got, want)
 
 
+def test_evaluating_restores_each_layers_own_mode(x):
+    model = tiny_model().train()
+    model.layers[1].eval()  # a BatchNorm frozen on purpose
+    model.predict(x)
+    assert model.training and model.layers[0].training and not model.layers[1].training
+
+
 def test_a_slice_is_a_sequential_of_the_same_layers(x):
     model = tiny_model().eval()
     features = model[:4]

@@ -249,7 +249,7 @@ def test_fit_counts_outputs_from_the_models_output_shape_not_its_last_linear(dat
     assert np.isfinite(result.history[0]["val_loss"])
     # one logit per class: CrossEntropy over 3, whose loss at the start is near log 3, not a BCE
     assert abs(result.history[0]["train_loss"] - math.log(3)) < 0.5
-    with pytest.raises(ValueError, match=r"output per image has shape \(3, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"input of shape \(3, 16, 16\) has shape \(1, 3, 1, 1\)"):
         fit(Sequential(Conv2d(3, 3, 1, rng=0), AvgPool2d(SIZE)), x, y3, config=tiny_config(epochs=1), progress=False)
     head_first = Sequential(Flatten(), Linear(3 * SIZE * SIZE, 2, rng=0))
     assert fit(head_first, x, y, config=tiny_config(epochs=1), progress=False).history
@@ -268,6 +268,28 @@ def test_fit_checks_labels_and_validation_pairs(data):
         fit(_own_model(3), x, y, x[:10], np.full(10, 3), cfg, progress=False)
     # plain Python lists of labels are fine
     assert fit(_own_model(1), x, [int(v) for v in y], config=cfg, progress=False).history
+
+
+def test_fit_counts_the_outputs_of_what_the_transform_hands_the_model(data):
+    from fastconv.layers import Linear
+
+    x, y = data  # (N, 3, 16, 16); the transform flattens, the model is a plain logistic regression
+    model = Sequential(Linear(3 * SIZE * SIZE, 1, rng=0))
+    result = fit(model, x, y, x[:10], y[:10], tiny_config(epochs=1),
+                 transform=lambda a: a.reshape(len(a), -1), progress=False)  # fmt: skip
+    assert np.isfinite(result.history[0]["val_loss"])
+
+
+def test_every_fit_call_seeds_an_unseeded_dropout_from_its_own_config(data):
+    x, y = data
+    model = _own_model(1)
+    fit(model, x, y, config=tiny_config(epochs=1), progress=False)
+    state = model.state_dict()
+    again = fit(model, x, y, config=tiny_config(epochs=1, seed=1), progress=False).history
+    fresh = _own_model(1)
+    fresh.load_state_dict(state)
+    expected = fit(fresh, x, y, config=tiny_config(epochs=1, seed=1), progress=False).history
+    assert [r["train_loss"] for r in again] == [r["train_loss"] for r in expected]
 
 
 def test_fit_seeds_a_dropout_built_without_a_seed_from_the_config(data):

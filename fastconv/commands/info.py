@@ -60,9 +60,10 @@ def collect() -> dict:
         info["cython"] = Cython.__version__
     except ImportError:
         info["cython"] = "not installed (only needed to build)"
-    # Every BLAS loaded in this process, numpy's first: numpy's runs the numpy/numba backends'
-    # products with fastconv's thread count; SciPy's runs the cython backend's GEMM tiles, one
-    # per OpenMP thread, so cython_backend keeps it at 1 thread on purpose.
+    # Every BLAS loaded in this process, numpy's first: numpy's runs the numpy backend's products
+    # with fastconv's thread count; SciPy's (called through scipy.linalg.cython_blas) runs the
+    # cython backend's GEMM tiles, one per OpenMP thread, so cython_backend keeps it at 1 thread
+    # on purpose (numba's im2col rung reaches it too).
     blas = [d for d in _threads.blas_info() if d.get("user_api") == "blas"]
     blas.sort(key=lambda d: (_blas_owner(d) != "numpy", _blas_owner(d), str(d.get("filepath"))))
     info["blas"] = [
@@ -74,9 +75,15 @@ def collect() -> dict:
 
 
 def _blas_owner(d: dict) -> str:
-    """The package that shipped a BLAS library: 'numpy' for .../numpy.libs/libscipy_openblas64_.so."""
-    parent = Path(str(d.get("filepath", ""))).parent.name
-    return parent[: -len(".libs")] if parent.endswith(".libs") else parent or "?"
+    """The package that shipped a BLAS library, from its path: 'numpy' for
+    .../site-packages/numpy.libs/libscipy_openblas64_.so (or numpy/.libs/), 'system' outside
+    site-packages (a distribution's or conda's shared BLAS)."""
+    parts = Path(str(d.get("filepath", ""))).parts
+    for i, part in enumerate(parts[:-1]):
+        if part in ("site-packages", "dist-packages") and i + 2 < len(parts):
+            package = parts[i + 1]
+            return package[: -len(".libs")] if package.endswith(".libs") else package
+    return "system"
 
 
 def run(args: argparse.Namespace) -> int:

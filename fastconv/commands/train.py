@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label smoothing of the targets (0 = none)")
     parser.add_argument("--pos-weight", type=_pos_weight, default=d.pos_weight, metavar="W|balanced",
                         help="binary models: weight of the positive class (cat) in the training loss; 'balanced' = "
-                        "negatives / positives of the training images, so both classes weigh the same; None = 1")
+                        "negatives / positives of the training images, so both classes weigh the same; off by default "
+                        "(every image weighs 1)")
     parser.add_argument(
         "--average-epochs", type=int, default=d.average_epochs, metavar="N",
         help="ship the uniform average of the weights over every step of the last N epochs, BatchNorm statistics "
