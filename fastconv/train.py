@@ -160,11 +160,7 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
-        pw = self.pos_weight
-        if pw is not None and pw != "balanced" and (
-            isinstance(pw, (bool, str)) or not isinstance(pw, (int, float)) or not (math.isfinite(pw) and pw > 0)
-        ):
-            raise ValueError(f"pos_weight: expected None, 'balanced' or a positive number, got {pw!r}")
+        check_pos_weight(self.pos_weight)
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.init is not None and not isinstance(self.init, (str, os.PathLike)):
@@ -319,6 +315,17 @@ def _make_loss(num_outputs: int, label_smoothing: float = 0.0, pos_weight: float
     if pos_weight is not None:
         raise ValueError(f"pos_weight: applies to a binary model with one logit, not to {num_outputs} outputs")
     return losses.CrossEntropyLoss(label_smoothing)
+
+
+def check_pos_weight(value: object) -> float | str | None:
+    """``value`` if it is a valid ``TrainConfig.pos_weight`` — None, ``"balanced"`` or a positive
+    finite number — else a ValueError saying so (``--pos-weight`` parses through it too)."""
+    if value is None or value == "balanced":
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"pos_weight: expected None, 'balanced' or a positive number, got {value!r}")
+    return value
 
 
 def resolve_pos_weight(pos_weight: float | str | None, y: np.ndarray) -> float | None:

@@ -259,16 +259,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pos_weight(text: str) -> float | str:
-    """argparse ``type=`` for --pos-weight: 'balanced' or a positive number."""
-    if text == "balanced":
-        return text
+    """argparse ``type=`` for --pos-weight: 'balanced' or a positive number (train.check_pos_weight)."""
+    from fastconv.train import check_pos_weight
+
     try:
-        value = float(text)
+        return check_pos_weight(text if text == "balanced" else float(text))
     except ValueError:
-        value = float("nan")
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected 'balanced' or a positive number, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or a positive number, got {text!r}") from None
 
 
 def _print_now(line: str) -> None:
