@@ -204,18 +204,18 @@ cdef inline bint _is_pointwise(const Geo* g) noexcept nogil:
 #   in L2), so tap (r, s) of output pixel (i, j) is plane[(i + r*dh)*Wp + j + s*dw]: for a run of
 #   V consecutive outputs of one row, every tap is one *contiguous* load of V values at a constant
 #   offset, with no padding tests in the loop;
-# * the accumulators are a small fixed-size local array, acc[KB][V]: KB output channels times V
+# * the accumulators are a small fixed-size local array, acc[KO][V]: KO output channels times V
 #   output pixels (2 SIMD registers wide). All loop bounds inside are compile-time constants, so
-#   gcc vectorises the innermost loop (V pixels = 2 registers), unrolls the KB loop and keeps acc
-#   in 2*KB SIMD registers for the whole C*R*S reduction: per tap it does 2 loads of x and KB
-#   weight broadcasts for 2*KB multiply-adds, and acc is written to y once at the end. (A loop of
+#   gcc vectorises the innermost loop (V pixels = 2 registers), unrolls the KO loop and keeps acc
+#   in 2*KO SIMD registers for the whole C*R*S reduction: per tap it does 2 loads of x and KO
+#   weight broadcasts for 2*KO multiply-adds, and acc is written to y once at the end. (A loop of
 #   `y[p] += w * x[p]` instead loads and stores y per multiply-add.) One catch, measured: gcc's
 #   -O3 first *completely unrolls* such small constant loops (pass "cunrolli"), turning acc into
-#   64 scalar variables that the vectoriser never puts back into registers: 19 ms instead of
-#   2.4 ms for catnet's first layer. setup.py therefore compiles this file with
+#   scalar variables (64 of them when KO was 4) that the vectoriser never puts back into
+#   registers: 19 ms instead of 2.4 ms for catnet's first layer. setup.py therefore compiles this file with
 #   -fdisable-tree-cunrolli (when the compiler knows it); the loops are still unrolled, later,
-#   after vectorisation. Check with `objdump -d`: the tap loop is 2 vmovups, 4 vbroadcastss and
-#   8 vfmadd231ps on ymm registers, nothing else.
+#   after vectorisation. Check with `objdump -d`: the tap loop is 2 vmovups, 6 vbroadcastss and
+#   12 vfmadd231ps on ymm registers, plus the load of the tap's offset.
 # * nothing here is a reduction across SIMD lanes (each lane is its own output pixel), so gcc
 #   vectorises it with plain -O3, without -ffast-math: results keep IEEE semantics (NaN/inf
 #   propagate); only the summation order differs from the reference, like any BLAS.
@@ -253,9 +253,15 @@ cdef extern from *:
     const char* FC_SIMD
     int fc_cpu_has_avx2_fma() noexcept nogil
 
-# KB output channels share each loaded input vector; SB taps share each loaded dy vector (dW).
+# KO output channels share each loaded input vector in the forward (and dx) kernel: 2*KO = 12
+# accumulator registers + 2 loaded inputs + 1 broadcast weight fill 15 of the 16 SIMD registers
+# (KO = 4 left 6 idle and did 8 multiply-adds per 2 loads instead of 12; KO = 6 measured 10%
+# faster on catnet's conv4 and the same elsewhere, with bit-identical results: each output's sum
+# runs in the same order). The dW kernel blocks KB output channels x SB taps = 12 accumulators
+# too, but loads KB + SB vectors per step, so KB = 6 there would spill.
 # MAXL = most lanes of any build (8 float32 in a 32-byte register), sizes the local arrays.
 cdef enum:
+    KO = 6
     KB = 4
     SB = 3
     MAXL = 8
@@ -310,37 +316,37 @@ cdef void _correlate_image(const floating* inp, Py_ssize_t ci, Py_ssize_t plane,
 
     inp: ci zero-padded planes (see _pad_planes) with row stride wp; every index read is below
     ci*plane (the caller sizes plane = hp*wp + one block of V). wpk: weights packed as
-    (ceil(co/KB), ci, ntaps, KB), zero past channel co, so the KB weights of one tap are adjacent.
+    (ceil(co/KO), ci, ntaps, KO), zero past channel co, so the KO weights of one tap are adjacent.
     """
     cdef Py_ssize_t V = 2 * (FC_VEC_BYTES // sizeof(floating))   # output pixels per block
-    cdef floating acc[KB * 2 * MAXL]
+    cdef floating acc[KO * 2 * MAXL]
     cdef Py_ssize_t ob, i, jb, j0, c, t, kk, p, o, nout
     cdef const floating* src
     cdef const floating* xv
     cdef const floating* wv
     cdef floating* dst
-    for ob in range((co + KB - 1) // KB):
+    for ob in range((co + KO - 1) // KO):
         for i in range(ho):
             for jb in range((wo + V - 1) // V):
                 j0 = jb * V
-                for kk in range(KB):
-                    o = min(ob * KB + kk, co - 1)
+                for kk in range(KO):
+                    o = min(ob * KO + kk, co - 1)
                     for p in range(V):
                         acc[kk * V + p] = bias[o]
                 for c in range(ci):
                     src = inp + c * plane + i * wp + j0
-                    wv = wpk + (ob * ci + c) * ntaps * KB
+                    wv = wpk + (ob * ci + c) * ntaps * KO
                     for t in range(ntaps):
                         xv = src + offs[t]
-                        # KB*V multiply-adds on V loaded inputs and KB weights; constant bounds.
-                        for kk in range(KB):
+                        # KO*V multiply-adds on V loaded inputs and KO weights; constant bounds.
+                        for kk in range(KO):
                             for p in range(V):
                                 acc[kk * V + p] += wv[kk] * xv[p]
-                        wv += KB
+                        wv += KO
                 # past wo, the block computed wrap-around garbage (next row's pixels): dropped
                 nout = min(V, wo - j0)
-                for kk in range(KB):
-                    o = ob * KB + kk
+                for kk in range(KO):
+                    o = ob * KO + kk
                     if o < co:
                         dst = out + (o * ho + i) * wo + j0
                         for p in range(nout):
@@ -561,7 +567,7 @@ def dx_grid(object geometry) -> tuple:
     return g.h + (g.r - 1) * g.dh, g.w + (g.s - 1) * g.dw
 
 
-BLOCK_CHANNELS = KB  # output channels per register block: cython_backend packs weights by it
+BLOCK_CHANNELS = KO  # output channels per register block: cython_backend packs weights by it
 DW_LANES = MAXL  # lane partial sums per dW element in conv2d_backward_direct's dw_part
 
 
@@ -582,7 +588,7 @@ def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wp
                           int num_threads):
     """y (N,K,Ho,Wo) = bias (K,) + conv(x (N,C,H,W), w), stride 1, any padding / dilation.
 
-    wpk: w (K, C, R*S) packed by cython_backend as (ceil(K/KB), C, R*S, KB); offs (R*S,):
+    wpk: w (K, C, R*S) packed by cython_backend as (ceil(K/KO), C, R*S, KO); offs (R*S,):
     r*dh*Wp + s*dw; xbuf (threads, C * padded_plane_size(Hp, Wp)), (Hp, Wp) = input_grid.
     One task = one image: its thread pads it into xbuf[thread] (L2-sized) and computes all of
     y[n] from there; tasks write disjoint images, so there is nothing to synchronise.
@@ -591,7 +597,7 @@ def conv2d_forward_direct(const floating[:, :, :, ::1] x, const floating[::1] wp
     cdef Py_ssize_t hp, wp, plane, n, tid
     hp, wp = input_grid(geometry)
     plane = _check_direct(xbuf.shape[1], g.c, hp, wp, g.r * g.s, offs.shape[0], xbuf.shape[0], num_threads)
-    if wpk.shape[0] < (g.k + KB - 1) // KB * KB * g.c * g.r * g.s or bias.shape[0] < g.k:
+    if wpk.shape[0] < (g.k + KO - 1) // KO * KO * g.c * g.r * g.s or bias.shape[0] < g.k:
         raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
     for n in prange(g.n, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
@@ -616,7 +622,7 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     dx is a forward correlation too: dx[c, h, w] = sum_{k,r,s} dy[k, h + ph - r*dh, w + pw - s*dw]
     * w[k, c, r, s]; with dy zero-padded into planes of Hq = H + (R-1)*dh rows of Wq = W + (S-1)*dw
     (top-left margin (R-1)*dh - ph, (S-1)*dw - pw, cropping when negative) this is the kernel of
-    the forward pass on the flipped, transposed weights wtpk (packed (ceil(C/KB), K, R*S, KB))
+    the forward pass on the flipped, transposed weights wtpk (packed (ceil(C/KO), K, R*S, KO))
     with offs_dx[t] = r*dh*Wq + s*dw; zeros (C,) is its bias. With "same" padding ((R-1)*dh =
     2*ph, (S-1)*dw = 2*pw, as in catnet) Wq = Wp and the dx layout serves dW as well, shifted by
     its margin: dy is then padded once per image, not twice.
@@ -650,7 +656,7 @@ def conv2d_backward_direct(const floating[:, :, :, ::1] dy, const floating[:, :,
     if need_dx:
         qplane = max(qplane, _check_direct(dybuf.shape[1], (<object>group) * g.k, hq, wq, ntaps, offs_dx.shape[0],
                                            dybuf.shape[0], num_threads))
-        if wtpk.shape[0] < (g.c + KB - 1) // KB * KB * g.k * ntaps or zeros.shape[0] < g.c:
+        if wtpk.shape[0] < (g.c + KO - 1) // KO * KO * g.k * ntaps or zeros.shape[0] < g.c:
             raise ValueError("conv2d direct kernel: packed weights do not match the geometry")
     cdef Py_ssize_t ximg = g.c * plane, dimg = g.k * qplane
     for ng in prange(ngroups, nogil=True, schedule="static", num_threads=num_threads):
