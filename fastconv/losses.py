@@ -1,7 +1,10 @@
-"""Loss functions on logits: mean loss as a Python float, gradient with respect to the logits.
+"""Loss functions on logits: the loss as a Python float, gradient with respect to the logits.
 
 ``loss = criterion(logits, targets)`` (``__call__`` = ``forward``) caches what ``backward()``
 needs; ``backward()`` returns dloss/dlogits with the shape and dtype of ``logits``.
+``reduction`` is ``"mean"`` (the default, as in PyTorch) or ``"sum"`` over the batch; a
+per-sample vector (PyTorch's ``"none"``) is not offered, because ``backward()`` takes no
+upstream gradient here.
 Both losses are computed in a numerically stable way: no exp of a large positive number,
 no log of 0, so logits of +-1e4 give finite losses and gradients.
 """
@@ -25,6 +28,12 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _reduction(reduction: object) -> str:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    return str(reduction)
+
+
 def _float_logits(name: str, logits: object) -> np.ndarray:
     if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f":
         raise TypeError(f"{name}: expected a float numpy array of logits, got {getattr(logits, 'dtype', type(logits))}")
@@ -34,18 +43,21 @@ def _float_logits(name: str, logits: object) -> np.ndarray:
 
 
 class BCEWithLogitsLoss:
-    """Binary cross-entropy on logits (PyTorch ``nn.BCEWithLogitsLoss``, mean reduction).
+    """Binary cross-entropy on logits (PyTorch ``nn.BCEWithLogitsLoss``).
 
     logits: (N, 1) or (N,) float; targets: (N,) or (N, 1) in [0, 1] (normally {0, 1}).
     ``loss_i = -[pos_weight * t * log(sigmoid(z)) + (1 - t) * log(1 - sigmoid(z))]``, computed as
     ``pos_weight * t * softplus(-z) + (1 - t) * softplus(z)`` with a stable softplus.
     ``pos_weight`` > 1 raises the weight of positive examples (for imbalanced classes).
+    ``reduction``: ``"mean"`` of the N terms (divided by N even with ``pos_weight``, as PyTorch
+    does) or their ``"sum"``.
     """
 
-    def __init__(self, pos_weight: float | None = None) -> None:
+    def __init__(self, pos_weight: float | None = None, reduction: str = "mean") -> None:
         if pos_weight is not None and not pos_weight > 0:
             raise ValueError(f"pos_weight: expected a positive number, got {pos_weight!r}")
         self.pos_weight = None if pos_weight is None else float(pos_weight)
+        self.reduction = _reduction(reduction)
         self._grad: np.ndarray | None = None
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
@@ -68,8 +80,9 @@ class BCEWithLogitsLoss:
         losses = pw * t * softplus_neg + (1 - t) * softplus_pos
         s = sigmoid(z)
         # d/dz: (1 - t) * sigmoid(z) - pw * t * (1 - sigmoid(z)); equals sigmoid(z) - t when pw = 1.
-        self._grad = (((1 - t) * s - pw * t * (1 - s)) / n).astype(z.dtype, copy=False)
-        return float(losses.mean(dtype=np.float64))
+        scale = n if self.reduction == "mean" else 1
+        self._grad = (((1 - t) * s - pw * t * (1 - s)) / scale).astype(z.dtype, copy=False)
+        return float(losses.sum(dtype=np.float64) / scale)
 
     __call__ = forward
 
@@ -81,16 +94,31 @@ class BCEWithLogitsLoss:
 
 
 class CrossEntropyLoss:
-    """Softmax cross-entropy (PyTorch ``nn.CrossEntropyLoss``, mean reduction).
+    """Softmax cross-entropy (PyTorch ``nn.CrossEntropyLoss``).
 
     logits: (N, C) float; labels: (N,) integers in [0, C). With ``label_smoothing`` = eps the
     target distribution is ``(1 - eps) * onehot + eps / C``, as in PyTorch.
+    ``weight`` (keyword): optional (C,) non-negative class weights (for imbalanced classes), PyTorch's
+    semantics: sample i's term ``-sum_c q_ic log p_ic`` becomes ``-sum_c w_c q_ic log p_ic`` (its
+    own class's weight on the one-hot part, each class's weight on the smoothing part), and
+    ``"mean"`` divides the sum by ``sum_i w[y_i]`` instead of N, so that weights 2 for a class
+    equal listing its samples twice. ``reduction``: ``"mean"`` or ``"sum"``.
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, label_smoothing: float = 0.0, *, weight: np.ndarray | None = None, reduction: str = "mean"
+    ) -> None:
+        if isinstance(label_smoothing, (np.ndarray, list, tuple)):
+            raise TypeError("label_smoothing: expected a number, got an array (class weights go in weight=...)")
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+        if weight is not None:
+            weight = np.array(weight, dtype=np.float64)  # a copy: later edits of the caller's array do not leak in
+            if weight.ndim != 1 or weight.size == 0 or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+                raise ValueError(f"weight: expected a (C,) vector of finite weights >= 0, got {weight!r}")
+        self.weight = weight
         self.label_smoothing = float(label_smoothing)
+        self.reduction = _reduction(reduction)
         self._grad: np.ndarray | None = None
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
@@ -106,10 +134,32 @@ class CrossEntropyLoss:
         shifted = logits - logits.max(axis=1, keepdims=True)
         logsumexp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         logp = shifted - logsumexp
-        q = np.full((n, c), self.label_smoothing / c, dtype=logits.dtype)
-        q[np.arange(n), y] += 1.0 - self.label_smoothing
-        loss = -(q * logp).sum(axis=1).mean(dtype=np.float64)
-        self._grad = ((np.exp(logp) - q) / n).astype(logits.dtype, copy=False)
+        eps = self.label_smoothing
+        if self.weight is None:
+            a = np.full((n, c), eps / c, dtype=logits.dtype)
+            a[np.arange(n), y] += 1.0 - eps
+            denom = float(n)
+        else:
+            if self.weight.shape != (c,):
+                raise ValueError(
+                    f"weight: expected {c} class weights to match logits {logits.shape}, got {self.weight.shape[0]}"
+                )
+            w = self.weight.astype(logits.dtype)
+            # a[i, c]: the weight of -log p[i, c] in sample i's term
+            a = np.broadcast_to(w * (eps / c), (n, c)).copy()
+            a[np.arange(n), y] += (1.0 - eps) * w[y]
+            denom = float(self.weight[y].sum())
+            if denom == 0 and self.reduction == "mean":
+                raise ValueError("weight: every sample's class has weight 0, so the weighted mean is undefined")
+        if self.reduction == "sum":
+            denom = 1.0
+        loss = -(a * logp).sum(axis=1).sum(dtype=np.float64) / denom
+        # d/dz_ij of -sum_c a_ic log p_ic = (sum_c a_ic) p_ij - a_ij; without weights sum_c a_ic = 1
+        # exactly in real numbers, so p - a is used (no rounding of eps/C*C + 1 - eps creeps in)
+        p = np.exp(logp)
+        if self.weight is not None:
+            p *= a.sum(axis=1, keepdims=True)
+        self._grad = ((p - a) / denom).astype(logits.dtype, copy=False)
         return float(loss)
 
     __call__ = forward

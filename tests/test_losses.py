@@ -138,3 +138,105 @@ def test_losses_match_torch(rng):
     ours = CrossEntropyLoss(label_smoothing=0.1)
     assert ours(z, y) == pytest.approx(ref.item(), rel=1e-13)
     np.testing.assert_allclose(ours.backward(), zt.grad.numpy(), rtol=1e-12)
+
+
+# ---- reduction and class weights
+
+
+@pytest.mark.parametrize("make", [lambda **kw: BCEWithLogitsLoss(pos_weight=1.7, **kw), CrossEntropyLoss])
+def test_sum_reduction_is_n_times_the_mean(rng, make):
+    bce = isinstance(make(), BCEWithLogitsLoss)
+    z = rng.standard_normal((5, 1) if bce else (5, 3)) * 2
+    y = rng.integers(0, 2 if bce else 3, 5)
+    mean, total = make(), make(reduction="sum")
+    assert total(z, y) == pytest.approx(5 * mean(z, y), rel=1e-14)
+    np.testing.assert_allclose(total.backward(), 5 * mean.backward(), rtol=1e-14)
+
+
+def test_cross_entropy_class_weight_equals_repeating_that_class(rng):
+    # PyTorch's weighted mean divides by the summed weights of the labels, so weight 2 on a
+    # class is the same loss as listing each of its samples twice (and weight 0 as leaving it out).
+    z = rng.standard_normal((6, 3)) * 2
+    y = np.array([0, 2, 1, 2, 0, 1])
+    weighted = CrossEntropyLoss(weight=[1.0, 0.0, 2.0])
+    value = weighted(z, y)
+    keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 2), np.flatnonzero(y == 2)])
+    plain = CrossEntropyLoss()
+    assert value == pytest.approx(plain(z[keep], y[keep]), rel=1e-13)
+    # each original row's gradient = the sum over its copies
+    expected = np.zeros_like(z)
+    np.add.at(expected, keep, plain.backward())
+    np.testing.assert_allclose(weighted.backward(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_cross_entropy_unit_weights_change_nothing(rng):
+    z = rng.standard_normal((4, 5)).astype(np.float32)
+    y = rng.integers(0, 5, 4)
+    a, b = CrossEntropyLoss(label_smoothing=0.1), CrossEntropyLoss(weight=np.ones(5), label_smoothing=0.1)
+    assert a(z, y) == pytest.approx(b(z, y), rel=1e-6)
+    assert b.backward().dtype == np.float32
+    np.testing.assert_allclose(a.backward(), b.backward(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weighted_cross_entropy_gradient_vs_finite_differences(rng, smoothing, reduction):
+    z = rng.standard_normal((5, 4)) * 2
+    y = rng.integers(0, 4, 5)
+    loss = CrossEntropyLoss(weight=rng.random(4) + 0.2, label_smoothing=smoothing, reduction=reduction)
+    loss(z, y)
+    analytic = loss.backward().copy()
+    # atol: central differences of a sum of logs lose ~1e-10 to cancellation on small entries
+    np.testing.assert_allclose(analytic, numerical_gradient(lambda: loss(z, y), z), rtol=1e-6, atol=1e-9)
+
+
+def test_reduction_and_weight_checks():
+    for make in (BCEWithLogitsLoss, CrossEntropyLoss):
+        with pytest.raises(ValueError, match="reduction: expected 'mean' or 'sum', got 'none'"):
+            make(reduction="none")
+    with pytest.raises(ValueError, match="weight: expected a"):
+        CrossEntropyLoss(weight=[1.0, -1.0])
+    with pytest.raises(ValueError, match="weight: expected a"):
+        CrossEntropyLoss(weight=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="weight: expected a"):
+        CrossEntropyLoss(weight=[1.0, float("nan")])
+    with pytest.raises(ValueError, match="expected 3 class weights"):
+        CrossEntropyLoss(weight=[1.0, 2.0])(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="weighted mean is undefined"):
+        CrossEntropyLoss(weight=[0.0, 1.0])(np.zeros((2, 2)), np.array([0, 0]))
+    # the summed loss of zero-weight samples is simply 0
+    assert CrossEntropyLoss(weight=[0.0, 1.0], reduction="sum")(np.zeros((2, 2)), np.array([0, 0])) == 0.0
+    with pytest.raises(TypeError, match="weight="):
+        CrossEntropyLoss([1.0, 2.0])  # PyTorch's first positional argument; ours is label_smoothing
+    w = np.array([1.0, 2.0])
+    loss = CrossEntropyLoss(weight=w)
+    w[1] = 100.0  # the loss keeps its own copy
+    assert loss.weight[1] == 2.0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weighted_losses_match_torch(rng, smoothing, reduction):
+    torch = pytest.importorskip("torch")
+    z = rng.standard_normal((7, 4)) * 2
+    y = rng.integers(0, 4, 7)
+    w = rng.random(4) + 0.1
+    zt = torch.tensor(z, requires_grad=True)
+    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=smoothing, reduction=reduction)(
+        zt, torch.tensor(y)
+    )
+    ref.backward()
+    ours = CrossEntropyLoss(weight=w, label_smoothing=smoothing, reduction=reduction)
+    assert ours(z, y) == pytest.approx(ref.item(), rel=1e-13)
+    np.testing.assert_allclose(ours.backward(), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+    z = rng.standard_normal((6, 1)) * 3
+    t = rng.integers(0, 2, 6)
+    zt = torch.tensor(z, requires_grad=True)
+    ref = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([0.6], dtype=torch.float64), reduction=reduction)(
+        zt, torch.tensor(t, dtype=torch.float64).reshape(6, 1)
+    )
+    ref.backward()
+    ours = BCEWithLogitsLoss(pos_weight=0.6, reduction=reduction)
+    assert ours(z, t) == pytest.approx(ref.item(), rel=1e-13)
+    np.testing.assert_allclose(ours.backward(), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
