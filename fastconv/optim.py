@@ -4,6 +4,12 @@ Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad``; per-
 state (momentum buffers, Adam moments) and one scratch array are allocated once, so a step
 allocates no arrays. Weight decay skips parameters whose ``decay`` flag is False (biases and
 normalisation parameters). ``optimizer.lr`` may be changed at any time (schedules do).
+
+Parameter groups, as in PyTorch: ``params`` may be a list of dicts ``{"params": [...], "lr": ...,
+"weight_decay": ...}`` (keys other than ``params`` optional) instead of a list of Parameters, e.g.
+a fresh head at 10x the rate of a pretrained backbone. A group's ``lr`` is kept as a ratio to the
+optimizer's ``lr`` given at construction, and follows ``optimizer.lr`` in that proportion: a
+schedule scales every group alike (what PyTorch's schedulers do to each group's base rate).
 ``state_dict()`` / ``load_state_dict()`` of optimizers and schedules hold plain arrays (for
 ``np.savez`` next to the model's ``state_dict()``), so an interrupted run resumes exactly.
 
@@ -28,22 +34,63 @@ from .layers import Parameter
 __all__ = ["SGD", "Adam", "AdamW", "CosineSchedule", "Optimizer", "StepSchedule"]
 
 
-class Optimizer:
-    """Base class: holds the parameter list, ``lr`` and ``weight_decay``; ``step`` is per subclass."""
+ParamsOrGroups = Iterable[Parameter] | Iterable[dict]
 
-    def __init__(self, params: Iterable[Parameter], lr: float, weight_decay: float = 0.0) -> None:
-        self.params = list(params)
-        if not self.params:
+
+def _nonneg(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not value >= 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: holds the parameter list, ``lr`` and ``weight_decay``; ``step`` is per subclass.
+
+    ``params``: Parameters, or parameter groups (dicts with ``params`` and optionally ``lr`` and
+    ``weight_decay``; see the module docstring). ``self.params`` is always the flat list."""
+
+    def __init__(self, params: ParamsOrGroups, lr: float, weight_decay: float = 0.0) -> None:
+        lr = _nonneg("lr", lr)
+        weight_decay = _nonneg("weight_decay", weight_decay)
+        items = list(params)
+        if not items:
             raise ValueError("params: expected at least one Parameter, got an empty list")
-        for p in self.params:
-            if not isinstance(p, Parameter):
-                raise TypeError(f"params: expected fastconv Parameters, got {type(p).__name__}")
-        if not lr >= 0:
-            raise ValueError(f"lr: expected a non-negative learning rate, got {lr!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        if all(isinstance(g, dict) for g in items):
+            groups = items
+        elif any(isinstance(g, dict) for g in items):
+            raise TypeError("params: expected Parameters or parameter groups (dicts), not a mixture")
+        else:
+            groups = [{"params": items}]
+        self.params: list[Parameter] = []
+        self._lr_scale: list[float] = []  # group lr / self.lr at construction
+        self._wd: list[float] = []  # each parameter's group weight decay
+        for k, group in enumerate(groups):
+            unknown = sorted(set(group) - {"params", "lr", "weight_decay"})
+            if "params" not in group or unknown:
+                raise ValueError(
+                    f"params[{k}]: expected a dict with 'params' and optionally 'lr', 'weight_decay', "
+                    f"got keys {sorted(group)}"
+                )
+            ps = [group["params"]] if isinstance(group["params"], Parameter) else list(group["params"])
+            if not ps:
+                raise ValueError(f"params[{k}]: the group has no parameters")
+            scale = 1.0
+            if "lr" in group:
+                glr = _nonneg(f"params[{k}]['lr']", group["lr"])
+                if lr == 0 and glr != 0:
+                    raise ValueError(f"params[{k}]['lr']: a group's rate is a ratio to lr, which is 0")
+                scale = glr / lr if lr else 1.0
+            wd = _nonneg(f"params[{k}]['weight_decay']", group.get("weight_decay", weight_decay))
+            for p in ps:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"params: expected fastconv Parameters, got {type(p).__name__}")
+                if any(p is q for q in self.params):
+                    raise ValueError(f"params: parameter {p.name!r} appears more than once")
+                self.params.append(p)
+                self._lr_scale.append(scale)
+                self._wd.append(wd)
+        self.lr = lr
+        self.weight_decay = weight_decay
         self.steps = 0
         # One scratch array per parameter: the step's arithmetic is done with out= into it.
         self._scratch = [np.empty_like(p.data) for p in self.params]
@@ -107,12 +154,18 @@ class Optimizer:
     def step(self) -> None:
         raise NotImplementedError
 
-    def _decay(self, p: Parameter) -> float:
-        return self.weight_decay if p.decay else 0.0
+    def _decay(self, i: int) -> float:
+        """Weight decay of parameter i: its group's, 0 for parameters flagged ``decay=False``."""
+        return self._wd[i] if self.params[i].decay else 0.0
 
-    def _l2_grad(self, p: Parameter, out: np.ndarray) -> np.ndarray:
-        """out = grad + wd * p (L2 regularisation folded into the gradient)."""
-        wd = self._decay(p)
+    def _lr(self, i: int) -> float:
+        """Learning rate of parameter i now: ``lr`` times its group's ratio."""
+        return self.lr * self._lr_scale[i]
+
+    def _l2_grad(self, i: int, out: np.ndarray) -> np.ndarray:
+        """out = grad + wd * p for parameter i (L2 regularisation folded into the gradient)."""
+        p = self.params[i]
+        wd = self._decay(i)
         if wd:
             np.multiply(p.data, wd, out=out)
             out += p.grad
@@ -126,7 +179,7 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Parameter],
+        params: ParamsOrGroups,
         lr: float,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -150,9 +203,10 @@ class SGD(Optimizer):
     def step(self) -> None:
         self._follow_dtypes()
         self.steps += 1
-        m, lr = self.momentum, self.lr
+        m = self.momentum
         for i, p in enumerate(self.params):
-            g = self._l2_grad(p, self._scratch[i])
+            lr = self._lr(i)
+            g = self._l2_grad(i, self._scratch[i])
             if m:
                 buf = self._buf[i]
                 if self.steps == 1:
@@ -183,7 +237,7 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Parameter],
+        params: ParamsOrGroups,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -211,18 +265,19 @@ class Adam(Optimizer):
         self._follow_dtypes()
         self.steps += 1
         b1, b2 = self.betas
-        lr, t = self.lr, self.steps
-        step_size = lr / (1.0 - b1**t)
+        t = self.steps
         sqrt_bc2 = math.sqrt(1.0 - b2**t)
         for i, p in enumerate(self.params):
+            lr = self._lr(i)
+            step_size = lr / (1.0 - b1**t)
             g = self._scratch[i]
             if self.decoupled:
-                wd = self._decay(p)
+                wd = self._decay(i)
                 if wd:
                     p.data *= 1.0 - lr * wd
                 np.copyto(g, p.grad)
             else:
-                self._l2_grad(p, g)
+                self._l2_grad(i, g)
             m, v, denom = self._m[i], self._v[i], self._denom[i]
             m *= b1
             np.multiply(g, 1.0 - b1, out=denom)  # denom is free scratch until below

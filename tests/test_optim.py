@@ -372,3 +372,89 @@ def test_minimises_a_quadratic(cls, kwargs):
         p.grad += a * (p.data - target)
         opt.step()
     np.testing.assert_allclose(p.data, target, atol=1e-3)
+
+
+# --- parameter groups -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [(SGD, {"momentum": 0.9, "nesterov": True}), (Adam, {}), (AdamW, {}), (SGD, {})],
+)
+def test_a_group_trains_exactly_like_its_own_optimizer(cls, kwargs):
+    # Two groups with their own lr and weight decay == two separate optimizers with those settings,
+    # and a schedule scales both rates alike (the group keeps its ratio to optimizer.lr).
+    rng = np.random.default_rng(3)
+    a0, b0 = rng.standard_normal(4), rng.standard_normal(3)
+    grads = [(rng.standard_normal(4), rng.standard_normal(3)) for _ in range(6)]
+    a, b = Parameter(a0.copy(), "a"), Parameter(b0.copy(), "b")
+    groups = [{"params": [a]}, {"params": [b], "lr": 0.3, "weight_decay": 0.2}]
+    grouped = cls(groups, lr=0.03, weight_decay=0.01, **kwargs)
+    sched = CosineSchedule(grouped, total_steps=6, warmup_steps=2)
+    a2, b2 = Parameter(a0.copy(), "a"), Parameter(b0.copy(), "b")
+    only_a = cls([a2], lr=0.03, weight_decay=0.01, **kwargs)
+    only_b = cls([b2], lr=0.3, weight_decay=0.2, **kwargs)
+    sa = CosineSchedule(only_a, total_steps=6, warmup_steps=2)
+    sb = CosineSchedule(only_b, total_steps=6, warmup_steps=2)
+    for ga, gb in grads:
+        a.grad[:], b.grad[:], a2.grad[:], b2.grad[:] = ga, gb, ga, gb
+        grouped.step(), only_a.step(), only_b.step()
+        sched.step(), sa.step(), sb.step()
+    np.testing.assert_allclose(a.data, a2.data, rtol=1e-13)
+    np.testing.assert_allclose(b.data, b2.data, rtol=1e-13)
+    assert grouped.params == [a, b]
+    # and the group's own settings mattered: with the optimizer's settings b ends elsewhere
+    b3 = Parameter(b0.copy(), "b")
+    plain = cls([b3], lr=0.03, weight_decay=0.01, **kwargs)
+    s3 = CosineSchedule(plain, total_steps=6, warmup_steps=2)
+    for _, gb in grads:
+        b3.grad[:] = gb
+        plain.step(), s3.step()
+    assert np.abs(b3.data - b.data).max() > 1e-3
+
+
+def test_group_decay_still_skips_parameters_flagged_no_decay():
+    p = Parameter(np.array([1.0]), "bias", decay=False)
+    opt = SGD([{"params": [p], "weight_decay": 0.5}], lr=0.1)
+    p.grad[:] = 0.0
+    opt.step()
+    assert p.data[0] == 1.0
+
+
+def test_groups_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    w0, h0 = rng.standard_normal((3, 4)), rng.standard_normal(5)
+    w, h = Parameter(w0.copy(), "w"), Parameter(h0.copy(), "h")
+    opt = AdamW([{"params": [w]}, {"params": [h], "lr": 5e-2, "weight_decay": 0.0}], lr=5e-3, weight_decay=0.05)
+    tw, th = torch.tensor(w0, requires_grad=True), torch.tensor(h0, requires_grad=True)
+    topt = torch.optim.AdamW([{"params": [tw]}, {"params": [th], "lr": 5e-2, "weight_decay": 0.0}], lr=5e-3,
+                             weight_decay=0.05)  # fmt: skip
+    for _ in range(5):
+        gw, gh = rng.standard_normal((3, 4)), rng.standard_normal(5)
+        w.grad[:], h.grad[:] = gw, gh
+        tw.grad, th.grad = torch.tensor(gw), torch.tensor(gh)
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(h.data, th.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_parameter_group_checks():
+    p, q = Parameter(np.zeros(2), "p"), Parameter(np.zeros(2), "q")
+    with pytest.raises(TypeError, match="not a mixture"):
+        SGD([p, {"params": [q]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\].*'momentum'"):
+        SGD([{"params": [p], "momentum": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\]: the group has no parameters"):
+        SGD([{"params": [p]}, {"params": []}], lr=0.1)
+    with pytest.raises(ValueError, match="'p' appears more than once"):
+        SGD([{"params": [p]}, {"params": [q, p]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\]\['lr'\]: expected a number >= 0"):
+        Adam([{"params": [p], "lr": -1.0}])
+    with pytest.raises(ValueError, match="ratio to lr, which is 0"):
+        Adam([{"params": [p], "lr": 0.1}], lr=0.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        AdamW([{"params": [p], "weight_decay": float("nan")}])
+    with pytest.raises(TypeError, match="Parameter"):
+        SGD([{"params": [np.zeros(2)]}], lr=0.1)
