@@ -598,7 +598,8 @@ class BatchNorm2d(Layer):
     x: (N, C, H, W) -> same shape. Training: normalise with the batch mean and biased variance,
     and update ``running = (1 - momentum) * running + momentum * batch_stat`` (the running
     variance uses the unbiased batch variance, as PyTorch does). Eval: normalise with the running
-    statistics. ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are exempt from weight decay.
+    statistics. ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are exempt from weight decay;
+    with ``affine=False`` there are none (both None: pure normalisation, as in PyTorch).
     The arithmetic is the kernels' ``batch_norm_forward`` / ``batch_norm_backward`` on the
     layer's backend.
     """
@@ -609,7 +610,13 @@ class BatchNorm2d(Layer):
     _buffer_names = ("running_mean", "running_var")
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype: object = np.float32
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        *,
+        dtype: object = np.float32,
     ) -> None:
         super().__init__()
         self.num_features = _positive_int("num_features", num_features)
@@ -619,9 +626,15 @@ class BatchNorm2d(Layer):
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
         self.eps = float(eps)
         self.momentum = float(momentum)
+        if not isinstance(affine, (bool, np.bool_)):
+            raise TypeError(f"affine: expected True or False, got {affine!r}")
+        self.affine = bool(affine)
         self.dtype = _float_dtype(dtype)
-        self.weight = Parameter(np.ones(self.num_features, self.dtype), "weight", decay=False)
-        self.bias = Parameter(np.zeros(self.num_features, self.dtype), "bias", decay=False)
+        self.weight: Parameter | None = None
+        self.bias: Parameter | None = None
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_features, self.dtype), "weight", decay=False)
+            self.bias = Parameter(np.zeros(self.num_features, self.dtype), "bias", decay=False)
         self.running_mean = np.zeros(self.num_features, self.dtype)
         self.running_var = np.ones(self.num_features, self.dtype)
         # (x, mean, var, training): the float64 statistics the forward used, for backward
@@ -631,11 +644,12 @@ class BatchNorm2d(Layer):
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.num_features:
             shape = getattr(x, "shape", type(x).__name__)
             raise ValueError(f"BatchNorm2d: expected input of shape (N, {self.num_features}, H, W), got {shape}")
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(f"BatchNorm2d: expected input dtype {self.weight.data.dtype}, got {x.dtype}")
+        if x.dtype != self.running_mean.dtype:
+            raise TypeError(f"BatchNorm2d: expected input dtype {self.running_mean.dtype}, got {x.dtype}")
+        gamma, beta = self._scale_shift()
         if self.training:
             # (the kernel rejects N*H*W <= 1: batch statistics need two values per channel)
-            y, mean, var = K.batch_norm_forward(x, self.weight.data, self.bias.data, self.eps, backend=self.backend)
+            y, mean, var = K.batch_norm_forward(x, gamma, beta, self.eps, backend=self.backend)
             m = x.shape[0] * x.shape[2] * x.shape[3]
             mom = self.momentum
             self.running_mean *= 1.0 - mom
@@ -644,7 +658,7 @@ class BatchNorm2d(Layer):
             self.running_var += (mom * m / (m - 1)) * var
         else:
             y, mean, var = K.batch_norm_forward(
-                x, self.weight.data, self.bias.data, self.eps, self.running_mean, self.running_var, backend=self.backend
+                x, gamma, beta, self.eps, self.running_mean, self.running_var, backend=self.backend
             )
         self._cache = (x, mean, var, self.training)
         return y
@@ -654,11 +668,18 @@ class BatchNorm2d(Layer):
         self._need_cache(self._cache)
         x, mean, var, training = self._cache
         dx, dweight, dbias = K.batch_norm_backward(
-            dy, x, self.weight.data, mean, var, self.eps, training, backend=self.backend
+            dy, x, self._scale_shift()[0], mean, var, self.eps, training, backend=self.backend
         )
-        self.weight.grad += dweight
-        self.bias.grad += dbias
+        if self.affine:
+            self.weight.grad += dweight
+            self.bias.grad += dbias
         return dx
+
+    def _scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """(gamma, beta) for the kernels: the parameters, or ones and zeros without ``affine``."""
+        if self.affine:
+            return self.weight.data, self.bias.data
+        return np.ones(self.num_features, self.running_mean.dtype), np.zeros(self.num_features, self.running_mean.dtype)
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         c, h, w = _image_shape("BatchNorm2d", input_shape)
@@ -671,7 +692,10 @@ class BatchNorm2d(Layer):
         return 2 * math.prod(self.output_shape(input_shape))
 
     def config(self) -> dict:
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum, "dtype": self.dtype.name}
+        cfg = {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+        if not self.affine:  # only when it differs: model files written before the option load unchanged
+            cfg["affine"] = False
+        return {**cfg, "dtype": self.dtype.name}
 
 
 #: layer class name -> class; what :func:`fastconv.load` may instantiate from a model file.

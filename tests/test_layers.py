@@ -279,6 +279,7 @@ def test_parameters_flags_and_names():
         Linear(7, 2, bias=False, rng=0),
         Dropout(0.25, seed=4),
         BatchNorm2d(5, eps=1e-3, momentum=0.2, dtype=np.float64),
+        BatchNorm2d(3, affine=False),
         ReLU(),
         Flatten(),
     ],
@@ -415,6 +416,53 @@ def test_batchnorm_matches_torch(rng):
     ours.eval()
     ref.eval()
     np.testing.assert_allclose(ours.forward(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_without_affine_is_the_plain_normalisation(backend, rng, training):
+    # affine=False (PyTorch's option): no weight or bias, y = (x - mean) / sqrt(var + eps), with
+    # the batch statistics in training and the running ones in eval; input gradients still flow.
+    x = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
+    layer = BatchNorm2d(3, eps=1e-3, affine=False, dtype=np.float64)
+    layer.backend = backend
+    assert layer.weight is None and layer.bias is None and layer.parameters() == []
+    layer.running_mean[:] = rng.standard_normal(3)
+    layer.running_var[:] = rng.uniform(0.5, 2.0, 3)
+    layer.train(training)
+    mean = x.mean(axis=(0, 2, 3), keepdims=True) if training else layer.running_mean.reshape(1, 3, 1, 1)
+    var = x.var(axis=(0, 2, 3), keepdims=True) if training else layer.running_var.reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(layer.forward(x), (x - mean) / np.sqrt(var + 1e-3), rtol=1e-12, atol=1e-12)
+    with_affine = BatchNorm2d(3, eps=1e-3, dtype=np.float64)  # gamma 1, beta 0: the same numbers
+    with_affine.running_mean[:], with_affine.running_var[:] = layer.running_mean, layer.running_var
+    with_affine.backend = backend
+    with_affine.train(training)
+    np.testing.assert_array_equal(with_affine.forward(x), layer.forward(x))
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_array_equal(with_affine.backward(dy), layer.backward(dy))
+    check_layer_gradients(layer, x, rng, rtol=1e-5)
+    with pytest.raises(TypeError, match="affine"):
+        BatchNorm2d(3, affine="no")
+
+
+def test_batchnorm_without_affine_saves_loads_and_matches_torch(tmp_path, rng):
+    from fastconv import Sequential, load
+
+    model = Sequential(Conv2d(2, 3, 3, padding=1, rng=0), BatchNorm2d(3, affine=False), ReLU())
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    model.forward(x)  # running statistics move away from 0 / 1
+    model.save(tmp_path / "m.npz")
+    again = load(tmp_path / "m.npz")
+    assert again.layers[1].affine is False and "1.weight" not in again.state_dict()
+    model.eval(), again.eval()
+    np.testing.assert_array_equal(model.forward(x), again.forward(x))
+    torch = pytest.importorskip("torch")
+    ours = BatchNorm2d(3, momentum=0.3, affine=False, dtype=np.float64)
+    ref = torch.nn.BatchNorm2d(3, momentum=0.3, affine=False).double()
+    xd = rng.standard_normal((5, 3, 4, 4))
+    for _ in range(2):
+        y, yt = ours.forward(xd), ref(torch.from_numpy(xd))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=1e-12)
 
 
 def test_repr_shows_pairs_as_tuples_like_the_constructor_takes():
