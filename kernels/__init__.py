@@ -198,6 +198,9 @@ def max_pool2d_backward(
 
     dy: (N, C, Ho, Wo) float, argmax: (N, C, Ho, Wo) integer indices in [0, H*W) as returned
     by max_pool2d_forward, input_shape: (N, C, H, W). Returns dx (N, C, H, W), dy's dtype.
+    The pooling window is not an argument, so (Ho, Wo) is not checked against (H, W) (padding
+    can make Ho exceed H): every dy value goes to the input position argmax names, and those
+    are range-checked, so no dy shape can make a kernel write outside dx.
     """
     dy = as_float_array("dy", dy, 4)
     n, c, h, w = as_shape4("input_shape", input_shape)
