@@ -29,6 +29,7 @@ Initialisation (documented choice):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -268,8 +269,12 @@ class Conv2d(Layer):
     """2-d convolution (cross-correlation), PyTorch's ``nn.Conv2d`` arguments.
 
     x: (N, in_channels, H, W) -> y: (N, out_channels, Ho, Wo), same float dtype as the weights.
-    weight: (out_channels, in_channels, R, S); bias: (out_channels,) or None. ``padding``: an int,
-    a pair, ``"valid"`` or ``"same"`` (stride 1, odd effective kernel), stored as the pair of ints.
+    weight: (out_channels, in_channels / groups, R, S); bias: (out_channels,) or None. ``padding``:
+    an int, a pair, ``"valid"`` or ``"same"`` (stride 1, odd effective kernel), stored as the pair
+    of ints. ``groups`` = g splits the channels into g independent convolutions (PyTorch's
+    semantics: output channels [j*K/g, (j+1)*K/g) see only input channels [j*C/g, (j+1)*C/g);
+    g = in_channels is a depthwise convolution). Each group runs through the backend's kernel in
+    turn, so groups cost g kernel calls: correct on every backend, not tuned for depthwise.
     """
 
     _param_names = ("weight", "bias")
@@ -284,6 +289,7 @@ class Conv2d(Layer):
         padding: IntOrPair | str = 0,
         dilation: IntOrPair = 1,
         bias: bool = True,
+        groups: int = 1,
         *,
         backend: str | None = None,
         dtype: object = np.float32,
@@ -293,57 +299,93 @@ class Conv2d(Layer):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
+        self.groups = _positive_int("groups", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups: expected a divisor of in_channels ({self.in_channels}) and out_channels "
+                f"({self.out_channels}), got {self.groups}"
+            )
         self.kernel_size = normalize_pair(kernel_size, "kernel_size", minimum=1)
         self.stride = normalize_pair(stride, "stride", minimum=1)
         self.dilation = normalize_pair(dilation, "dilation", minimum=1)
         self.padding = conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # "same" -> ints
         self.backend = backend
         self.dtype = _float_dtype(dtype)
-        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        # He/torch initialisation reads the fan-in from the shape: (C / groups) * R * S per output
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         self.weight, self.bias = _init_weight_and_bias(shape, bias, init, self.dtype, rng)
         self._x: np.ndarray | None = None
+
+    def _group_slices(self) -> list[tuple[slice, slice]]:
+        """(input channels, output channels) of each group."""
+        ci, co = self.in_channels // self.groups, self.out_channels // self.groups
+        return [(slice(j * ci, (j + 1) * ci), slice(j * co, (j + 1) * co)) for j in range(self.groups)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (N, C, H, W) -> (N, K, Ho, Wo)."""
         self._x = x
-        return K.conv2d_forward(
-            x,
-            self.weight.data,
-            None if self.bias is None else self.bias.data,
-            self.stride,
-            self.padding,
-            self.dilation,
-            backend=self.backend,
+        bias = None if self.bias is None else self.bias.data
+        conv = functools.partial(
+            K.conv2d_forward, stride=self.stride, padding=self.padding, dilation=self.dilation, backend=self.backend
         )
+        if self.groups == 1:
+            return conv(x, self.weight.data, bias)
+        self._check_grouped_input(x)
+        w = self.weight.data
+        parts = [conv(x[:, cs], w[ks], None if bias is None else bias[ks]) for cs, ks in self._group_slices()]
+        return np.concatenate(parts, axis=1)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """dy: (N, K, Ho, Wo) -> dx (N, C, H, W), or None when ``requires_input_grad`` is False."""
         self._need_cache(self._x)
-        dx, dw, db = K.conv2d_backward(
-            dy,
-            self._x,
-            self.weight.data,
-            self.stride,
-            self.padding,
-            self.dilation,
+        grad = functools.partial(
+            K.conv2d_backward,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
             need_dx=self.requires_input_grad,
             backend=self.backend,
         )
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        return dx
+        if self.groups == 1:
+            dx, dw, db = grad(dy, self._x, self.weight.data)
+            self.weight.grad += dw
+            if self.bias is not None:
+                self.bias.grad += db
+            return dx
+        if not isinstance(dy, np.ndarray) or dy.ndim != 4 or dy.shape[1] != self.out_channels:
+            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+            raise ValueError(f"Conv2d.backward: expected dy of shape (N, {self.out_channels}, Ho, Wo), got {got}")
+        dxs = []
+        for cs, ks in self._group_slices():
+            dx, dw, db = grad(dy[:, ks], self._x[:, cs], self.weight.data[ks])
+            self.weight.grad[ks] += dw
+            if self.bias is not None:
+                self.bias.grad[ks] += db
+            dxs.append(dx)
+        return np.concatenate(dxs, axis=1) if self.requires_input_grad else None
+
+    def _check_grouped_input(self, x: object) -> None:
+        # with groups the kernels see channel slices, so a wrong C would surface as a confusing
+        # per-group error (or a silently short last group): name the layer's expectation here
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"Conv2d: expected input of shape (N, {self.in_channels}, H, W), got {got}")
 
     def _geometry(self, input_shape: Sequence[int]) -> K.Conv2dGeometry:
+        """The geometry of one group (all of the layer when groups = 1): C / groups input channels."""
         c, h, w = _image_shape("Conv2d", input_shape)
-        return conv2d_geometry((1, c, h, w), self.weight.shape, self.stride, self.padding, self.dilation)
+        if c != self.in_channels:
+            raise ValueError(f"Conv2d: expected {self.in_channels} input channels, got input shape {(c, h, w)}")
+        return conv2d_geometry(
+            (1, c // self.groups, h, w), self.weight.shape, self.stride, self.padding, self.dilation
+        )
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         g = self._geometry(input_shape)
         return (g.k, g.ho, g.wo)
 
     def flops(self, input_shape: Sequence[int]) -> int:
-        """2*K*Ho*Wo*C*R*S per image (DESIGN.md); the bias add is not counted."""
+        """2*K*Ho*Wo*(C/groups)*R*S per image (DESIGN.md); the bias add is not counted."""
         return self._geometry(input_shape).flops
 
     def config(self) -> dict:
@@ -355,6 +397,8 @@ class Conv2d(Layer):
             "padding": _pair_config(self.padding),
             "dilation": _pair_config(self.dilation),
             "bias": self.bias is not None,
+            # only when grouped: configs (and model files) of ungrouped convs stay as they were
+            **({"groups": self.groups} if self.groups != 1 else {}),
             "dtype": self.dtype.name,
         }
 

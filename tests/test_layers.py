@@ -280,6 +280,7 @@ def test_parameters_flags_and_names():
         Dropout(0.25, seed=4),
         BatchNorm2d(5, eps=1e-3, momentum=0.2, dtype=np.float64),
         BatchNorm2d(3, affine=False),
+        Conv2d(6, 4, 3, groups=2, rng=0),
         ReLU(),
         Flatten(),
     ],
@@ -416,6 +417,95 @@ def test_batchnorm_matches_torch(rng):
     ours.eval()
     ref.eval()
     np.testing.assert_allclose(ours.forward(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+GROUPED_CASES = [
+    # (x shape, out channels, groups, kernel, stride, padding, dilation, bias)
+    ((2, 6, 7, 5), 4, 2, 3, 2, 1, 1, True),
+    ((1, 4, 6, 7), 8, 4, (3, 2), 1, (1, 0), 2, True),  # depthwise, channel multiplier 2
+    ((2, 3, 5, 5), 3, 3, 1, 1, 0, 1, False),  # depthwise 1x1
+    ((1, 6, 5, 6), 9, 3, 2, (1, 2), 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=lambda c: f"x{c[0]}-k{c[1]}-g{c[2]}")
+def test_grouped_conv_is_a_full_conv_with_block_diagonal_weights(backend, rng, case):
+    # A torch-free oracle: groups g means output block j sees only input block j, i.e. an ungrouped
+    # conv whose weight is zero outside the g diagonal blocks. Forward, dx, db and the diagonal
+    # blocks of dW must agree with it on every backend.
+    shape, k, g, ks, stride, pad, dil, bias = case
+    c = shape[1]
+    grouped = Conv2d(c, k, ks, stride, pad, dil, bias=bias, groups=g, dtype=np.float64, rng=rng, init="torch")
+    grouped.backend = backend
+    full = Conv2d(c, k, ks, stride, pad, dil, bias=bias, dtype=np.float64)
+    full.backend = backend
+    full.weight.data[:] = 0
+    for cs, kslice in grouped._group_slices():
+        full.weight.data[kslice, cs] = grouped.weight.data[kslice]
+    if bias:
+        full.bias.data[:] = grouped.bias.data
+    x = rng.standard_normal(shape)
+    y = grouped.forward(x)
+    np.testing.assert_allclose(y, full.forward(x), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(grouped.backward(dy), full.backward(dy), rtol=1e-12, atol=1e-12)
+    for cs, kslice in grouped._group_slices():
+        np.testing.assert_allclose(grouped.weight.grad[kslice], full.weight.grad[kslice, cs], rtol=1e-12, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(grouped.bias.grad, full.bias.grad, rtol=1e-12, atol=1e-12)
+    assert grouped.weight.shape == (k, c // g, *K.normalize_pair(ks, "k", minimum=1))
+    check_layer_gradients(grouped, x, rng)
+
+
+def test_grouped_conv_first_layer_and_checks(rng):
+    conv = Conv2d(4, 6, 3, padding=1, groups=2, dtype=np.float64, rng=0)
+    conv.requires_input_grad = False  # a first layer: no dx, but the weights still learn
+    x = rng.standard_normal((2, 4, 5, 5))
+    y = conv.forward(x)
+    assert conv.backward(np.ones_like(y)) is None and np.abs(conv.weight.grad).sum() > 0
+    assert conv.output_shape((4, 5, 5)) == (6, 5, 5)
+    assert conv.flops((4, 5, 5)) == 2 * 6 * 25 * 2 * 9  # (C / groups) * R * S per output
+    assert sum(p.data.size for p in conv.parameters()) == 6 * 2 * 9 + 6
+    with pytest.raises(ValueError, match=r"groups: expected a divisor of in_channels \(4\) and out_ch.* \(6\), got 4"):
+        Conv2d(4, 6, 3, groups=4)
+    with pytest.raises(ValueError, match="groups: expected a positive int"):
+        Conv2d(4, 6, 3, groups=True)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4, H, W\), got \(2, 6, 5, 5\)"):
+        conv.forward(rng.standard_normal((2, 6, 5, 5)))
+    with pytest.raises(ValueError, match=r"expected 4 input channels"):
+        conv.output_shape((6, 5, 5))
+    conv.forward(x)
+    with pytest.raises(ValueError, match=r"expected dy of shape \(N, 6, Ho, Wo\)"):
+        conv.backward(np.ones((2, 4, 5, 5)))
+
+
+def test_grouped_conv_saves_and_loads(tmp_path, rng):
+    from fastconv import Sequential, load
+
+    model = Sequential(Conv2d(4, 8, 3, padding=1, groups=4, rng=0), ReLU(), Conv2d(8, 2, 1, groups=2, rng=1))
+    model.save(tmp_path / "g.npz")
+    again = load(tmp_path / "g.npz")
+    assert [getattr(layer, "groups", None) for layer in again.layers] == [4, None, 2]
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), again.forward(x))
+
+
+def test_grouped_conv_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    conv = Conv2d(6, 9, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=3, dtype=np.float64, rng=0)
+    x = rng.standard_normal((2, 6, 8, 7))
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(conv.weight.data, requires_grad=True)
+    bt = torch.tensor(conv.bias.data, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=(2, 1), padding=1, dilation=(1, 2), groups=3)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.weight.grad, wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.bias.grad, bt.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("training", [True, False])
