@@ -102,7 +102,8 @@ class CrossEntropyLoss:
     semantics: sample i's term ``-sum_c q_ic log p_ic`` becomes ``-sum_c w_c q_ic log p_ic`` (its
     own class's weight on the one-hot part, each class's weight on the smoothing part), and
     ``"mean"`` divides the sum by ``sum_i w[y_i]`` instead of N, so that weights 2 for a class
-    equal listing its samples twice. ``reduction``: ``"mean"`` or ``"sum"``.
+    equal listing its samples twice (where every sample's class weighs 0, PyTorch returns NaN;
+    this raises ValueError instead). ``reduction``: ``"mean"`` or ``"sum"``.
     """
 
     def __init__(

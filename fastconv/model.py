@@ -20,6 +20,7 @@ model where a good one used to be.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import zipfile
@@ -100,9 +101,15 @@ class Sequential:
     # --- computation -------------------------------------------------------------------
     @property
     def dtype(self) -> np.dtype:
-        """The dtype of the parameters (float32 unless converted with :meth:`astype`)."""
-        params = self.parameters()
-        return params[0].data.dtype if params else np.dtype(np.float32)
+        """The dtype of the parameters (float32 unless converted with :meth:`astype`); of the
+        buffers when there are no parameters (e.g. ``BatchNorm2d(affine=False)`` alone)."""
+        for layer in self.layers:
+            for p in layer.parameters():
+                return p.data.dtype
+        for layer in self.layers:
+            for b in layer.buffers().values():
+                return b.dtype
+        return np.dtype(np.float32)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (N, ...) input batch -> output of the last layer (logits for catnet: (N, 1))."""
@@ -406,8 +413,18 @@ def _describe(entry: dict) -> str:
     config = entry.get("config", {}) if isinstance(entry, dict) else {}
     if not isinstance(config, dict):  # a malformed file: shown as it is, so the comparison fails
         return repr(entry)
-    args = ", ".join(f"{k}={v}" for k, v in config.items() if k not in _RUNTIME_KEYS)
     kind = entry.get("type") if isinstance(entry, dict) else repr(entry)
+    # an argument written out at its default (affine=True, groups=1) is the same architecture as
+    # one left out: configs only record options that differ, other writers may not
+    defaults = {}
+    if isinstance(kind, str) and kind in LAYER_TYPES:
+        params = inspect.signature(LAYER_TYPES[kind].__init__).parameters.values()
+        defaults = {q.name: q.default for q in params if q.default is not inspect.Parameter.empty}
+    args = ", ".join(
+        f"{k}={v}"
+        for k, v in config.items()
+        if k not in _RUNTIME_KEYS and not (k in defaults and type(v) is type(defaults[k]) and v == defaults[k])
+    )
     return f"{kind}({args})"
 
 

@@ -63,7 +63,7 @@ class Optimizer:
             groups = [{"params": items}]
         self.params: list[Parameter] = []
         self._lr_scale: list[float] = []  # group lr / self.lr at construction
-        self._wd: list[float] = []  # each parameter's group weight decay
+        self._wd: list[float | None] = []  # each parameter's group weight decay; None: weight_decay
         for k, group in enumerate(groups):
             unknown = sorted(set(group) - {"params", "lr", "weight_decay"})
             if "params" not in group or unknown:
@@ -80,7 +80,7 @@ class Optimizer:
                 if lr == 0 and glr != 0:
                     raise ValueError(f"params[{k}]['lr']: a group's rate is a ratio to lr, which is 0")
                 scale = glr / lr if lr else 1.0
-            wd = _nonneg(f"params[{k}]['weight_decay']", group.get("weight_decay", weight_decay))
+            wd = _nonneg(f"params[{k}]['weight_decay']", group["weight_decay"]) if "weight_decay" in group else None
             for p in ps:
                 if not isinstance(p, Parameter):
                     raise TypeError(f"params: expected fastconv Parameters, got {type(p).__name__}")
@@ -109,9 +109,14 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the optimizer's state as plain arrays, for ``np.savez`` (no pickle needed):
-        ``steps``, ``lr`` and every per-parameter buffer as ``"<buffer>.<i>"``, i indexing ``params``
-        (SGD: ``momentum``; Adam/AdamW: ``m`` and ``v``)."""
+        ``steps``, ``lr``, the groups' ``lr_scale`` and ``group_weight_decay`` per parameter, and
+        every per-parameter buffer as ``"<buffer>.<i>"``, i indexing ``params`` (SGD: ``momentum``;
+        Adam/AdamW: ``m`` and ``v``)."""
         state = {"steps": np.array(self.steps, np.int64), "lr": np.array(self.lr, np.float64)}
+        # parameter groups, restored on load as PyTorch restores param_groups: each parameter's
+        # lr ratio and weight decay (NaN = the optimizer's weight_decay)
+        state["lr_scale"] = np.array(self._lr_scale, np.float64)
+        state["group_weight_decay"] = np.array([np.nan if wd is None else wd for wd in self._wd], np.float64)
         for name, arrays in self._moments().items():
             for i, a in enumerate(arrays):
                 state[f"{name}.{i}"] = a.copy()
@@ -126,6 +131,9 @@ class Optimizer:
         expected = {"steps": (), "lr": ()}
         for name, arrays in moments.items():
             expected.update({f"{name}.{i}": a.shape for i, a in enumerate(arrays)})
+        groups = {"lr_scale": (len(self.params),), "group_weight_decay": (len(self.params),)}
+        if "lr_scale" in state or "group_weight_decay" in state:  # absent in states saved before groups
+            expected.update(groups)
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         wrong = [f"{k}: expected shape {expected[k]}, got {np.shape(state[k])}"
@@ -138,6 +146,13 @@ class Optimizer:
         steps, lr = int(state["steps"]), float(state["lr"])
         if steps < 0 or not lr >= 0:
             raise ValueError(f"optimizer state: steps {steps} and lr {lr} must be >= 0")
+        if "lr_scale" in expected:
+            scale = np.asarray(state["lr_scale"], np.float64)
+            wds = np.asarray(state["group_weight_decay"], np.float64)
+            if not (np.all(np.isfinite(scale)) and np.all(scale >= 0) and np.all(np.isnan(wds) | (wds >= 0))):
+                raise ValueError("optimizer state: lr_scale and group_weight_decay must be >= 0")
+            self._lr_scale = [float(v) for v in scale]
+            self._wd = [None if np.isnan(v) else float(v) for v in wds]
         for name, arrays in moments.items():
             for i, a in enumerate(arrays):
                 np.copyto(a, np.asarray(state[f"{name}.{i}"]), casting="unsafe")
@@ -155,8 +170,12 @@ class Optimizer:
         raise NotImplementedError
 
     def _decay(self, i: int) -> float:
-        """Weight decay of parameter i: its group's, 0 for parameters flagged ``decay=False``."""
-        return self._wd[i] if self.params[i].decay else 0.0
+        """Weight decay of parameter i: its group's (else ``self.weight_decay``, read at every step
+        so that it may be changed like ``lr``), 0 for parameters flagged ``decay=False``."""
+        if not self.params[i].decay:
+            return 0.0
+        wd = self._wd[i]
+        return self.weight_decay if wd is None else wd
 
     def _lr(self, i: int) -> float:
         """Learning rate of parameter i now: ``lr`` times its group's ratio."""

@@ -425,7 +425,7 @@ def fit(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
-    dtype = model.parameters()[0].data.dtype
+    dtype = model.dtype
     if config.backend is not None:
         model.set_backend(config.backend)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
@@ -624,7 +624,7 @@ def recompute_batchnorm(
     bns = [layer for layer in model.layers if isinstance(layer, BatchNorm2d)]
     if not bns:
         return
-    dtype = model.parameters()[0].data.dtype
+    dtype = model.dtype
     saved = [bn.momentum for bn in bns]
     model.train()
     try:
@@ -641,7 +641,7 @@ def recompute_batchnorm(
 
 def _validation_scores(model, val_inputs: np.ndarray, y_val: np.ndarray, tta: bool) -> dict:
     """Validation loss (plain, unsmoothed), accuracy and F1 (binary, or macro over classes) of ``model``."""
-    dtype = model.parameters()[0].data.dtype
+    dtype = model.dtype
     vlogits = predict_logits(model, val_inputs, tta=tta)
     num_outputs = vlogits.shape[1]
     vloss = float(_make_loss(num_outputs).forward(vlogits.astype(dtype), _targets(y_val, num_outputs, 0.0, dtype)))
@@ -1202,7 +1202,7 @@ class Classifier:
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
         self.check_input(x)
-        dtype = self.model.parameters()[0].data.dtype
+        dtype = self.model.dtype
         inputs = np.ascontiguousarray(self.normalizer(x), dtype=dtype)
         return logits_to_proba(predict_logits(self.model, inputs, batch_size=batch_size, tta=self.tta))
 

@@ -185,8 +185,8 @@ def _tap_offsets(g: Conv2dGeometry, row_stride: int) -> np.ndarray:
 
 
 def _pack(w3: np.ndarray) -> np.ndarray:
-    """w3 (O, I, T) -> flat (ceil(O/KB), I, T, KB), zeros past channel O: the KB weights that one
-    loaded input vector is multiplied by are adjacent (KB = cython_conv.BLOCK_CHANNELS)."""
+    """w3 (O, I, T) -> flat (ceil(O/KO), I, T, KO), zeros past channel O: the KO weights that one
+    loaded input vector is multiplied by are adjacent (KO = cython_conv.BLOCK_CHANNELS)."""
     o, i, t = w3.shape
     kb = _conv.BLOCK_CHANNELS
     blocks = -(-o // kb)

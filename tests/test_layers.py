@@ -587,3 +587,22 @@ def test_conv2d_same_padding_keeps_the_size_and_saves_as_integers(tmp_path):
     assert Conv2d(3, 4, 3, padding="valid").padding == (0, 0)
     with pytest.raises(ValueError, match="needs stride 1"):
         Conv2d(3, 4, 3, stride=2, padding="same")
+
+
+def test_a_model_of_parameter_free_batchnorm_takes_its_dtype_from_the_buffers():
+    from fastconv import Sequential
+    from fastconv.model import _architecture_difference
+    from fastconv.train import recompute_batchnorm
+
+    model = Sequential(BatchNorm2d(3, affine=False)).astype(np.float64)
+    assert model.dtype == np.float64
+    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2))
+    assert model.forward(x).dtype == np.float64
+    recompute_batchnorm(model, x)
+    np.testing.assert_allclose(model.layers[0].running_mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    # a file that writes an argument at its default describes the same architecture
+    ours = [{"type": "BatchNorm2d", "config": BatchNorm2d(3).config()}]
+    theirs = [{"type": "BatchNorm2d", "config": {**BatchNorm2d(3).config(), "affine": True}}]
+    assert _architecture_difference(theirs, ours) == ""
+    theirs[0]["config"]["affine"] = False
+    assert "affine=False" in _architecture_difference(theirs, ours)

@@ -458,3 +458,44 @@ def test_parameter_group_checks():
         AdamW([{"params": [p], "weight_decay": float("nan")}])
     with pytest.raises(TypeError, match="Parameter"):
         SGD([{"params": [np.zeros(2)]}], lr=0.1)
+
+
+def test_weight_decay_may_be_changed_after_construction_like_lr():
+    p = Parameter(np.ones(1), "p")
+    opt = SGD([p], lr=0.1, weight_decay=0.5)
+    opt.weight_decay = 0.0
+    p.grad[:] = 0.0
+    opt.step()
+    assert p.data[0] == 1.0
+    q = Parameter(np.ones(1), "q")
+    grouped = SGD([{"params": [q], "weight_decay": 0.5}], lr=0.1, weight_decay=0.0)
+    grouped.weight_decay = 0.0  # a group's own decay is not the optimizer's
+    grouped.step()
+    assert q.data[0] == pytest.approx(0.95, rel=1e-15)
+
+
+def test_saved_state_restores_the_groups_settings():
+    # as PyTorch restores param_groups: a state saved from a grouped optimizer, loaded into one
+    # built without groups, continues exactly like the grouped one
+    rng = np.random.default_rng(5)
+    a0, b0 = rng.standard_normal(3), rng.standard_normal(2)
+    grads = [(rng.standard_normal(3), rng.standard_normal(2)) for _ in range(6)]
+    a, b = Parameter(a0.copy(), "a"), Parameter(b0.copy(), "b")
+    opt = AdamW([{"params": [a]}, {"params": [b], "lr": 0.05, "weight_decay": 0.3}], lr=0.01, weight_decay=0.1)
+    for ga, gb in grads[:3]:
+        a.grad[:], b.grad[:] = ga, gb
+        opt.step()
+    state = opt.state_dict()
+    a2, b2 = Parameter(a.data.copy(), "a"), Parameter(b.data.copy(), "b")
+    resumed = AdamW([a2, b2], lr=0.01, weight_decay=0.1)
+    resumed.load_state_dict(state)
+    for ga, gb in grads[3:]:
+        a.grad[:], b.grad[:], a2.grad[:], b2.grad[:] = ga, gb, ga, gb
+        opt.step()
+        resumed.step()
+    np.testing.assert_array_equal(a2.data, a.data)
+    np.testing.assert_array_equal(b2.data, b.data)
+    old_style = {k: v for k, v in state.items() if k not in ("lr_scale", "group_weight_decay")}
+    AdamW([a2, b2], lr=0.01).load_state_dict(old_style)  # states saved before groups still load
+    with pytest.raises(ValueError, match="lr_scale"):
+        AdamW([a2, b2], lr=0.01).load_state_dict({**state, "lr_scale": np.array([1.0, -2.0])})
