@@ -279,13 +279,21 @@ def _torch_compare(ours_cls, torch_cls, ours_kwargs, torch_kwargs, steps=5):
     tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
     wd = torch_kwargs.pop("weight_decay", 0.0)
     topt = torch_cls([{"params": [tw], "weight_decay": wd}, {"params": [tb], "weight_decay": 0.0}], **torch_kwargs)
-    for gw, gb in grads:
-        w.grad[:], b.grad[:] = gw, gb
-        tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+    _step_both(opt, topt, [w, b], [tw, tb], grads)
+
+
+def _step_both(opt, topt, ours: list, theirs: list, grads: list) -> None:
+    """Feed the same gradients to our optimizer and torch's, then compare the parameters."""
+    import torch
+
+    for gs in grads:
+        for p, t, g in zip(ours, theirs, gs):
+            p.grad[:] = g
+            t.grad = torch.tensor(g)
         opt.step()
         topt.step()
-    np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(b.data, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize(
@@ -430,14 +438,8 @@ def test_groups_match_torch():
     tw, th = torch.tensor(w0, requires_grad=True), torch.tensor(h0, requires_grad=True)
     topt = torch.optim.AdamW([{"params": [tw]}, {"params": [th], "lr": 5e-2, "weight_decay": 0.0}], lr=5e-3,
                              weight_decay=0.05)  # fmt: skip
-    for _ in range(5):
-        gw, gh = rng.standard_normal((3, 4)), rng.standard_normal(5)
-        w.grad[:], h.grad[:] = gw, gh
-        tw.grad, th.grad = torch.tensor(gw), torch.tensor(gh)
-        opt.step()
-        topt.step()
-    np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(h.data, th.detach().numpy(), rtol=1e-12, atol=1e-14)
+    grads = [(rng.standard_normal((3, 4)), rng.standard_normal(5)) for _ in range(5)]
+    _step_both(opt, topt, [w, h], [tw, th], grads)
 
 
 def test_parameter_group_checks():
