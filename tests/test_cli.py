@@ -207,6 +207,31 @@ def test_train_on_a_folder_then_evaluate_its_validation_split(capsys, tmp_path):
     assert sum(map(sum, doc["confusion_matrix"])) == 4  # round(0.2 * 12) = 2 per class, 2 classes
 
 
+def test_evaluate_refuses_to_recreate_a_split_on_other_data(capsys, tmp_path):
+    # --split val re-creates the training run's split; on another folder (here: a part of the
+    # training folder, all of whose images were trained on) it would report "held-out" accuracy
+    # on trained images
+    data, out, part = tmp_path / "data", tmp_path / "run", tmp_path / "part"
+    _write_stripes_folder(data)
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split())
+    assert code == 0, err
+    for cls in ("horizontal", "vertical"):
+        (part / cls).mkdir(parents=True)
+        for f in sorted((data / cls).glob("*.png"))[:3]:
+            (part / cls / f.name).write_bytes(f.read_bytes())
+    for split in ("val", "train"):
+        args = ("evaluate", "--model", str(out / "model.npz"), "--data", str(part), "--split", split)
+        code, _, err = run_cli(capsys, *args)
+        assert code == 1 and "was trained on 24 images" in err and "has 6" in err
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(part), "--split", "all")
+    assert code == 0, err
+    # the bundled catvnoncat model on a cat / not-cat folder: another dataset altogether
+    for old, new in (("vertical", "cat"), ("horizontal", "not-cat")):
+        (part / old).rename(part / new)
+    code, _, err = run_cli(capsys, "evaluate", "--data", str(part), "--split", "train")
+    assert code == 1 and "was trained on catvnoncat, not on" in err
+
+
 @pytest.mark.parametrize("refit", ["--refit", "--no-refit"])
 def test_train_prints_an_evaluate_command_that_works(capsys, tmp_path, refit):
     # After a refit, model.npz has trained on the validation images and evaluate refuses its

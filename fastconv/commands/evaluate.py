@@ -35,6 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead")
 
 
+def _check_same_training_data(model_path: object, metadata: dict, data: object) -> None:
+    """--split train/val re-create the training run's split: only meaningful on the very data the
+    model was trained on. The file records the dataset and how many images the run split; a
+    different dataset (or a folder of another size) would be split anyway and its 'held-out'
+    images may well have been trained on."""
+    recorded = metadata.get("dataset")
+    sizes = (metadata.get("train_size"), metadata.get("val_size"))
+    trained_on_catvnoncat = recorded == "catvnoncat"
+    if recorded is not None and trained_on_catvnoncat != (data.kind == "catvnoncat"):
+        raise ValueError(
+            f"{model_path} was trained on {recorded}, not on {data.name}: --split train/val re-create its split "
+            "only on the data it was trained on (use --split all for other images)"
+        )
+    if all(isinstance(v, int) for v in sizes) and sum(sizes) != len(data.x):
+        raise ValueError(
+            f"{model_path} was trained on {sum(sizes)} images of {recorded}, but {data.name} has {len(data.x)}: "
+            "--split train/val re-create its split only on the data it was trained on (use --split all for "
+            "other images)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from fastconv.data import is_catvnoncat_path, same_task, train_val_split
     from fastconv.metrics import classification_report
@@ -77,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if frac <= 0:
             raise ValueError(f"{model_path} was trained without a validation split; use --split all or test")
+        _check_same_training_data(model_path, clf.metadata, data)
         x_tr, y_tr, x_va, y_va = train_val_split(data.x, data.y, val_fraction=frac, seed=seed)
         x, y = (x_va, y_va) if split == "val" else (x_tr, y_tr)
     if split != "all":
