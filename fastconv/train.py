@@ -842,7 +842,7 @@ def train_classifier(
 def _resolved(config: TrainConfig | None, x: np.ndarray, classes: Sequence[str], dataset: str) -> TrainConfig:
     """A copy of ``config`` with ``init`` and ``lr`` resolved for ``dataset``, after checking the images."""
     config = dataclasses.replace(config or TrainConfig())
-    config.init = resolve_init(config.init, dataset)
+    config.init = resolve_init(config.init, dataset, width=config.width, batchnorm=config.batchnorm)
     config.lr = resolve_lr(config.lr, config.init)
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
@@ -1031,18 +1031,27 @@ def cross_validate(
     )
 
 
-def resolve_init(init: str | os.PathLike | None, dataset: str) -> str | None:
+#: the architecture of the bundled backbone (PRETRAINED_BACKBONE): catnet's default width, BatchNorm
+BACKBONE_WIDTH, BACKBONE_BATCHNORM = 16, True
+
+
+def resolve_init(
+    init: str | os.PathLike | None, dataset: str, *, width: int = BACKBONE_WIDTH, batchnorm: bool = BACKBONE_BATCHNORM
+) -> str | None:
     """The model file whose feature layers start a run (``TrainConfig.init``), or None for random.
 
-    ``"auto"``: the bundled CIFAR-10 backbone for catvnoncat, None for any other dataset (a
+    ``"auto"``: the bundled CIFAR-10 backbone for catvnoncat when catnet has the backbone's
+    architecture (``width`` 16, ``batchnorm``), None otherwise — for any other dataset too (a
     user's own folder may hold CIFAR images themselves, whose validation split the backbone
-    has seen). ``"pretrained"``: the bundled backbone. ``"none"``/None: random. Anything else is
-    a path, which must exist.
+    has seen). ``"pretrained"``: the bundled backbone (a catnet of another width or without
+    BatchNorm is then refused when its layers are compared). ``"none"``/None: random. Anything
+    else is a path, which must exist.
     """
     if init is None or str(init).lower() == "none":
         return None
     if init == "auto":
-        return str(PRETRAINED_BACKBONE) if dataset == "catvnoncat" else None
+        fits = width == BACKBONE_WIDTH and bool(batchnorm) == BACKBONE_BATCHNORM
+        return str(PRETRAINED_BACKBONE) if dataset == "catvnoncat" and fits else None
     if init == "pretrained":
         return str(PRETRAINED_BACKBONE)
     if not Path(init).is_file():

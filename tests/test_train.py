@@ -441,6 +441,9 @@ def test_resolve_init():
 
     assert resolve_init("auto", "catvnoncat") == str(PRETRAINED_BACKBONE)
     assert resolve_init("auto", "/photos/cats") is None
+    # the backbone only fits catnet at its width with BatchNorm: DESIGN.md's plain catnet starts random
+    assert resolve_init("auto", "catvnoncat", batchnorm=False) is None
+    assert resolve_init("auto", "catvnoncat", width=8) is None
     assert resolve_init("pretrained", "/photos/cats") == str(PRETRAINED_BACKBONE)
     assert resolve_init("none", "catvnoncat") is None and resolve_init(None, "catvnoncat") is None
     with pytest.raises(FileNotFoundError, match=r"no-such\.npz"):

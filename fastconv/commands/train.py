@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CIFAR-10 cat/not-cat images with their ten CIFAR-10 class labels "
         "(fastconv/weights/catnet_cifar_backbone.npz; needs --width 16 and BatchNorm), "
         "'none' = random initialisation, or a model file whose layers before Flatten match; the classifier "
-        "head always starts fresh; 'auto' = pretrained for catvnoncat, none for image folders",
+        "head always starts fresh; 'auto' = pretrained for catvnoncat at --width 16 with BatchNorm, none otherwise "
+        "(other widths, --no-batchnorm, image folders)",
     )
     parser.add_argument(
         "--cv", type=int, default=0, metavar="K",
@@ -210,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         backend=backend,
         average_epochs=args.average_epochs,
     )
-    init = resolve_init(config.init, data.name)  # fails early on a missing file
+    # fails early on a missing file
+    init = resolve_init(config.init, data.name, width=config.width, batchnorm=config.batchnorm)
     config.lr = resolve_lr(config.lr, init)
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
