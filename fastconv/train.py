@@ -1177,6 +1177,15 @@ class Classifier:
                 "model files written by 'fastconv train' have them"
             )
         classes = tuple(str(c) for c in meta["classes"])
+        # the environment and the backend first: their errors are theirs, not the file's (the
+        # wrapper below would blame a bad FASTCONV_BACKEND or FASTCONV_NUM_THREADS on the model)
+        from . import kernels
+
+        kernels.get_num_threads()
+        if backend is not None:
+            model.set_backend(backend)
+        else:
+            kernels.get_default_backend()
         try:
             size = int(meta["image_size"])
             outputs = _num_outputs(model, np.zeros((1, 3, size, size), model.dtype))
@@ -1192,8 +1201,6 @@ class Classifier:
             raise ValueError(
                 f"{path}: the file names {len(classes)} classes, so the model needs {expected}; it has {outputs}"
             )
-        if backend is not None:
-            model.set_backend(backend)
         model.eval()
         return cls(
             model=model,

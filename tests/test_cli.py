@@ -458,3 +458,26 @@ def test_design_catnet_trains_on_catvnoncat_from_random_weights(capsys, data_dir
     assert "conv layers from random initialisation" in err
     meta = fastconv.model.load_with_metadata(tmp_path / "run" / "model.npz")[1]
     assert meta["init"] is None
+
+
+BAD_ENVIRONMENT = [
+    ("FASTCONV_BACKEND", "nonsense", "FASTCONV_BACKEND='nonsense'"),
+    ("FASTCONV_NUM_THREADS", "0", "FASTCONV_NUM_THREADS"),
+]
+
+
+@pytest.mark.parametrize("var,value,message", BAD_ENVIRONMENT)
+def test_bad_environment_is_named_not_blamed_on_the_model(capsys, monkeypatch, tmp_path, var, value, message):
+    from fastconv.kernels import _registry, _threads
+    from skimage.io import imsave
+
+    monkeypatch.setenv(var, value)
+    monkeypatch.setattr(_registry, "_default", None)  # resolved afresh from the environment
+    monkeypatch.setattr(_threads, "_num_threads", None)
+    image = tmp_path / "x.png"
+    imsave(image, np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    code, _, err = run_cli(capsys, "predict", str(image))
+    assert code == 1 and message in err and "catnet.npz" not in err
+    # info, where a user looks next, reports it instead of failing
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and "error: " in out and message in out

@@ -29,8 +29,8 @@ def collect() -> dict:
         "numpy": np.__version__,
         "backends": kernels.available_backends(),
         "unavailable": kernels.backend_errors(),
-        "default_backend": kernels.get_default_backend(),
-        "threads": kernels.get_num_threads(),
+        "default_backend": _or_error(kernels.get_default_backend),
+        "threads": _or_error(kernels.get_num_threads),
         "cpus": _threads.cpu_count(),
     }
     try:
@@ -72,6 +72,15 @@ def collect() -> dict:
         for d in blas
     ]
     return info
+
+
+def _or_error(setting):
+    """The setting, or what is wrong with it: info is where a user looks when a bad
+    FASTCONV_BACKEND / FASTCONV_NUM_THREADS makes every other command fail."""
+    try:
+        return setting()
+    except ValueError as exc:
+        return f"error: {exc}"
 
 
 def _blas_owner(d: dict) -> str:
