@@ -249,12 +249,29 @@ _download_file = download  # find_catvnoncat's ``download`` flag shadows the fun
 def _catvnoncat_folder(p: Path) -> Path:
     """Map the accepted forms (the folder, its parent holding catvnoncat/, one .h5 file) to the folder."""
     if p.is_file():
+        if p.name not in CATVNONCAT_FILES:
+            raise DataError(
+                f"{p}: expected a folder (catvnoncat's, or one with a subfolder per class) or one of "
+                f"{', '.join(CATVNONCAT_FILES)}, got another file"
+            )
         return p.parent
     if any((p / f).exists() for f in CATVNONCAT_FILES):
         return p
     if (p / _CATVNONCAT_SUBDIR).is_dir():
         return p / _CATVNONCAT_SUBDIR
     return p
+
+
+def require_split_file(data: str | Path | None, wanted: str, hint: str) -> None:
+    """A ``--data`` naming one catvnoncat file stands for its folder; naming the *other* split's
+    file than the command reads (``wanted``: 'train' or 'test') would silently use the wrong
+    images, so it raises DataError with ``hint`` (what to pass instead)."""
+    if data is None:
+        return
+    p = Path(data).expanduser()
+    if p.name in CATVNONCAT_FILES and not p.name.startswith(wanted + "_"):
+        split = p.name.split("_")[0]
+        raise DataError(f"--data {p} names the {split} split's file, but this reads the {wanted} split: {hint}")
 
 
 def is_catvnoncat_path(data: str | Path | None) -> bool:

@@ -481,3 +481,21 @@ def test_bad_environment_is_named_not_blamed_on_the_model(capsys, monkeypatch, t
     # info, where a user looks next, reports it instead of failing
     code, out, _ = run_cli(capsys, "info")
     assert code == 0 and "error: " in out and message in out
+
+
+def test_data_naming_the_other_splits_file_or_a_stray_file_is_refused(capsys, data_dir, tmp_path):
+    # one .h5 path stands for its folder; naming the other split's file used to train or
+    # evaluate silently on the split the user did not name
+    folder = data_dir / "catvnoncat"
+    code, _, err = run_cli(capsys, "train", "--data", str(folder / "test_catvnoncat.h5"), "--out", str(tmp_path / "r"))
+    assert code == 1 and "names the test split's file, but this reads the train split" in err
+    assert not (tmp_path / "r").exists()
+    code, _, err = run_cli(capsys, "evaluate", "--data", str(folder / "train_catvnoncat.h5"))
+    assert code == 1 and "names the train split's file, but this reads the test split" in err
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder / "test_catvnoncat.h5"), "--json")
+    assert code == 0 and json.loads(out)["data"] == "catvnoncat test split"
+    args = ("evaluate", "--data", str(folder / "train_catvnoncat.h5"), "--split", "all", "--json")
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "training file" in json.loads(out)["data"]
+    code, _, err = run_cli(capsys, "train", "--data", str(folder / "SHA256SUMS"), "--out", str(tmp_path / "r"))
+    assert code == 1 and "got another file" in err

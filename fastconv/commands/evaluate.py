@@ -57,10 +57,12 @@ def _check_same_training_data(model_path: object, metadata: dict, data: object) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastconv.data import is_catvnoncat_path, same_task, train_val_split
+    from fastconv.data import is_catvnoncat_path, require_split_file, same_task, train_val_split
     from fastconv.metrics import classification_report
     from fastconv.train import BUNDLED_MODEL, Classifier, load_dataset
 
+    reads = "test" if args.split in ("auto", "test") else "train"
+    require_split_file(args.data, reads, "pass the folder holding both files, and --split to choose the images")
     model_path = args.model or BUNDLED_MODEL
     clf = Classifier.load(model_path, backend=args.backend)
     # Folder images are resized to the model's input size; catvnoncat is always 64x64.

@@ -150,6 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import fastconv
+    from fastconv.data import require_split_file
     from fastconv.train import (
         LARGE_DATASET,
         LARGE_DATASET_EPOCHS,
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    require_split_file(args.data, "train", "train never reads the test split; pass the folder holding both files")
     other = _read_compare(args) if args.compare else None  # fail before minutes of training, not after
     t0 = time.perf_counter()
     data = load_dataset(args.data, args.image_size)
