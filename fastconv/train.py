@@ -540,7 +540,7 @@ def fit(
                 )
                 if has_val:
                     line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}"
-                line += "  *" if result.best_epoch == epoch else ""
+                line += "  *" if has_val and result.best_epoch == epoch else ""  # new best on validation
                 if bar.disable:
                     log(line)
                 else:
@@ -716,11 +716,14 @@ def _write_history(out: Path, result: FitResult, config: TrainConfig, curves: bo
         writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
     atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
     if curves and result.history:
-        atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch))
+        # which file holds the marked epoch: with a refit, model.npz is the refit's last epoch
+        kept = "model_val.npz" if config.refit else "model.npz"
+        atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch, kept))
 
 
-def plot_curves(history: Sequence[dict], best_epoch: int = 0) -> bytes:
-    """PNG bytes: loss (left) and accuracy (right), train and validation, against the epoch."""
+def plot_curves(history: Sequence[dict], best_epoch: int = 0, kept: str | None = None) -> bytes:
+    """PNG bytes: loss (left) and accuracy (right), train and validation, against the epoch;
+    a dotted line at ``best_epoch``, labelled with the file ``kept`` that holds it when given."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -735,7 +738,8 @@ def plot_curves(history: Sequence[dict], best_epoch: int = 0) -> bytes:
         if any(math.isfinite(v) for v in val):
             ax.plot(epochs, val, label="validation")
         if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+            where = f" ({kept})" if kept else ""
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}{where}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5" ticks on short runs
         ax.set_title(title)

@@ -499,3 +499,23 @@ def test_data_naming_the_other_splits_file_or_a_stray_file_is_refused(capsys, da
     assert code == 0 and "training file" in json.loads(out)["data"]
     code, _, err = run_cli(capsys, "train", "--data", str(folder / "SHA256SUMS"), "--out", str(tmp_path / "r"))
     assert code == 1 and "got another file" in err
+
+
+def test_summary_names_the_last_epoch_too_and_stars_only_validation_bests(capsys, tmp_path):
+    # the best of many epochs on a small validation split flatters; the summary also gives the
+    # last epoch's, and '*' marks a new best on validation, never the refit's epochs (no validation)
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    flags = "--image-size 16 --epochs 4 --width 4 --refit".split()
+    code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *flags)
+    assert code == 0, err
+    hist = json.loads((out / "history.json").read_text())
+    last = hist["epochs"][-1]
+    assert ("last epoch: val_accuracy" in stdout) == (hist["best_epoch"] != last["epoch"])
+    if hist["best_epoch"] != last["epoch"]:
+        assert f"last epoch: val_accuracy {last['val_accuracy']:.3f}" in stdout
+    epoch_lines = [line for line in (stdout + err).splitlines() if line.startswith("epoch ")]
+    n = len(hist["epochs"])
+    assert len(epoch_lines) == 2 * n  # the validation run, then the refit
+    assert not any(line.endswith("*") for line in epoch_lines[n:])
+    assert any(line.endswith("*") for line in epoch_lines[:n])

@@ -218,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     config.lr = resolve_lr(config.lr, init)
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
-        f"training catnet: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+        f"training catnet: {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, "
+        f"{config.optimizer} lr {config.lr:g}, "
         f"backend {backend}, {fastconv.get_num_threads()} threads, seed {config.seed}, "
         f"conv layers from {Path(init).name if init else 'random initialisation'} -> {args.out}"
     )
@@ -250,6 +251,12 @@ def run(args: argparse.Namespace) -> int:
         line = f"done in {result.seconds:.1f} s: best epoch {result.best_epoch}"
     if best is not None and config.val_fraction > 0:
         line += f", val_accuracy {best['val_accuracy']:.3f}, val_loss {best['val_loss']:.4f}"
+        last = result.history[-1]
+        if result.averaged is None and last is not best:
+            # the best of many epochs on a small validation set flatters; the last epoch is what a
+            # refit (which ships its last epoch) should be compared with
+            line += (f" (the best of {len(result.history)} epochs; last epoch: val_accuracy "
+                     f"{last['val_accuracy']:.3f}, val_loss {last['val_loss']:.4f})")
     written = ["model.npz", "history.json", "history.csv", "curves.png"]
     if config.refit and config.val_fraction > 0:
         ran = len(result.history)  # the refit trains as many epochs as the validation run did
