@@ -1286,7 +1286,10 @@ def _json_default(obj: Any) -> Any:
 def load_json(path: str | os.PathLike) -> dict[str, Any]:
     """Read a report written by :func:`write_json`."""
     with open(path, encoding="utf-8") as f:
-        report = json.load(f)
+        try:
+            report = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a fastconv bench report (not JSON: {exc})") from None
     if not isinstance(report, dict) or "results" not in report or "peak_gflops" not in report:
         raise ValueError(f"{path}: not a fastconv bench report (no 'results' / 'peak_gflops')")
     return report

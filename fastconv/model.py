@@ -487,6 +487,7 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
                     "a model file may hold (fastconv.model.MAX_MODEL_BYTES)"
                 )
             contents = {key: archive[key] for key in ours}
+            entries = sorted(archive.files)  # all of them, for the error below
     except MemoryError as exc:  # an .npy header declaring a huge array
         raise ValueError(f"{path}: not a readable fastconv model file (an entry declares an array too large "
                          f"for memory: {exc})") from None
@@ -497,7 +498,7 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
 
     for key in ("format_version", "architecture", "metadata"):
         if key not in contents:
-            raise ValueError(f"{path}: not a fastconv model file (no {key!r} entry; has {sorted(contents)[:8]})")
+            raise ValueError(f"{path}: not a fastconv model file (no {key!r} entry; has {entries[:8]})")
     version = contents["format_version"]
     if version.shape != () or version.dtype.kind not in "iu":
         raise ValueError(f"{path}: format_version is not an integer scalar")

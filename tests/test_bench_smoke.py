@@ -366,6 +366,9 @@ def test_cli_rejects_unknown_backend_and_bad_report(tmp_path, capsys):
     bad.write_text(json.dumps({"hello": 1}))
     assert main(["bench", "--from-json", str(bad)]) == 1
     assert "not a fastconv bench report" in capsys.readouterr().err
+    bad.write_text("not json at all")
+    assert main(["bench", "--from-json", str(bad)]) == 1
+    assert f"{bad}: not a fastconv bench report (not JSON" in capsys.readouterr().err
 
 
 def test_compare_torch_missing_is_a_note(monkeypatch):

@@ -509,6 +509,8 @@ def test_load_reports_missing_entries_bad_versions_and_bad_json(tmp_path):
         ),
         "noweights": ({k: v for k, v in parts.items() if k != "state/0.weight"}, r"missing keys \['0.weight'\]"),
         "badshape": ({**parts, "state/13.weight": np.zeros((1, 7), np.float32)}, "13.weight: shape mismatch"),
+        # an .npz of someone else's arrays: the error lists what the file does hold
+        "foreign": ({"a": np.zeros(2), "b": np.ones(3)}, r"no 'format_version' entry; has \['a', 'b'\]"),
     }
     for name, (arrays, match) in cases.items():
         path = _write_npz(tmp_path / f"{name}.npz", **arrays)
