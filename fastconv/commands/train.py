@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"passes over the training split; default {d.epochs}, or {LARGE_DATASET_EPOCHS} "
         f"for datasets of more than {LARGE_DATASET} images",
@@ -64,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default=None, help="kernel backend (see 'fastconv info'); default: the fastest available"
     )
-    parser.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS; default: all cores")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per mini-batch")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for kernels and BLAS; default: all cores")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per mini-batch")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"peak learning rate (after warm-up); default {LR_FINETUNE:g} when the conv layers start "
                         f"from a pretrained backbone (--init), {LR_SCRATCH:g} from random weights%(default).0s")
@@ -92,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation score (0 = never)",
     )
     parser.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability before the linear layer")
-    parser.add_argument("--width", type=int, default=d.width, help="channels of catnet's first conv (16 in DESIGN.md)")
+    parser.add_argument("--width", type=positive_int, default=d.width,
+                        help="channels of catnet's first conv (16 in DESIGN.md)")
     parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=d.batchnorm,
                         help="BatchNorm2d after every conv (DESIGN.md's catnet has none; see docs/training.md)")
     parser.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation, pixels")
