@@ -462,6 +462,8 @@ def read_model_file(path: PathLike) -> tuple[list[dict], dict[str, np.ndarray], 
     or unreadable entries, unsupported format version, bad JSON).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a model file (expected an .npz written by save() or 'fastconv train')")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     if path.stat().st_size == 0:

@@ -135,6 +135,6 @@ def write_pictures(model, image: np.ndarray, out_dir: str | os.PathLike) -> list
         raise ValueError("model: has no Conv2d layer to draw")
     paths = [save_figure(filters_figure(convs[0].weight.data, "conv1"), out / "filters_conv1.png")]
     for name, maps, after_relu in conv_feature_maps(model, image[None]):
-        title = f"{name} feature maps{' (after ReLU)' if after_relu else ''}"
+        title = f"{name} feature maps{' (after its ReLU: what the next layer sees)' if after_relu else ''}"
         paths.append(save_figure(feature_maps_figure(maps, title), out / f"features_{name}.png"))
     return paths

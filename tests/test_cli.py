@@ -271,12 +271,17 @@ def test_train_cv_reports_pooled_held_out_scores_and_writes_them(capsys, tmp_pat
     code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out2), *TINY.split(), "--cv", "3",
                                 "--cv-repeats", "2", "--lr", "1e-6", "--compare", str(out / "cv.json"))
     assert code == 0, err
+    assert "folds differ" not in err  # same folds and seed: no note
     doc2 = json.loads((out2 / "cv.json").read_text())
     right1 = (z > 0) == (yy == 1)
     right2 = (np.array(doc2["predictions"]["logits"])[:, 0] > 0) == (yy == 1)
     assert doc2["compare"]["ours_only"] == int(np.sum(right2 & ~right1))
     assert doc2["compare"]["theirs_only"] == int(np.sum(right1 & ~right2))
     assert f"exact McNemar p = {doc2['compare']['p_value']:.3g}" in stdout
+    # other folds still pair by image, with a note that the comparison is less sensitive
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run3"), *TINY.split(),
+                           "--cv", "2", "--cv-repeats", "2", "--compare", str(out / "cv.json"))
+    assert code == 0 and "used 3 folds and seed 0, this run 2 and 0" in err and "folds differ" in err
     for bad, words in ((["--compare", str(out / "cv.json")], "needs --cv"),
                        (["--cv", "3", "--compare", str(tmp_path / "missing.json")], "cannot read it")):
         code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out2), *TINY.split(), *bad)
@@ -532,3 +537,12 @@ def test_evaluating_a_small_image_model_on_catvnoncat_says_to_pass_a_folder(caps
     assert code == 0, err
     code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"))  # default data: catvnoncat
     assert code == 1 and "takes 16x16 images" in err and "holds 64x64 ones: pass --data FOLDER" in err
+
+
+def test_out_naming_a_file_and_model_naming_a_folder_are_refused_clearly(capsys, tmp_path):
+    stray = tmp_path / "notes.txt"
+    stray.write_text("keep me")
+    code, _, err = run_cli(capsys, "train", "--out", str(stray), "--epochs", "1")
+    assert code == 1 and f"--out {stray}: expected a folder" in err and stray.read_text() == "keep me"
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(tmp_path))
+    assert code == 1 and "a folder, not a model file" in err

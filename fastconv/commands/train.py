@@ -175,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     require_split_file(args.data, "train", "train never reads the test split; pass the folder holding both files")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: expected a folder (created if missing), got an existing file")
     other = _read_compare(args) if args.compare else None  # fail before minutes of training, not after
     t0 = time.perf_counter()
     data = load_dataset(args.data, args.image_size)
@@ -297,6 +299,15 @@ def _read_compare(args: argparse.Namespace) -> dict:
         raise ValueError(f"--compare {args.compare}: cannot read it as a cv.json ({exc})") from None
     if not isinstance(other, dict) or "predictions" not in other:
         raise ValueError(f"--compare {args.compare}: not a cv.json written by 'fastconv train --cv'")
+    theirs = (other.get("folds"), (other.get("config") or {}).get("seed"))
+    if theirs != (args.cv, args.seed):
+        # still a valid paired test (each image's predictions), but not between models trained on
+        # the same other images, which is what makes it sensitive
+        print(
+            f"note: --compare {args.compare} used {theirs[0]} folds and seed {theirs[1]}, this run {args.cv} and "
+            f"{args.seed}: predictions pair up by image, but their folds differ (a less sensitive comparison)",
+            file=sys.stderr,
+        )
     return other
 
 
