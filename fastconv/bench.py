@@ -1229,7 +1229,8 @@ def format_report(report: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        f"catnet step (forward + backward + SGD update, batch {BATCH}, 64x64x3, {report['dtype']})",
+        f"catnet step (DESIGN.md's catnet: forward + backward + SGD update, batch {BATCH}, 64x64x3, "
+        f"{report['dtype']}; fastconv train's default adds BatchNorm and AdamW)",
         f"{'implementation':<34}{'engine':<10}{'ms':>10}{'images/s':>10}{'vs numpy':>10}",
     ]
     impl_names = {"kernels": "fastconv.kernels ops", "model": "model API (zoo.catnet)", "torch": "torch autograd"}

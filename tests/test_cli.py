@@ -502,7 +502,7 @@ def test_data_naming_the_other_splits_file_or_a_stray_file_is_refused(capsys, da
     code, _, err = run_cli(capsys, "evaluate", "--data", str(folder / "train_catvnoncat.h5"))
     assert code == 1 and "names the train split's file, but this reads the test split" in err
     code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder / "test_catvnoncat.h5"), "--json")
-    assert code == 0 and json.loads(out)["data"] == "catvnoncat test split"
+    assert code == 0 and json.loads(out)["data"] == "catvnoncat test split" and json.loads(out)["images"] == 50
     args = ("evaluate", "--data", str(folder / "train_catvnoncat.h5"), "--split", "all", "--json")
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and "training file" in json.loads(out)["data"]
