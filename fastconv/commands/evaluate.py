@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     pred = clf.predict(x, batch_size=args.batch_size)
     report = classification_report(y, pred, clf.classes)
     if args.json:
-        doc = {"model": str(model_path), "data": where, "images": int(len(y)), "tta": clf.tta, **report.to_dict()}
+        doc = {"model": str(model_path), "data": where, "images": len(y), "tta": clf.tta, **report.to_dict()}
         print(json.dumps(doc, indent=2))
         return 0
     print(f"model: {model_path} (image size {clf.image_size}, test-time flip {'on' if clf.tta else 'off'})")
