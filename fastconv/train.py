@@ -466,30 +466,34 @@ def fit(
             model.train()
             lr_epoch = optimizer.lr
             loss_sum, correct, seen = 0.0, 0, 0
-            for step, (xb, yb) in enumerate(
-                iterate_minibatches(x_train, y_train, config.batch_size, rng, shuffle=True, drop_last=False)
-            ):
-                inputs = np.ascontiguousarray(transform(augment(xb, rng)), dtype=dtype)
-                logits = model(inputs)
-                loss = float(loss_fn.forward(logits, _targets(yb, num_outputs, config.label_smoothing, dtype)))
-                if not math.isfinite(loss):
-                    result.stopped = "diverged"
-                    result.message = (
-                        f"training stopped: the loss became {loss} at epoch {epoch}, batch {step + 1} "
-                        f"(learning rate {optimizer.lr:.3g}); try a smaller --lr. " + _kept_message(result, out)
-                    )
-                    raise _Diverged
-                model.zero_grad()
-                model.backward(loss_fn.backward())
-                optimizer.step()
-                schedule.step()
-                if averager is not None and epoch > config.epochs - config.average_epochs:
-                    averager.add()
-                loss_sum += loss * len(yb)
-                correct += int((_predicted(np.asarray(logits)) == yb).sum())
-                seen += len(yb)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            # overflow / NaN inside a diverging step would print numpy warnings (with source lines)
+            # before the clear message below; the loss and state checks are what stop the run
+            with np.errstate(over="ignore", invalid="ignore"):
+                for step, (xb, yb) in enumerate(
+                    iterate_minibatches(x_train, y_train, config.batch_size, rng, shuffle=True, drop_last=False)
+                ):
+                    inputs = np.ascontiguousarray(transform(augment(xb, rng)), dtype=dtype)
+                    logits = model(inputs)
+                    loss = float(loss_fn.forward(logits, _targets(yb, num_outputs, config.label_smoothing, dtype)))
+                    if not math.isfinite(loss):
+                        result.stopped = "diverged"
+                        result.message = (
+                            f"training stopped: the loss became {loss} at epoch {epoch}, batch {step + 1} "
+                            f"(learning rate {optimizer.lr:.3g}); try a smaller --lr. " + _kept_message(result, out)
+                        )
+                        raise _Diverged
+                    model.zero_grad()
+                    model.backward(loss_fn.backward())
+                    optimizer.step()
+                    schedule.step()
+                    if averager is not None and epoch > config.epochs - config.average_epochs:
+                        averager.add()
+                    loss_sum += loss * len(yb)
+                    correct += int((_predicted(np.asarray(logits)) == yb).sum())
+                    seen += len(yb)
+                    bar.update(1)
+                    postfix = {"epoch": epoch, "loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
+                    bar.set_postfix(postfix, refresh=False)
 
             # A finite loss does not make finite weights: BatchNorm's running variance can overflow
             # to inf while the batch statistics stay usable. A checkpoint must be loadable and sane.
