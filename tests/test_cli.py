@@ -530,12 +530,15 @@ def test_summary_names_the_last_epoch_too_and_stars_only_validation_bests(capsys
     assert any(line.endswith("*") for line in epoch_lines[:n])
 
 
-def test_evaluating_a_small_image_model_on_catvnoncat_says_to_pass_a_folder(capsys, tmp_path):
+def test_evaluating_a_small_image_model_on_catvnoncat_says_to_pass_a_folder(capsys, tmp_path, data_dir):
     data, out = tmp_path / "data", tmp_path / "run"
     _write_stripes_folder(data)
+    for old, new in (("vertical", "cat"), ("horizontal", "not-cat")):  # a cat / not-cat model, 16x16
+        (data / old).rename(data / new)
     code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split())
     assert code == 0, err
-    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"))  # default data: catvnoncat
+    catvnoncat = str(data_dir / "catvnoncat")
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", catvnoncat)
     assert code == 1 and "takes 16x16 images" in err and "holds 64x64 ones: pass --data FOLDER" in err
 
 

@@ -66,18 +66,18 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or BUNDLED_MODEL
     clf = Classifier.load(model_path, backend=args.backend)
     # Folder images are resized to the model's input size; catvnoncat is always 64x64.
-    if is_catvnoncat_path(args.data) and clf.image_size != 64:
-        where = "the default data, catvnoncat," if args.data is None else f"{args.data} (catvnoncat)"
-        raise ValueError(
-            f"{model_path} takes {clf.image_size}x{clf.image_size} images, but {where} holds 64x64 ones: "
-            "pass --data FOLDER (one subfolder per class; images are resized to the model's size)"
-        )
     data = load_dataset(args.data, None if is_catvnoncat_path(args.data) else clf.image_size)
     for path, reason in data.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not same_task(data.classes, clf.classes):
         raise ValueError(
             f"the data's classes {data.classes} differ from the model's {list(clf.classes)} ({model_path})"
+        )
+    if data.kind == "catvnoncat" and clf.image_size != 64:
+        where = "the default data, catvnoncat," if args.data is None else f"{args.data} (catvnoncat)"
+        raise ValueError(
+            f"{model_path} takes {clf.image_size}x{clf.image_size} images, but {where} holds 64x64 ones: "
+            "pass --data FOLDER (one subfolder per class; images are resized to the model's size)"
         )
     if list(data.classes) != list(clf.classes):
         print(f"note: the data's {data.classes[0]!r} is the model's {clf.classes[0]!r} (not a cat)", file=sys.stderr)
