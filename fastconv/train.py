@@ -558,6 +558,8 @@ def fit(
                     f"early stopping after epoch {epoch}: no better {config.monitor} for {config.patience} epoch"
                     f"{'s' if config.patience != 1 else ''}"
                 )
+                if log is not None:
+                    log(result.message)  # now, in order: a refit's epochs may follow
                 break
     except _Diverged:
         result.seconds = time.perf_counter() - t_start

@@ -549,3 +549,17 @@ def test_out_naming_a_file_and_model_naming_a_folder_are_refused_clearly(capsys,
     assert code == 1 and f"--out {stray}: expected a folder" in err and stray.read_text() == "keep me"
     code, _, err = run_cli(capsys, "evaluate", "--model", str(tmp_path))
     assert code == 1 and "a folder, not a model file" in err
+
+
+def test_early_stopping_is_reported_when_it_happens_before_the_refit(capsys, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    flags = "--image-size 16 --epochs 20 --width 4 --refit --patience 1 --optimizer sgd --lr 1e-30 --warmup-epochs 0"
+    code, stdout, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *flags.split())
+    assert code == 0, err
+    lines = (stdout + err).splitlines()
+    stop = [i for i, line in enumerate(lines) if line.startswith("early stopping after epoch")]
+    assert len(stop) == 1  # once, not again at the end
+    n = len(json.loads((out / "history.json").read_text())["epochs"])
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(epochs) == 2 * n and epochs[n - 1] < stop[0] < epochs[n]  # between the two runs

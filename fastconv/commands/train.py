@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastconv train: {exc}", file=sys.stderr)
         return 1
     best = result.history[result.best_epoch - 1] if result.best_epoch else None
-    if result.message:
+    if result.message and result.stopped != "early_stopping":  # fit logged that when it happened
         say(result.message)
     if result.averaged is not None:
         best = result.averaged  # the model written is the average, not an epoch
