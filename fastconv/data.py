@@ -331,8 +331,11 @@ def find_catvnoncat(
     notes = []
     env = os.environ.get("FASTCONV_DATA")
     if env:
-        folder = _catvnoncat_folder(Path(env).expanduser())
-        if all((folder / f).is_file() for f in CATVNONCAT_FILES):
+        try:
+            folder = _catvnoncat_folder(Path(env).expanduser())
+        except DataError:  # a stray file: skipped like any place without the files (it is not --data)
+            folder = None
+        if folder is not None and all((folder / f).is_file() for f in CATVNONCAT_FILES):
             return _check_folder(folder, f"FASTCONV_DATA={env}", verify)
         notes.append(f"FASTCONV_DATA={env} holds no catvnoncat files")
 

@@ -134,6 +134,8 @@ def _init_weight_and_bias(
 
     ``"he_normal"``: w ~ N(0, 2 / fan_in), bias 0. ``"torch"``: w, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
+    if not isinstance(bias, (bool, np.bool_)):  # e.g. a groups count in bias's position
+        raise TypeError(f"bias: expected True or False, got {bias!r}")
     gen = as_rng(rng)
     fan_in = math.prod(shape[1:])
     if init == "he_normal":
@@ -288,8 +290,8 @@ class Conv2d(Layer):
         stride: IntOrPair = 1,
         padding: IntOrPair | str = 0,
         dilation: IntOrPair = 1,
-        bias: bool = True,
         groups: int = 1,
+        bias: bool = True,
         *,
         backend: str | None = None,
         dtype: object = np.float32,

@@ -109,12 +109,13 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the optimizer's state as plain arrays, for ``np.savez`` (no pickle needed):
-        ``steps``, ``lr``, the groups' ``lr_scale`` and ``group_weight_decay`` per parameter, and
-        every per-parameter buffer as ``"<buffer>.<i>"``, i indexing ``params`` (SGD: ``momentum``;
-        Adam/AdamW: ``m`` and ``v``)."""
+        ``steps``, ``lr``, ``weight_decay``, the groups' ``lr_scale`` and ``group_weight_decay`` per
+        parameter, and every per-parameter buffer as ``"<buffer>.<i>"``, i indexing ``params``
+        (SGD: ``momentum``; Adam/AdamW: ``m`` and ``v``)."""
         state = {"steps": np.array(self.steps, np.int64), "lr": np.array(self.lr, np.float64)}
-        # parameter groups, restored on load as PyTorch restores param_groups: each parameter's
-        # lr ratio and weight decay (NaN = the optimizer's weight_decay)
+        # hyperparameters, restored on load as PyTorch restores param_groups: the optimizer's
+        # weight decay, each parameter's lr ratio and weight decay (NaN = the optimizer's)
+        state["weight_decay"] = np.array(self.weight_decay, np.float64)
         state["lr_scale"] = np.array(self._lr_scale, np.float64)
         state["group_weight_decay"] = np.array([np.nan if wd is None else wd for wd in self._wd], np.float64)
         for name, arrays in self._moments().items():
@@ -122,18 +123,22 @@ class Optimizer:
                 state[f"{name}.{i}"] = a.copy()
         return state
 
+    _HYPER_KEYS = ("weight_decay", "lr_scale", "group_weight_decay")
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Resume from :meth:`state_dict` of an optimizer of the same kind over parameters of the
-        same shapes. Raises ValueError naming missing, unexpected or mis-shaped entries; nothing
-        changes unless every check passes. Buffers are cast to their parameter's dtype."""
+        same shapes. Raises ValueError naming missing, unexpected, mis-shaped or non-numeric
+        entries; nothing changes unless every check passes (every entry is converted first).
+        Buffers are cast to their parameter's dtype. States saved before parameter groups (no
+        ``weight_decay`` / ``lr_scale`` / ``group_weight_decay``) keep this optimizer's settings."""
         self._follow_dtypes()  # a model cast since the optimizer was built: buffers in the new dtype
         moments = self._moments()
         expected = {"steps": (), "lr": ()}
         for name, arrays in moments.items():
             expected.update({f"{name}.{i}": a.shape for i, a in enumerate(arrays)})
-        groups = {"lr_scale": (len(self.params),), "group_weight_decay": (len(self.params),)}
-        if "lr_scale" in state or "group_weight_decay" in state:  # absent in states saved before groups
-            expected.update(groups)
+        if any(k in state for k in self._HYPER_KEYS):
+            n = (len(self.params),)
+            expected.update({"weight_decay": (), "lr_scale": n, "group_weight_decay": n})
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         wrong = [f"{k}: expected shape {expected[k]}, got {np.shape(state[k])}"
@@ -143,19 +148,28 @@ class Optimizer:
                 f"optimizer state of another optimizer or model: missing {missing}, unexpected {unexpected}"
                 + (f", {'; '.join(wrong)}" if wrong else "")
             )
-        steps, lr = int(state["steps"]), float(state["lr"])
+        converted = {}
+        for key in expected:
+            try:
+                converted[key] = np.asarray(state[key]).astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"optimizer state: {key} is not numeric ({exc})") from None
+        steps, lr = int(converted["steps"]), float(converted["lr"])
         if steps < 0 or not lr >= 0:
             raise ValueError(f"optimizer state: steps {steps} and lr {lr} must be >= 0")
         if "lr_scale" in expected:
-            scale = np.asarray(state["lr_scale"], np.float64)
-            wds = np.asarray(state["group_weight_decay"], np.float64)
-            if not (np.all(np.isfinite(scale)) and np.all(scale >= 0) and np.all(np.isnan(wds) | (wds >= 0))):
-                raise ValueError("optimizer state: lr_scale and group_weight_decay must be >= 0")
-            self._lr_scale = [float(v) for v in scale]
-            self._wd = [None if np.isnan(v) else float(v) for v in wds]
+            scale, wds, wd = converted["lr_scale"], converted["group_weight_decay"], float(converted["weight_decay"])
+            ok = np.all(np.isfinite(scale)) and np.all(scale >= 0) and np.all(np.isnan(wds) | (wds >= 0))
+            if not (ok and wd >= 0):
+                raise ValueError("optimizer state: weight_decay, lr_scale and group_weight_decay must be >= 0")
+        # every check passed: assign
         for name, arrays in moments.items():
             for i, a in enumerate(arrays):
-                np.copyto(a, np.asarray(state[f"{name}.{i}"]), casting="unsafe")
+                np.copyto(a, converted[f"{name}.{i}"], casting="unsafe")
+        if "lr_scale" in expected:
+            self.weight_decay = wd
+            self._lr_scale = [float(v) for v in scale]
+            self._wd = [None if np.isnan(v) else float(v) for v in wds]
         self.steps, self.lr = steps, lr
 
     def _follow_dtypes(self) -> None:

@@ -722,8 +722,9 @@ def _write_history(out: Path, result: FitResult, config: TrainConfig, curves: bo
         writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
     atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
     if curves and result.history:
-        # which file holds the marked epoch: with a refit, model.npz is the refit's last epoch
-        kept = "model_val.npz" if config.refit else "model.npz"
+        # fit's own checkpoint of the marked epoch is model.npz (none when it ships a weight
+        # average); train_classifier relabels it model_val.npz once a refit has replaced model.npz
+        kept = None if result.averaged is not None else MODEL_FILE
         atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch, kept))
 
 
@@ -842,6 +843,8 @@ def train_classifier(
             result.checkpoint = out / "model_val.npz"
         os.replace(refit_dir / HISTORY_JSON, out / "history_refit.json")
         os.replace(refit_dir / HISTORY_CSV, out / "history_refit.csv")
+        kept = None if result.averaged is not None else "model_val.npz"  # the marked epoch's file now
+        atomic_write_bytes(out / CURVES_PNG, plot_curves(result.history, result.best_epoch, kept))
         for leftover in refit_dir.iterdir():
             leftover.unlink()
         refit_dir.rmdir()

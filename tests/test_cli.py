@@ -563,3 +563,33 @@ def test_early_stopping_is_reported_when_it_happens_before_the_refit(capsys, tmp
     n = len(json.loads((out / "history.json").read_text())["epochs"])
     epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
     assert len(epochs) == 2 * n and epochs[n - 1] < stop[0] < epochs[n]  # between the two runs
+
+
+def test_evaluate_split_of_a_model_trained_through_the_python_api(capsys, tmp_path, data_dir):
+    # train_classifier() records dataset "" unless told; its catvnoncat model's split is re-created
+    from fastconv.data import load_catvnoncat
+    from fastconv.train import TrainConfig, train_classifier
+
+    ds = load_catvnoncat(data_dir / "catvnoncat", download=False)
+    config = TrainConfig(epochs=1, refit=False, init=None, width=4, batchnorm=False)
+    train_classifier(ds.x_train, ds.y_train, ds.classes, config, out_dir=tmp_path / "api", progress=False)
+    model = str(tmp_path / "api" / "model.npz")
+    catvnoncat = str(data_dir / "catvnoncat")
+    code, out, err = run_cli(capsys, "evaluate", "--model", model, "--data", catvnoncat, "--split", "val")
+    assert code == 0, err
+    assert "catvnoncat val split, 41 images" in out  # round(0.2 * 209), as the run held out
+
+
+def test_evaluate_split_on_a_moved_copy_works_with_a_note(capsys, tmp_path):
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_stripes_folder(data)
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split())
+    assert code == 0, err
+    shutil.copytree(data, tmp_path / "copy")
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(tmp_path / "copy"),
+                           "--split", "val")  # fmt: skip
+    assert code == 0 and "note:" in err and "only held out if this is the same folder" in err
+    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(data), "--split", "val")
+    assert code == 0 and "note:" not in err

@@ -91,14 +91,23 @@ def test_fastconv_data_env_is_used_when_no_argument(data_dir, cat_dir, monkeypat
     assert D.find_catvnoncat(download=False) == cat_dir
 
 
-def test_fastconv_data_without_the_files_falls_through_to_the_cache(cat_dir, monkeypatch, tmp_path):
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_fastconv_data_without_the_files_falls_through_to_the_cache(cat_dir, monkeypatch, tmp_path, kind):
+    # FASTCONV_DATA may point at a data root for other things, even at a file: skipped, unlike --data
     other = tmp_path / "other-data"
-    other.mkdir()
+    if kind == "folder":
+        other.mkdir()
+    else:
+        other.write_text("notes")
     cache = tmp_path / "cache"
     shutil.copytree(cat_dir, cache / "catvnoncat")
     monkeypatch.setenv("FASTCONV_DATA", str(other))
     monkeypatch.setenv("FASTCONV_CACHE", str(cache))
     assert D.find_catvnoncat(download=False) == cache / "catvnoncat"
+    stray = tmp_path / "stray.txt"
+    stray.write_text("notes")
+    with pytest.raises(D.DataError, match="got another file"):  # given as --data, a file is an error
+        D.find_catvnoncat(stray, download=False)
 
 
 def _copy_pair(cat_dir: Path, dest: Path) -> Path:

@@ -44,7 +44,8 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"x{c[0]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-b{c[6]}")
 def test_conv2d_gradients(backend, rng, case):
     shape, k, ks, stride, pad, dil, bias = case
-    layer = Conv2d(shape[1], k, ks, stride, pad, dil, bias, backend=backend, dtype=np.float64, rng=rng, init="torch")
+    layer = Conv2d(shape[1], k, ks, stride, pad, dil, bias=bias, backend=backend, dtype=np.float64, rng=rng,
+                   init="torch")  # fmt: skip
     check_layer_gradients(layer, rng.standard_normal(shape), rng)
 
 
@@ -470,6 +471,10 @@ def test_grouped_conv_first_layer_and_checks(rng):
         Conv2d(4, 6, 3, groups=4)
     with pytest.raises(ValueError, match="groups: expected a positive int"):
         Conv2d(4, 6, 3, groups=True)
+    # PyTorch's positional order: (..., dilation, groups, bias)
+    assert Conv2d(4, 6, 3, 1, 1, 1, 2).groups == 2
+    with pytest.raises(TypeError, match="bias: expected True or False, got 2"):
+        Conv2d(4, 6, 3, bias=2)
     with pytest.raises(ValueError, match=r"expected input of shape \(N, 4, H, W\), got \(2, 6, 5, 5\)"):
         conv.forward(rng.standard_normal((2, 6, 5, 5)))
     with pytest.raises(ValueError, match=r"expected 4 input channels"):

@@ -497,7 +497,26 @@ def test_saved_state_restores_the_groups_settings():
         resumed.step()
     np.testing.assert_array_equal(a2.data, a.data)
     np.testing.assert_array_equal(b2.data, b.data)
-    old_style = {k: v for k, v in state.items() if k not in ("lr_scale", "group_weight_decay")}
+    old_style = {k: v for k, v in state.items() if k not in ("weight_decay", "lr_scale", "group_weight_decay")}
     AdamW([a2, b2], lr=0.01).load_state_dict(old_style)  # states saved before groups still load
     with pytest.raises(ValueError, match="lr_scale"):
         AdamW([a2, b2], lr=0.01).load_state_dict({**state, "lr_scale": np.array([1.0, -2.0])})
+    # the optimizer's own weight decay (live for groups without theirs) travels with the state
+    plain = SGD([a2, b2], lr=0.1, weight_decay=0.01)
+    plain.weight_decay = 0.5
+    fresh = SGD([a2, b2], lr=0.1, weight_decay=0.01)
+    fresh.load_state_dict(plain.state_dict())
+    assert fresh.weight_decay == 0.5
+
+
+def test_a_failed_load_changes_nothing():
+    p, q = Parameter(np.ones(2), "p"), Parameter(np.ones(2), "q")
+    opt = Adam([p, q], lr=0.1)
+    p.grad[:], q.grad[:] = 1.0, 2.0
+    opt.step()
+    before = {k: np.copy(v) for k, v in opt.state_dict().items()}
+    bad = {**before, "lr_scale": np.array([3.0, 3.0]), "m.0": np.array([5.0, 5.0]), "m.1": np.array(["a", "b"])}
+    with pytest.raises(ValueError, match=r"m\.1 is not numeric"):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)

@@ -854,3 +854,25 @@ def test_pos_weight_scales_the_gradient_of_the_positive_examples(rng):
     loss.forward(z, t)
     s = 1 / (1 + np.exp(-z[:, 0]))
     np.testing.assert_allclose(loss.backward()[:, 0], ((1 - t) * s - 3.0 * t * (1 - s)) / 6, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kw,label",
+    [
+        ({"refit": True}, "model_val.npz"),
+        ({"refit": False}, "model.npz"),
+        ({"refit": True, "val_fraction": 0.0}, "model.npz"),
+        ({"refit": False, "average_epochs": 1}, None),
+    ],
+)
+def test_curves_name_the_file_that_holds_the_marked_epoch(data, tmp_path, monkeypatch, kw, label):
+    # with a refit model.npz is the refit's last epoch and the marked (best) epoch is model_val.npz;
+    # without validation there is no refit; a weight average is no epoch's weights
+    import fastconv.train as T
+
+    calls = []
+    monkeypatch.setattr(T, "plot_curves", lambda history, best, kept=None: calls.append(kept) or b"png")
+    x, y = data
+    train_classifier(x, y, ["horizontal", "vertical"], tiny_config(epochs=2, **kw), out_dir=tmp_path, progress=False)
+    assert calls and calls[-1] == label
+    assert (tmp_path / "model.npz").is_file() and (tmp_path / "model_val.npz").is_file() == (label == "model_val.npz")
