@@ -343,6 +343,13 @@ def test_demo_accepts_a_cat_model_whose_negative_class_is_not_cat(capsys, tmp_pa
     assert "expected not-cat" in out and "expected non-cat" not in out
 
 
+def test_threads_beyond_the_limit_name_the_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--threads", "100000"])
+    assert exc.value.code == 2
+    assert "argument --threads: expected an int from 1 to" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -20,3 +20,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def thread_count(text: str) -> int:
+    """argparse ``type=`` for ``--threads``: 1 to :func:`fastconv.kernels._threads.max_threads`,
+    so that ``--threads 100`` is refused naming the flag, not as an internal ``n``."""
+    from fastconv.kernels._threads import max_threads
+
+    value = positive_int(text)
+    if value > max_threads():
+        raise argparse.ArgumentTypeError(
+            f"expected an int from 1 to {max_threads()} (4x this machine's logical cores, at least 64), got {text!r}"
+        )
+    return value

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastconv.commands import positive_int
+from fastconv.commands import positive_int, thread_count
 
 NAME = "train"
 HELP = "train catnet on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default=None, help="kernel backend (see 'fastconv info'); default: the fastest available"
     )
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="threads for kernels and BLAS; default: all cores")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per mini-batch")
     parser.add_argument("--lr", type=float, default=None,
