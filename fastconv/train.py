@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -476,12 +477,8 @@ def fit(
                     logits = model(inputs)
                     loss = float(loss_fn.forward(logits, _targets(yb, num_outputs, config.label_smoothing, dtype)))
                     if not math.isfinite(loss):
-                        result.stopped = "diverged"
-                        result.message = (
-                            f"training stopped: the loss became {loss} at epoch {epoch}, batch {step + 1} "
-                            f"(learning rate {optimizer.lr:.3g}); try a smaller --lr. " + _kept_message(result, out)
-                        )
-                        raise _Diverged
+                        _diverged(result, out, f"the loss became {loss} at epoch {epoch}, batch {step + 1} "
+                                  f"(learning rate {optimizer.lr:.3g})")  # fmt: skip
                     model.zero_grad()
                     model.backward(loss_fn.backward())
                     optimizer.step()
@@ -499,12 +496,7 @@ def fit(
             # to inf while the batch statistics stay usable. A checkpoint must be loadable and sane.
             bad = _non_finite_state(model)
             if bad:
-                result.stopped = "diverged"
-                result.message = (
-                    f"training stopped: {bad} became non-finite at epoch {epoch}; try a smaller --lr. "
-                    + _kept_message(result, out)
-                )
-                raise _Diverged
+                _diverged(result, out, f"{bad} became non-finite at epoch {epoch}")
             record = {
                 "epoch": epoch,
                 "lr": lr_epoch,
@@ -518,12 +510,7 @@ def fit(
                 record.update(_validation_scores(model, val_inputs, y_val, config.tta))
                 vloss = record["val_loss"]
                 if not math.isfinite(vloss):
-                    result.stopped = "diverged"
-                    result.message = (
-                        f"training stopped: the validation loss became {vloss} at epoch {epoch}; "
-                        f"try a smaller --lr. " + _kept_message(result, out)
-                    )
-                    raise _Diverged
+                    _diverged(result, out, f"the validation loss became {vloss} at epoch {epoch}")
             record["seconds"] = time.perf_counter() - t_epoch
             result.history.append(record)
 
@@ -659,6 +646,13 @@ def _validation_scores(model, val_inputs: np.ndarray, y_val: np.ndarray, tta: bo
 
 class _Diverged(Exception):
     pass
+
+
+def _diverged(result: FitResult, out: Path | None, what: str) -> NoReturn:
+    """Mark ``result`` as diverged with the message 'training stopped: <what>; ...' and raise."""
+    result.stopped = "diverged"
+    result.message = f"training stopped: {what}; try a smaller --lr. " + _kept_message(result, out)
+    raise _Diverged
 
 
 def _kept_message(result: FitResult, out: Path | None) -> str:
