@@ -29,11 +29,13 @@ Initialisation (documented choice):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -72,7 +74,7 @@ class Parameter:
 
     def __init__(self, data: np.ndarray, name: str = "", decay: bool = True) -> None:
         self.data = data
-        self.grad = np.zeros_like(data)
+        self.grad = np.zeros(data.shape, data.dtype)  # calloc: pages are touched only when used
         self.name = name
         self.decay = bool(decay)
 
@@ -127,6 +129,27 @@ def _image_shape(layer: str, input_shape: Sequence[int]) -> tuple[int, int, int]
     return shape  # type: ignore[return-value]
 
 
+_DEFERRED = contextvars.ContextVar("fastconv_deferred_init", default=False)
+
+
+@contextlib.contextmanager
+def deferred_init() -> Iterator[None]:
+    """Layers built inside allocate their parameters and buffers *uninitialised* (``np.empty``:
+    no random draws, no pages touched) — for a loader that overwrites every value next. A model
+    file's declared architecture is then not filled with random numbers (possibly gigabytes of
+    them, in a hostile file) before its shapes are compared with the file's arrays."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def _fill(shape: int | tuple[int, ...], value: float, dtype: np.dtype) -> np.ndarray:
+    """np.full, or np.empty inside :func:`deferred_init`."""
+    return np.empty(shape, dtype) if _DEFERRED.get() else np.full(shape, value, dtype)
+
+
 def _init_weight_and_bias(
     shape: tuple[int, ...], bias: bool, init: str, dtype: np.dtype, rng: RngLike
 ) -> tuple[Parameter, Parameter | None]:
@@ -136,6 +159,12 @@ def _init_weight_and_bias(
     """
     if not isinstance(bias, (bool, np.bool_)):  # e.g. a groups count in bias's position
         raise TypeError(f"bias: expected True or False, got {bias!r}")
+    if init not in ("he_normal", "torch"):
+        raise ValueError(f"init: expected 'he_normal' or 'torch', got {init!r}")
+    if _DEFERRED.get():
+        return Parameter(np.empty(shape, dtype), "weight"), (
+            Parameter(np.empty(shape[0], dtype), "bias", decay=False) if bias else None
+        )
     gen = as_rng(rng)
     fan_in = math.prod(shape[1:])
     if init == "he_normal":
@@ -679,10 +708,10 @@ class BatchNorm2d(Layer):
         self.weight: Parameter | None = None
         self.bias: Parameter | None = None
         if self.affine:
-            self.weight = Parameter(np.ones(self.num_features, self.dtype), "weight", decay=False)
-            self.bias = Parameter(np.zeros(self.num_features, self.dtype), "bias", decay=False)
-        self.running_mean = np.zeros(self.num_features, self.dtype)
-        self.running_var = np.ones(self.num_features, self.dtype)
+            self.weight = Parameter(_fill(self.num_features, 1.0, self.dtype), "weight", decay=False)
+            self.bias = Parameter(_fill(self.num_features, 0.0, self.dtype), "bias", decay=False)
+        self.running_mean = _fill(self.num_features, 0.0, self.dtype)
+        self.running_var = _fill(self.num_features, 1.0, self.dtype)
         # (x, mean, var, training): the float64 statistics the forward used, for backward
         self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import kernels as K
 from ._io import atomic_savez, atomic_write
-from .layers import LAYER_TYPES, Flatten, Layer, Parameter
+from .layers import LAYER_TYPES, Flatten, Layer, Parameter, deferred_init
 
 __all__ = [
     "FORMAT_VERSION",
@@ -538,11 +538,13 @@ def load_with_metadata(path: PathLike, *, backend: str | None = None) -> tuple[S
     """Rebuild the model stored in ``path`` and return ``(model, metadata)``; the model is in eval mode."""
     architecture, state, metadata = read_model_file(path)
     try:
-        model = Sequential.from_architecture(architecture)
+        # uninitialised layers: every value is overwritten by the strict load, or the load fails
+        with deferred_init():
+            model = Sequential.from_architecture(architecture)
         model.load_state_dict(state, strict=True)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    except MemoryError as exc:  # layers are built (and initialised) before their weights are checked
+    except MemoryError as exc:  # even unfilled, a declared layer can exceed the address space
         raise ValueError(f"{path}: its architecture asks for layers too large for memory ({exc})") from None
     model.set_backend(backend)
     return model.eval(), metadata

@@ -585,9 +585,36 @@ def test_saved_file_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640
 
 
+def test_a_huge_declared_layer_is_refused_without_filling_memory(tmp_path):
+    """A file may declare a layer far larger than its arrays (a hostile or broken file). The
+    layers are built uninitialised (fastconv.layers.deferred_init) before the strict shape check,
+    so a declared Linear of 5e8 weights (2 GB float32, 4 GB of float64 random draws before) costs
+    neither the time nor the memory to fill it. Checked in a child process by its peak RSS."""
+    import subprocess
+    import sys
+
+    model = Sequential(Flatten(), Linear(4, 10, rng=0))
+    path = model.save(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:
+        parts = {k: z[k] for k in z.files}
+    arch = json.loads(str(parts["architecture"]))
+    arch[1]["config"]["in_features"] = 50_000_000
+    _write_npz(tmp_path / "huge.npz", **{**parts, "architecture": np.array(json.dumps(arch))})
+    code = (
+        "import resource, sys, fastconv\n"
+        "try:\n    fastconv.load(sys.argv[1])\nexcept ValueError as e:\n    print('ERR', e)\n"
+        "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.npz")], capture_output=True, text=True,
+                         timeout=120).stdout  # fmt: skip
+    assert "ERR" in out and "1.weight: shape mismatch" in out
+    rss_mb = int(out.split("RSS_KB")[1]) / 1024
+    assert rss_mb < 1000, f"peak RSS {rss_mb:.0f} MB: the declared layer was filled"
+
+
 def test_an_architecture_too_large_for_memory_is_a_named_error(tmp_path, monkeypatch):
-    """Layers are built before their weights are compared with the file's; a file declaring a
-    Linear(30000, 30000) runs out of memory there, which must surface as the usual error."""
+    """Layers are built before their weights are compared with the file's; a declared layer beyond
+    even the address space runs out of memory there, which must surface as the usual error."""
     path = catnet(image_size=8, width=2).save(tmp_path / "m.npz")
 
     def too_big(architecture):
