@@ -18,7 +18,8 @@ The ladder for the forward pass (see docs/numba.md for measurements):
 4. ``conv_fwd_im2col_blas``: per image, unfold the windows into a (C*R*S, Ho*Wo) matrix and
    call BLAS sgemm through ``np.dot``. Good for large C*R*S; the matrix M = K rows is small in
    catnet, where OpenBLAS is far from its peak, and the unfold writes 9x the input.
-5. ``conv_fwd_flat`` (the one the backend uses when stride == 1): zero-pad each input plane once,
+5. ``conv_fwd_flat`` (in numba_backend.py, the one the backend uses when stride == 1; its kernel
+   here is ``flat_correlate``): zero-pad each input plane once,
    then treat every padded plane as one flat vector. Output element (i, j) sits at flat position
    ``q = i*Wp + j`` and tap (r, s) reads ``xp[q + r*dh*Wp + s*dw]``: every tap becomes one long
    contiguous vector with a constant offset, with no padding branches and no short rows
@@ -132,7 +133,7 @@ def conv_fwd_reordered(x, w, b, sh, sw, ph, pw, dh, dw, y):
             _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, y[n, k])
 
 
-# ---------------------------------------------------------------- rung 3: + threads + FMA
+# ---------------------------------------------------------------- rung 3: + threads
 @njit(cache=True, parallel=True, fastmath=_FMA)
 def conv_fwd_parallel(x, w, b, sh, sw, ph, pw, dh, dw, y):
     """Rung 3: rung 2 over ``prange`` of (image, output channel); each task owns one output

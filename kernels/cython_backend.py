@@ -269,7 +269,8 @@ def _conv_backward_direct(
     )  # fmt: skip
     # threads x lanes partial sums of each dW element, added up in float64
     dw64 = np.empty(g.k * g.c * taps, np.float64)
-    # a second thread only from ~8k sums (conv3, conv4): below that the loop is a few µs
+    # a second thread only from 8192 sums (catnet: conv4's 18,432; conv3's 4,608 stay on one):
+    # below that the loop is a few µs
     _conv.sum_dw_lanes(dw_part, dw64, _threads(dw64.size // 4096))
     if np.isnan(dw64).any():
         return None

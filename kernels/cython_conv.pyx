@@ -494,7 +494,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     floating[:, ::1] dw_part, double[:, ::1] db_part, floating[:, ::1] buf,
                     floating[:, ::1] dbuf, object geometry, Py_ssize_t tile, bint need_dx,
                     int num_threads):
-    """Accumulate dW^T into dw_part[thread] ((C*R*S, K) row-major each, zeroed by the caller), db into
+    """From dy (N,K,Ho,Wo), x (N,C,H,W) and w (K,C,R,S), one float type throughout: accumulate dW^T
+    into dw_part[thread] ((C*R*S, K) row-major each, zeroed by the caller), db into
     db_part[thread] (K each), and, when need_dx, write dx (N,C,H,W) completely.
 
     Race freedom: the loop runs over images; an image's dx is written only by the thread that

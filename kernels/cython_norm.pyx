@@ -25,7 +25,7 @@ accumulator trick; setup.py builds this module with ``-fdisable-tree-cunrolli`` 
 
 Threads: channels are independent, so ``prange`` hands each thread whole channels (each
 channel's sums stay in one order, so the result does not depend on the thread count). Small
-calls stay serial: the caller passes num_threads = 1 below cython_backend's
+calls stay serial: the caller passes num_threads = 1 below kernels/_threads.py's
 MEMORY_BOUND_PARALLEL_MIN (2**19 values, catnet's smallest batch-norm input). Two threads
 measured ~2x faster on all three of catnet's (idle machine, AVX2 build: 0.77 / 1.53 ms forward
 / backward at 32x16x64x64 against 1.8 / 2.6 serial; 0.19 / 0.31 against 0.43 / 0.52 at

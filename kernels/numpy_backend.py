@@ -100,7 +100,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2d
 def conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """dW = dY (K, N*Ho*Wo) @ cols^T; dcols = W^T @ dY, then col2im -> dx. Returns (dx|None, dw, db)."""
+    """dW = dY (K, N*Ho*Wo) @ cols^T; dcols = W^T @ dY, then col2im -> dx. From dy (N,K,Ho,Wo),
+    x (N,C,H,W), w (K,C,R,S); returns (dx (N,C,H,W) or None, dw (K,C,R,S), db (K,)), x's dtype."""
     dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g.k, -1)  # (K, N*Ho*Wo)
     db = dy_mat.sum(axis=1)
     dw = (dy_mat @ _im2col(x, g).T).reshape(g.w_shape)
@@ -154,7 +155,7 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -
 
 
 def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
-    """y = window sum / (kh*kw) over the zero-padded input."""
+    """x (N,C,H,W) -> y (N,C,Ho,Wo), x's dtype: window sum / (kh*kw) over the zero-padded input."""
     v = _windows(_pad(x, g.ph, g.pw, 0.0), g.kh, g.kw, g.sh, g.sw, 1, 1, g.ho, g.wo)
     # One whole-array add per tap (v[:, :, r, s] is a strided (N, C, Ho, Wo) view). Reducing
     # the 6-d view over its axes (2, 3) in one call makes numpy run a tiny inner loop per
@@ -169,7 +170,8 @@ def avg_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
 
 
 def avg_pool2d_backward(dy: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
-    """dx: every window spreads dy / (kh*kw) over its positions; the padding's share is dropped."""
+    """dy (N,C,Ho,Wo) -> dx (N,C,H,W), dy's dtype: every window spreads dy / (kh*kw) over its
+    positions; the padding's share is dropped."""
     share = dy / (g.kh * g.kw)
     contrib = np.broadcast_to(share[:, :, None, None], (g.n, g.c, g.kh, g.kw, g.ho, g.wo))
     dxp = np.zeros((g.n, g.c, g.h + 2 * g.ph, g.w + 2 * g.pw), dtype=dy.dtype)

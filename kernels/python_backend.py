@@ -31,7 +31,8 @@ DESCRIPTION = "naive nested Python loops (the reference)"
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
-    """y (N,K,Ho,Wo) = bias + sum over (c, r, s) of x[window] * w."""
+    """y (N,K,Ho,Wo), x's dtype, = bias[k] + sum over (c, r, s) of x[window] * w, from x (N,C,H,W),
+    w (K,C,R,S) and b (K,) or None; each sum accumulated in a Python float (float64)."""
     y = np.zeros(g.y_shape, dtype=x.dtype)
     for n in range(g.n):
         for k in range(g.k):
@@ -85,7 +86,8 @@ def conv2d_backward(
 
 
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """y (N,C,Ho,Wo): the max of each window; argmax: flat index h*W + w of the winner.
+    """x (N,C,H,W) -> y (N,C,Ho,Wo), x's dtype: the max of each window; argmax (N,C,Ho,Wo) int64:
+    flat index h*W + w of the winner.
 
     The first maximum in row-major window order wins a tie (we only replace on a strictly
     greater value). NaN beats any number, and the first NaN wins, so NaN propagates.
@@ -117,7 +119,8 @@ def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np
 
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, g: Pool2dGeometry) -> np.ndarray:
-    """dx (N,C,H,W): each dy element goes to its window's winner; overlapping windows add up."""
+    """dy and argmax (N,C,Ho,Wo) -> dx (N,C,H,W), dy's dtype (summed in float64): each dy element
+    goes to its window's winner; overlapping windows add up."""
     dx = np.zeros(g.x_shape, dtype=np.float64)
     for n in range(g.n):
         for c in range(g.c):
