@@ -5,7 +5,11 @@ Every function here is ``@njit(cache=True)``; it is compiled on its first call f
 afterwards. Sizes are passed as plain ints (a geometry dataclass cannot enter nopython code);
 outputs are preallocated by the caller in ``numba_backend``.
 
-The ladder for the forward pass (see docs/numba.md for measurements):
+The ladder for the forward pass (see docs/numba.md for measurements). The numbers 1-5 below and
+in the section comments count numba's steps only; docs/ladder.md numbers every engine in one
+ladder (python 0, numpy 1, then these as its rungs 2-5 with im2col + BLAS an aside of rung 5,
+cython 6-7) and names them by their ``numba_backend.LADDER`` key: naive, reordered, parallel,
+im2col-blas, flat.
 
 1. ``conv_fwd_naive``: the python reference's loops, unchanged, only jitted. Innermost loop is
    the S taps of one kernel row with two bounds checks per tap; no SIMD, no FMA (float64
@@ -98,7 +102,8 @@ def _valid_cols(off, sw, w_, wo):
 
 @njit(cache=True, fastmath=_FMA)
 def _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, yk):
-    """One output plane yk = y[n, k] (Ho, Wo), accumulated tap by tap over whole output rows."""
+    """One output plane yk = y[n, k] (Ho, Wo), accumulated tap by tap over whole output rows, from
+    x (N,C,H,W), w (K,C,R,S) and b (K,) (zeros when the layer has no bias), all one float dtype."""
     c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     r_, s_ = w.shape[2], w.shape[3]
     ho, wo = yk.shape
@@ -127,7 +132,8 @@ def _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, yk):
 
 @njit(cache=True)
 def conv_fwd_reordered(x, w, b, sh, sw, ph, pw, dh, dw, y):
-    """Rung 2: serial, innermost loop contiguous over the output row (vectorisable)."""
+    """Rung 2: y (N,K,Ho,Wo) from x (N,C,H,W), w (K,C,R,S), b (K,); serial, innermost loop
+    contiguous over the output row (vectorisable)."""
     for n in range(x.shape[0]):
         for k in range(w.shape[0]):
             _fwd_plane(x, w, b, n, k, sh, sw, ph, pw, dh, dw, y[n, k])
@@ -136,8 +142,9 @@ def conv_fwd_reordered(x, w, b, sh, sw, ph, pw, dh, dw, y):
 # ---------------------------------------------------------------- rung 3: + threads
 @njit(cache=True, parallel=True, fastmath=_FMA)
 def conv_fwd_parallel(x, w, b, sh, sw, ph, pw, dh, dw, y):
-    """Rung 3: rung 2 over ``prange`` of (image, output channel); each task owns one output
-    plane, so there is nothing to synchronise. Also the fallback for stride > 1."""
+    """Rung 3: rung 2 over ``prange`` of (image, output channel), same arrays and shapes; each
+    task owns one output plane, so there is nothing to synchronise. Also the fallback for
+    stride > 1."""
     k_ = w.shape[0]
     for t in prange(x.shape[0] * k_):
         n = t // k_
@@ -303,8 +310,9 @@ def flat_correlate(inp, wt, offs, bias, start, row_stride, out):
 @njit(cache=True, parallel=True, fastmath=_FMA_REASSOC)
 def flat_weight_grad(dyb, xp, offs, m, lead, zero, dw_out, db_out):
     """dw_out (K, C, T) float64 += sum_n sum_{q < m} dyb[n, k, lead + q] * xp[n, c, q + offs[t]];
-    db_out (K,) float64 <- sum of dy. dyb holds dy in flat (Ho, Wp) rows with zeros in the
-    wrap-around columns, so they contribute nothing.
+    db_out (K,) float64 <- sum of dy. dyb (N, K, lead + Hp*Wp + SLACK) holds dy in flat (Ho, Wp)
+    rows after ``lead`` zeros, with zeros in the wrap-around columns, so they contribute nothing;
+    xp (N, C, Hp*Wp + SLACK) holds x's zero-padded planes; offs (T,) are the taps' flat offsets.
 
     Parallel over triples of k: each task owns dw_out[k0:k0+3] and db_out[k0:k0+3], so there
     is no race and no per-thread copy to reduce. One pass over a plane computes 3 taps x 3
@@ -382,7 +390,8 @@ def _store3(row, t, ta, tb, s0, s1, s2):
 # ---------------------------------------------------------------- generic backward (any stride)
 @njit(cache=True, parallel=True, fastmath=_FMA)
 def conv_bwd_dx_generic(dy, w, sh, sw, ph, pw, dh, dw, dx):
-    """dx (N,C,H,W), zero-initialised by the caller, += dy * w scattered through every tap.
+    """dx (N,C,H,W), zero-initialised by the caller, += dy (N,K,Ho,Wo) * w (K,C,R,S) scattered
+    through every tap (any stride, padding, dilation).
 
     Parallel over (image, input channel): a task owns dx[n, c] and reads all of dy[n]."""
     n_, c_, h_, w_ = dx.shape

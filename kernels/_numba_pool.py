@@ -77,7 +77,8 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
 
 @njit(cache=True, parallel=True)
 def max_pool_fwd_2x2(x, y, argmax):
-    """max_pool_fwd for the 2x2 window, stride 2, no padding (catnet's pool), same rules.
+    """max_pool_fwd for the 2x2 window, stride 2, no padding (catnet's pool), same rules: x
+    (N,C,H,W) -> y (N,C,H//2,W//2) of x's dtype and argmax (same shape, int64, flat h*W + w).
 
     Per plane, the even and the odd input rows are first copied into two contiguous buffers
     (row copies, memcpy speed). Output q = i*Wo + j then reads top[2q], top[2q+1], bot[2q],

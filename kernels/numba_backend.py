@@ -108,7 +108,8 @@ def _padded_x(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, int]:
 
 
 def conv_fwd_flat(x: np.ndarray, w: np.ndarray, b: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
-    """Ladder rung 5 (stride 1 only): y (N,K,Ho,Wo) via flat padded planes (see _numba_conv)."""
+    """LADDER["flat"] (numba rung 5, ladder.md rung 5; stride 1 only): y (N,K,Ho,Wo) via flat padded
+    planes (see _numba_conv)."""
     xp, wp = _padded_x(x, g)
     y = np.empty(g.y_shape, x.dtype)
     cv.flat_correlate(xp, w.reshape(g.k, g.c, g.r * g.s), _tap_offsets(g, wp), b, 0, wp, y)
@@ -208,7 +209,8 @@ def _ladder_rung(kernel: Callable) -> Callable:
 
 
 def conv2d_forward_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
-    """Ladder rung 1: the python reference's loops, jitted, serial. y (N,K,Ho,Wo)."""
+    """LADDER["naive"] (numba rung 1, ladder.md rung 2): the python reference's loops, jitted,
+    serial. y (N,K,Ho,Wo)."""
     return _ladder_rung(cv.conv_fwd_naive)(x, w, b, g)
 
 
