@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import re
+from pathlib import Path
 
 import fastconv.kernels as K
 import numpy as np
@@ -433,3 +434,21 @@ def test_report_columns_never_touch():
     glued = [line for line in text.splitlines() if re.search(r"(?<=\s)-\d", line)]
     assert not glued, glued[:3]
     assert re.search(r"^fastconv\.kernels ops\s+python\s+\S+\s+0\.0\d+\s", text, re.MULTILINE)  # images/s, not 0.0
+
+
+def test_the_committed_ladder_is_what_its_report_and_sources_generate(tmp_path):
+    """docs/ladder.md quotes kernel code from the real sources and numbers from docs/bench.json;
+    regenerating it from those must change nothing, so an edited kernel whose excerpt was not
+    re-synced (fill_docs) fails here instead of teaching stale code."""
+    root = Path(__file__).resolve().parents[1]
+    committed = (root / "docs" / "ladder.md").read_text(encoding="utf-8")
+    copy = tmp_path / "ladder.md"
+    copy.write_text(committed, encoding="utf-8")
+    bench.fill_docs(copy, bench.load_json(root / "docs" / "bench.json"), root=root)
+    regenerated = copy.read_text(encoding="utf-8")
+    if regenerated != committed:
+        import difflib
+
+        diff = "".join(list(difflib.unified_diff(committed.splitlines(True), regenerated.splitlines(True), n=1))[:40])
+        fix = "fastconv bench --from-json docs/bench.json --docs docs/ladder.md"
+        pytest.fail(f"docs/ladder.md is out of date; re-render it (no measuring) with `{fix}`:\n" + diff)
