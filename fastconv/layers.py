@@ -353,22 +353,24 @@ class Conv2d(Layer):
         return [(slice(j * ci, (j + 1) * ci), slice(j * co, (j + 1) * co)) for j in range(self.groups)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, C, H, W) -> (N, K, Ho, Wo)."""
+        """x: (N, C, H, W) -> (N, K, Ho, Wo). One kernel call per group (one when ungrouped: its
+        slices are the whole arrays, views without copies)."""
+        self._check_input(x)
         self._x = x
+        w = self.weight.data
         bias = None if self.bias is None else self.bias.data
         conv = functools.partial(
             K.conv2d_forward, stride=self.stride, padding=self.padding, dilation=self.dilation, backend=self.backend
         )
-        if self.groups == 1:
-            return conv(x, self.weight.data, bias)
-        self._check_grouped_input(x)
-        w = self.weight.data
         parts = [conv(x[:, cs], w[ks], None if bias is None else bias[ks]) for cs, ks in self._group_slices()]
-        return np.concatenate(parts, axis=1)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """dy: (N, K, Ho, Wo) -> dx (N, C, H, W), or None when ``requires_input_grad`` is False."""
         self._need_cache(self._x)
+        if not isinstance(dy, np.ndarray) or dy.ndim != 4 or dy.shape[1] != self.out_channels:
+            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+            raise ValueError(f"Conv2d.backward: expected dy of shape (N, {self.out_channels}, Ho, Wo), got {got}")
         grad = functools.partial(
             K.conv2d_backward,
             stride=self.stride,
@@ -377,15 +379,6 @@ class Conv2d(Layer):
             need_dx=self.requires_input_grad,
             backend=self.backend,
         )
-        if self.groups == 1:
-            dx, dw, db = grad(dy, self._x, self.weight.data)
-            self.weight.grad += dw
-            if self.bias is not None:
-                self.bias.grad += db
-            return dx
-        if not isinstance(dy, np.ndarray) or dy.ndim != 4 or dy.shape[1] != self.out_channels:
-            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
-            raise ValueError(f"Conv2d.backward: expected dy of shape (N, {self.out_channels}, Ho, Wo), got {got}")
         dxs = []
         for cs, ks in self._group_slices():
             dx, dw, db = grad(dy[:, ks], self._x[:, cs], self.weight.data[ks])
@@ -393,14 +386,17 @@ class Conv2d(Layer):
             if self.bias is not None:
                 self.bias.grad[ks] += db
             dxs.append(dx)
-        return np.concatenate(dxs, axis=1) if self.requires_input_grad else None
+        if not self.requires_input_grad:
+            return None
+        return dxs[0] if len(dxs) == 1 else np.concatenate(dxs, axis=1)
 
-    def _check_grouped_input(self, x: object) -> None:
-        # with groups the kernels see channel slices, so a wrong C would surface as a confusing
-        # per-group error (or a silently short last group): name the layer's expectation here
-        if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.in_channels:
-            got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
-            raise ValueError(f"Conv2d: expected input of shape (N, {self.in_channels}, H, W), got {got}")
+    def _check_input(self, x: object) -> None:
+        # the kernels see channel slices, so a wrong C would surface as a confusing per-group
+        # error (or be sliced silently): name the layer's expectation here
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected a numpy.ndarray of float32 or float64, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2d: expected input of shape (N, {self.in_channels}, H, W), got {x.shape}")
 
     def _geometry(self, input_shape: Sequence[int]) -> K.Conv2dGeometry:
         """The geometry of one group (all of the layer when groups = 1): C / groups input channels."""

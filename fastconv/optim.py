@@ -64,6 +64,7 @@ class Optimizer:
         self.params: list[Parameter] = []
         self._lr_scale: list[float] = []  # group lr / self.lr at construction
         self._wd: list[float | None] = []  # each parameter's group weight decay; None: weight_decay
+        seen: set[int] = set()
         for k, group in enumerate(groups):
             unknown = sorted(set(group) - {"params", "lr", "weight_decay"})
             if "params" not in group or unknown:
@@ -84,8 +85,9 @@ class Optimizer:
             for p in ps:
                 if not isinstance(p, Parameter):
                     raise TypeError(f"params: expected fastconv Parameters, got {type(p).__name__}")
-                if any(p is q for q in self.params):
+                if id(p) in seen:
                     raise ValueError(f"params: parameter {p.name!r} appears more than once")
+                seen.add(id(p))
                 self.params.append(p)
                 self._lr_scale.append(scale)
                 self._wd.append(wd)

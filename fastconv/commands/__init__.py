@@ -25,11 +25,10 @@ def positive_int(text: str) -> int:
 def thread_count(text: str) -> int:
     """argparse ``type=`` for ``--threads``: 1 to :func:`fastconv.kernels._threads.max_threads`,
     so that ``--threads 100`` is refused naming the flag, not as an internal ``n``."""
-    from fastconv.kernels._threads import max_threads
+    from fastconv.kernels._threads import _checked
 
     value = positive_int(text)
-    if value > max_threads():
-        raise argparse.ArgumentTypeError(
-            f"expected an int from 1 to {max_threads()} (4x this machine's logical cores, at least 64), got {text!r}"
-        )
-    return value
+    try:
+        return _checked(value, "threads")  # the limit and its wording live in one place
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None

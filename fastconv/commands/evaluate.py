@@ -41,19 +41,18 @@ def _check_same_training_data(model_path: object, metadata: dict, data: object) 
     model was trained on. The file records the dataset and how many images the run split; a
     different dataset (or a folder of another size) would be split anyway and its 'held-out'
     images may well have been trained on."""
+    only = "--split train/val re-create its split only on the data it was trained on (use --split all for other images)"
     recorded = metadata.get("dataset") or None  # train_classifier() called without a dataset name records ""
     sizes = (metadata.get("train_size"), metadata.get("val_size"))
     trained_on_catvnoncat = recorded == "catvnoncat"
     if recorded is not None and trained_on_catvnoncat != (data.kind == "catvnoncat"):
         raise ValueError(
-            f"{model_path} was trained on {recorded}, not on {data.name}: --split train/val re-create its split "
-            "only on the data it was trained on (use --split all for other images)"
+            f"{model_path} was trained on {recorded}, not on {data.name}: {only}"
         )
     if all(isinstance(v, int) for v in sizes) and sum(sizes) != len(data.x):
         raise ValueError(
             f"{model_path} was trained on {sum(sizes)} images of {recorded or 'its data'}, but {data.name} has "
-            f"{len(data.x)}: --split train/val re-create its split only on the data it was trained on (use "
-            "--split all for other images)"
+            f"{len(data.x)}: {only}"
         )
     if recorded and not trained_on_catvnoncat and Path(recorded).resolve() != Path(data.name).resolve():
         # same image count, another path: a moved copy (fine) or another folder (not held out)
