@@ -41,6 +41,7 @@ import numpy as np
 
 from . import kernels as K
 from .kernels import IntOrPair, conv2d_geometry, conv_padding, normalize_pair, pool2d_geometry
+from .kernels._validate import as_divisor, as_flag
 
 __all__ = [
     "LAYER_TYPES",
@@ -453,18 +454,21 @@ class ReLU(Layer):
 
 
 class _Pool2d(Layer):
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
+    def __init__(
+        self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0, ceil_mode: bool = False
+    ) -> None:
         super().__init__()
         self.kernel_size = normalize_pair(kernel_size, "kernel_size", minimum=1)
         self.stride = self.kernel_size if stride is None else normalize_pair(stride, "stride", minimum=1)
         self.padding = normalize_pair(padding, "padding", minimum=0)
+        self.ceil_mode = as_flag("ceil_mode", ceil_mode)
         # Validates padding <= kernel/2 now rather than at the first forward call.
         pool2d_geometry((1, 1, self.kernel_size[0], self.kernel_size[1]), self.kernel_size, self.stride, self.padding)
         self._input_shape: tuple[int, ...] | None = None
 
     def _geometry(self, input_shape: Sequence[int]) -> K.Pool2dGeometry:
         c, h, w = _image_shape(type(self).__name__, input_shape)
-        return pool2d_geometry((1, c, h, w), self.kernel_size, self.stride, self.padding)
+        return pool2d_geometry((1, c, h, w), self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         g = self._geometry(input_shape)
@@ -480,20 +484,29 @@ class _Pool2d(Layer):
             "kernel_size": _pair_config(self.kernel_size),
             "stride": _pair_config(self.stride),
             "padding": _pair_config(self.padding),
+            # options only when set: files of floor-mode pools stay as they were
+            **({"ceil_mode": True} if self.ceil_mode else {}),
         }
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling (PyTorch ``nn.MaxPool2d``): x (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size."""
+    """Max pooling (PyTorch ``nn.MaxPool2d``): x (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to
+    kernel_size. ``ceil_mode=True`` rounds Ho, Wo up (keyword-only: PyTorch's fourth positional
+    argument is a dilation, which this layer does not have)."""
 
     _cache_names = ("_argmax", "_input_shape")
 
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
-        super().__init__(kernel_size, stride, padding)
+    def __init__(
+        self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0, *,
+        ceil_mode: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(kernel_size, stride, padding, ceil_mode)
         self._argmax: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y, self._argmax = K.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        y, self._argmax = K.max_pool2d_forward(
+            x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode, backend=self.backend
+        )
         self._input_shape = x.shape
         return y
 
@@ -504,19 +517,46 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling (PyTorch ``nn.AvgPool2d``, count_include_pad=True): (N, C, H, W) -> (N, C, Ho, Wo)."""
+    """Average pooling (PyTorch ``nn.AvgPool2d``, same arguments): (N, C, H, W) -> (N, C, Ho, Wo).
+
+    Each window's sum is divided by ``divisor_override`` if given, else by its element count:
+    padded zeros included (``count_include_pad=True``) or not, a ``ceil_mode`` overhang never.
+    """
 
     _cache_names = ("_input_shape",)
 
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = as_flag("count_include_pad", count_include_pad)
+        self.divisor_override = as_divisor("divisor_override", divisor_override)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._input_shape = x.shape
-        return K.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        return K.avg_pool2d_forward(x, *self._args(), backend=self.backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._need_cache(self._input_shape)
-        return K.avg_pool2d_backward(
-            dy, self._input_shape, self.kernel_size, self.stride, self.padding, backend=self.backend
-        )
+        return K.avg_pool2d_backward(dy, self._input_shape, *self._args(), backend=self.backend)
+
+    def _args(self) -> tuple:
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                self.divisor_override)  # fmt: skip
+
+    def config(self) -> dict:
+        config = super().config()
+        if not self.count_include_pad:
+            config["count_include_pad"] = False
+        if self.divisor_override is not None:
+            config["divisor_override"] = self.divisor_override
+        return config
 
 
 class Flatten(Layer):

@@ -10,10 +10,13 @@ op                     inputs                                      returns
 conv2d_forward         x (N,C,H,W), weight (K,C,R,S), bias (K,)    y (N,K,Ho,Wo)
 conv2d_backward        dy (N,K,Ho,Wo), x, weight                   dx (N,C,H,W) | None,
                                                                    dw (K,C,R,S), db (K,)
-max_pool2d_forward     x, kernel_size, stride, padding             y (N,C,Ho,Wo), argmax int64
+max_pool2d_forward     x, kernel_size, stride, padding,            y (N,C,Ho,Wo), argmax int64
+                       [ceil_mode]
 max_pool2d_backward    dy, argmax, input_shape                     dx (N,C,H,W)
-avg_pool2d_forward     x, kernel_size, stride, padding             y
-avg_pool2d_backward    dy, input_shape, kernel_size, stride, pad   dx
+avg_pool2d_forward     x, kernel_size, stride, padding, [ceil_mode, y
+                       count_include_pad, divisor_override]
+avg_pool2d_backward    dy, input_shape, kernel_size, stride, pad,  dx
+                       [the same three]
 relu_forward           x                                           y = max(x, 0)
 relu_backward          dy, x                                       dx = dy where x > 0, else 0
 batch_norm_forward     x, weight (C,), bias (C,), eps,             y, mean (C,), var (C,)
@@ -23,7 +26,10 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
 
 * ``Ho = floor((H + 2p - d(R-1) - 1) / s) + 1``; stride/padding/dilation are ints or pairs.
 * Pooling padding is at most half the window; padding never wins a max and counts as zeros
-  in the average divisor (``count_include_pad=True``).
+  in the average divisor (``count_include_pad=True``). PyTorch's ``ceil_mode``,
+  ``count_include_pad=False`` and ``divisor_override`` are applied here, never in a backend:
+  a ceil-mode overhang is appended to the input (edge copies for max, zeros for average) and an
+  average's divisors are corrected per window, so backends only see floor-mode problems.
 * ``argmax[n, c, i, j]`` is the flat index ``h * W + w`` of the winning input element in
   plane ``x[n, c]``. Ties: the first maximum in row-major window order wins. NaN wins over
   any number (the first NaN in window order), so NaN propagates as in PyTorch.
@@ -59,6 +65,7 @@ from ._geometry import (
     conv_padding,
     normalize_pair,
     pool2d_geometry,
+    pool_window_counts,
 )
 from ._registry import (
     BACKEND_FUNCTIONS,
@@ -72,7 +79,7 @@ from ._registry import (
     set_default_backend,
 )
 from ._threads import get_num_threads, register_thread_hook, set_num_threads
-from ._validate import as_argmax, as_flag, as_float_array, as_shape4, require_shape, same_dtype
+from ._validate import as_argmax, as_divisor, as_flag, as_float_array, as_shape4, require_shape, same_dtype
 
 __all__ = [
     "BACKEND_FUNCTIONS",
@@ -173,18 +180,29 @@ def max_pool2d_forward(
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
     *,
+    ceil_mode: bool = False,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Max pooling, NCHW. x: (N, C, H, W) float32/float64.
 
     Returns ``(y, argmax)``: y (N, C, Ho, Wo) of x's dtype, argmax (N, C, Ho, Wo) int64 flat
-    indices ``h * W + w`` into each input plane. stride defaults to kernel_size.
+    indices ``h * W + w`` into each input plane. stride defaults to kernel_size. ``ceil_mode``
+    rounds Ho and Wo up as PyTorch does (a last, partial window is kept).
     """
     x = as_float_array("x", x, 4)
-    g = pool2d_geometry(x.shape, kernel_size, stride, padding)
+    g = pool2d_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
     if g.n == 0:
         return np.zeros(g.y_shape, x.dtype), np.zeros(g.y_shape, np.int64)
-    return backend_module(backend).max_pool2d_forward(x, g)
+    h, w = x.shape[2:]
+    if (g.h, g.w) == (h, w):
+        return backend_module(backend).max_pool2d_forward(x, g)
+    # Ceil mode: the backend pools x with its last row / column repeated into the overhang. A copy
+    # never wins (the original is earlier in the window and ties go to the first), so every
+    # argmax names a real element; it only has to be re-expressed in x's own plane width.
+    grown = np.pad(x, ((0, 0), (0, 0), (0, g.h - h), (0, g.w - w)), mode="edge")
+    y, argmax = backend_module(backend).max_pool2d_forward(grown, g)
+    rows, cols = np.divmod(argmax, g.w)
+    return y, rows * w + cols
 
 
 def max_pool2d_backward(
@@ -223,18 +241,29 @@ def avg_pool2d_forward(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """Average pooling, NCHW; padded zeros count in the divisor (kh * kw, ``count_include_pad``).
+    """Average pooling, NCHW, with PyTorch's arguments and divisors.
 
-    x: (N, C, H, W) float32/float64 -> y: (N, C, Ho, Wo), same dtype.
+    x: (N, C, H, W) float32/float64 -> y: (N, C, Ho, Wo), same dtype. The backends divide every
+    window by kh * kw (padded zeros count); ``ceil_mode``, ``count_include_pad=False`` and
+    ``divisor_override`` are applied here, as a per-window rescaling of that result.
     """
     x = as_float_array("x", x, 4)
-    g = pool2d_geometry(x.shape, kernel_size, stride, padding)
+    g, scale = _avg_pool_problem(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     if g.n == 0:
         return np.zeros(g.y_shape, x.dtype)
-    return backend_module(backend).avg_pool2d_forward(x, g)
+    h, w = x.shape[2:]
+    if (g.h, g.w) != (h, w):  # ceil mode: zeros in the overhang; the divisor ignores them
+        x = np.pad(x, ((0, 0), (0, 0), (0, g.h - h), (0, g.w - w)))
+    y = backend_module(backend).avg_pool2d_forward(x, g)
+    if scale is not None:
+        y *= scale.astype(y.dtype)
+    return y
 
 
 def avg_pool2d_backward(
@@ -243,17 +272,51 @@ def avg_pool2d_backward(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """Gradient of avg_pool2d_forward. dy: (N, C, Ho, Wo) -> dx: (N, C, H, W), dy's dtype."""
+    """Gradient of avg_pool2d_forward (same arguments). dy: (N, C, Ho, Wo) -> dx: (N, C, H, W),
+    dy's dtype."""
     dy = as_float_array("dy", dy, 4)
     shape = as_shape4("input_shape", input_shape)
-    g = pool2d_geometry(shape, kernel_size, stride, padding)
+    g, scale = _avg_pool_problem(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     require_shape("dy", dy, g.y_shape, f"the pooled shape of input_shape {shape}")
     if g.n == 0:
-        return np.zeros(g.x_shape, dy.dtype)
-    return backend_module(backend).avg_pool2d_backward(dy, g)
+        return np.zeros(shape, dy.dtype)
+    if scale is not None:
+        dy = dy * scale.astype(dy.dtype)
+    dx = backend_module(backend).avg_pool2d_backward(dy, g)
+    if g.x_shape != shape:  # ceil mode: drop the overhang's gradient
+        dx = np.ascontiguousarray(dx[:, :, : shape[2], : shape[3]])
+    return dx
+
+
+def _avg_pool_problem(
+    shape: tuple[int, ...],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> tuple[Pool2dGeometry, np.ndarray | None]:
+    """The floor-mode geometry the backend solves, and the (Ho, Wo) float64 factors that turn its
+    ``sum / (kh * kw)`` into PyTorch's average (None when they are all 1, the common case)."""
+    g = pool2d_geometry(shape, kernel_size, stride, padding, ceil_mode)
+    count_include_pad = as_flag("count_include_pad", count_include_pad)
+    area = g.kh * g.kw
+    divisor_override = as_divisor("divisor_override", divisor_override)
+    if divisor_override is not None:
+        return g, (None if divisor_override == area else np.full((g.ho, g.wo), area / divisor_override))
+    h, w = int(shape[2]), int(shape[3])
+    rows = pool_window_counts(h, g.kh, g.sh, g.ph, g.ho, count_include_pad)
+    cols = pool_window_counts(w, g.kw, g.sw, g.pw, g.wo, count_include_pad)
+    if min(rows) == g.kh and min(cols) == g.kw:
+        return g, None
+    return g, area / np.outer(np.array(rows, np.float64), np.array(cols, np.float64))
 
 
 def relu_forward(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, replace
 
+from ._validate import as_flag
+
 IntOrPair = int | tuple[int, int]
 
 
@@ -200,16 +202,52 @@ class Pool2dGeometry:
         return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (2, 2, 2, 2, 0, 0)
 
 
+def pool_ceil_extension(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Rows (or columns) to append to an input so that floor-mode pooling gives PyTorch's
+    ``ceil_mode=True`` output length along that axis.
+
+    Ceil mode keeps a last window that would hang over the padded end, except that (PyTorch's
+    rule) a window must start inside the input or its leading padding. Appending that overhang
+    to the input turns the problem back into floor mode, so no backend knows about ceil mode:
+    max pooling appends copies of the edge (a copy never wins: the element it copies comes first
+    in window order and ties go to the first), average pooling appends zeros and corrects the
+    divisor (:func:`pool_window_counts`).
+    """
+    out = -(-(size + 2 * padding - kernel) // stride) + 1  # ceil division
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return max(0, (out - 1) * stride + kernel - (size + 2 * padding))
+
+
+def pool_window_counts(size: int, kernel: int, stride: int, padding: int, out: int, include_pad: bool) -> list[int]:
+    """How many elements of each of the ``out`` windows along one axis count in an average's
+    divisor (PyTorch's rule): those inside the padded input when ``include_pad`` (a ceil-mode
+    overhang does not count), else only those inside the input itself."""
+    counts = []
+    for i in range(out):
+        start = i * stride - padding
+        end = min(start + kernel, size + padding)
+        if not include_pad:
+            start, end = max(start, 0), min(end, size)
+        counts.append(end - start)
+    return counts
+
+
 def pool2d_geometry(
     x_shape: tuple[int, ...],
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
 ) -> Pool2dGeometry:
     """Validate a pooling problem and compute its output size.
 
     ``stride=None`` means stride = kernel_size (PyTorch's default). Padding may be at most half
     the window (PyTorch's rule), so a window never lies entirely in the padding.
+
+    With ``ceil_mode`` the output length rounds up (PyTorch's ``ceil_mode=True``) and the
+    geometry returned is that of the floor-mode problem the backends solve: ``h`` and ``w``
+    include the rows and columns :func:`pool_ceil_extension` appends to the input.
     """
     kh, kw = normalize_pair(kernel_size, "kernel_size", minimum=1)
     sh, sw = (kh, kw) if stride is None else normalize_pair(stride, "stride", minimum=1)
@@ -223,6 +261,9 @@ def pool2d_geometry(
         raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
     n, c, h, w = (int(v) for v in x_shape)
     _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
+    if as_flag("ceil_mode", ceil_mode):
+        h += pool_ceil_extension(h, kh, sh, ph)
+        w += pool_ceil_extension(w, kw, sw, pw)
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(
             f"kernel_size: window ({kh}, {kw}) is larger than the padded input "

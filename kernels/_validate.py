@@ -16,6 +16,8 @@ Policy (the same for every op and every backend):
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -102,3 +104,14 @@ def as_flag(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
     return bool(value)
+
+
+def as_divisor(name: str, value: object) -> int | None:
+    """None or a positive int (an average pool's ``divisor_override``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected None or a positive int, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name}: expected None or a positive int, got {value!r}")
+    return int(value)
