@@ -107,11 +107,24 @@ def extensions() -> list[Extension]:
     )
 
 
+def build_jobs() -> int:
+    """C modules compiled at once (build_ext's threads): one per core, FASTCONV_BUILD_JOBS
+    overrides. Each module is one long compiler run, so on 2 cores this about halves a build, and
+    CI builds three times (editable install, wheel check, AddressSanitizer copy)."""
+    raw = os.environ.get("FASTCONV_BUILD_JOBS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)
+
+
 class BuildExt(build_ext):
     """Recompile every module when the build configuration changed since the last build in this
     checkout (OpenMP on/off, compiler, flags). setuptools alone recompiles only modules whose C
     source is newer than the object, so switching FASTCONV_NO_OPENMP or CC left a mix of OpenMP
     and serial modules that ``fastconv info`` reported as an OpenMP build."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # unless -j was given
+            self.parallel = build_jobs()
 
     def run(self) -> None:
         config = repr(
