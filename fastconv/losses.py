@@ -2,9 +2,10 @@
 
 ``loss = criterion(logits, targets)`` (``__call__`` = ``forward``) caches what ``backward()``
 needs; ``backward()`` returns dloss/dlogits with the shape and dtype of ``logits``.
-``reduction`` is ``"mean"`` (the default, as in PyTorch) or ``"sum"`` over the batch; a
-per-sample vector (PyTorch's ``"none"``) is not offered, because ``backward()`` takes no
-upstream gradient here.
+``reduction`` is ``"mean"`` (the default, as in PyTorch), ``"sum"`` over the batch, or
+``"none"``: then the loss is a float64 array of per-sample losses and ``backward(grad)`` needs
+the gradient with respect to that array (PyTorch's ``loss.backward(gradient)``), e.g. per-sample
+weights of your own. ``backward(scale)`` of a reduced loss multiplies its gradient by a number.
 Both losses are computed in a numerically stable way: no exp of a large positive number,
 no log of 0, so logits of +-1e4 give finite losses and gradients.
 """
@@ -29,9 +30,49 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _reduction(reduction: object) -> str:
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
     return str(reduction)
+
+
+def _reduce(losses: np.ndarray, reduction: str, denom: float) -> float | np.ndarray:
+    """The forward value: per-sample float64 losses as they are, or their sum / denom."""
+    if reduction == "none":
+        return losses.astype(np.float64)
+    return float(losses.sum(dtype=np.float64) / (denom if reduction == "mean" else 1.0))
+
+
+def _backward(
+    name: str, per_sample: np.ndarray | None, denom: float, reduction: str, dtype: np.dtype, upstream: object
+) -> np.ndarray:
+    """dloss/dlogits from the per-sample gradient rows and the upstream gradient (if any).
+
+    ``per_sample`` holds d(loss_i)/d(logits_i) (logits' shape, before casting); the reduced
+    losses divide it by ``denom`` (mean) or 1 (sum). Without ``upstream`` this is the exact
+    arithmetic of a plain ``backward()``, so training is unchanged by the option.
+    """
+    if per_sample is None:
+        raise RuntimeError(f"{name}.backward called before forward")
+    n = per_sample.shape[0]
+    if reduction == "none":
+        if upstream is None:
+            raise ValueError(
+                f"{name}.backward: reduction='none' gives one loss per sample, so backward needs their "
+                f"gradient: an array of shape ({n},), e.g. np.full({n}, 1 / {n}) for the mean"
+            )
+        g = np.asarray(upstream, dtype=np.float64)
+        if g.shape not in ((n,), per_sample.shape[:1] + (1,) * (per_sample.ndim - 1)):
+            raise ValueError(f"{name}.backward: expected a gradient of shape ({n},), got shape {g.shape}")
+        return (per_sample * g.reshape((n,) + (1,) * (per_sample.ndim - 1))).astype(dtype, copy=False)
+    grad = (per_sample / (denom if reduction == "mean" else 1.0)).astype(dtype, copy=False)
+    if upstream is None:
+        return grad
+    if np.ndim(upstream) != 0:
+        raise ValueError(
+            f"{name}.backward: the loss is a number (reduction={reduction!r}), so its gradient is one number, "
+            f"got shape {np.shape(upstream)}"
+        )
+    return (grad * float(upstream)).astype(dtype, copy=False)
 
 
 def _float_logits(name: str, logits: object) -> np.ndarray:
@@ -50,7 +91,7 @@ class BCEWithLogitsLoss:
     ``pos_weight * t * softplus(-z) + (1 - t) * softplus(z)`` with a stable softplus.
     ``pos_weight`` > 1 raises the weight of positive examples (for imbalanced classes).
     ``reduction``: ``"mean"`` of the N terms (divided by N even with ``pos_weight``, as PyTorch
-    does) or their ``"sum"``.
+    does), their ``"sum"``, or ``"none"``: the terms, float64, the shape of ``logits``.
     """
 
     def __init__(self, pos_weight: float | None = None, reduction: str = "mean") -> None:
@@ -58,9 +99,11 @@ class BCEWithLogitsLoss:
             raise ValueError(f"pos_weight: expected a positive number, got {pos_weight!r}")
         self.pos_weight = None if pos_weight is None else float(pos_weight)
         self.reduction = _reduction(reduction)
-        self._grad: np.ndarray | None = None
+        self._rows: np.ndarray | None = None
+        self._denom = 1.0
+        self._dtype = np.dtype(np.float64)
 
-    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
+    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float | np.ndarray:
         logits = _float_logits("logits", logits)
         n = logits.shape[0]
         if logits.shape not in ((n,), (n, 1)):
@@ -80,17 +123,16 @@ class BCEWithLogitsLoss:
         losses = pw * t * softplus_neg + (1 - t) * softplus_pos
         s = sigmoid(z)
         # d/dz: (1 - t) * sigmoid(z) - pw * t * (1 - sigmoid(z)); equals sigmoid(z) - t when pw = 1.
-        scale = n if self.reduction == "mean" else 1
-        self._grad = (((1 - t) * s - pw * t * (1 - s)) / scale).astype(z.dtype, copy=False)
-        return float(losses.sum(dtype=np.float64) / scale)
+        self._rows, self._denom, self._dtype = (1 - t) * s - pw * t * (1 - s), float(n), z.dtype
+        return _reduce(losses, self.reduction, n)
 
     __call__ = forward
 
-    def backward(self) -> np.ndarray:
-        """dloss/dlogits, the shape and dtype of the last logits."""
-        if self._grad is None:
-            raise RuntimeError("BCEWithLogitsLoss.backward called before forward")
-        return self._grad
+    def backward(self, grad: np.ndarray | float | None = None) -> np.ndarray:
+        """dloss/dlogits, the shape and dtype of the last logits. ``grad``: the gradient with
+        respect to the loss — required for ``reduction="none"`` (shape (N,)), else an optional
+        number (default 1)."""
+        return _backward("BCEWithLogitsLoss", self._rows, self._denom, self.reduction, self._dtype, grad)
 
 
 class CrossEntropyLoss:
@@ -103,7 +145,8 @@ class CrossEntropyLoss:
     own class's weight on the one-hot part, each class's weight on the smoothing part), and
     ``"mean"`` divides the sum by ``sum_i w[y_i]`` instead of N, so that weights 2 for a class
     equal listing its samples twice (where every sample's class weighs 0, PyTorch returns NaN;
-    this raises ValueError instead). ``reduction``: ``"mean"`` or ``"sum"``.
+    this raises ValueError instead). ``reduction``: ``"mean"``, ``"sum"`` or ``"none"`` (the N
+    weighted terms, float64, shape (N,)).
     """
 
     def __init__(
@@ -120,9 +163,11 @@ class CrossEntropyLoss:
         self.weight = weight
         self.label_smoothing = float(label_smoothing)
         self.reduction = _reduction(reduction)
-        self._grad: np.ndarray | None = None
+        self._rows: np.ndarray | None = None
+        self._denom = 1.0
+        self._dtype = np.dtype(np.float64)
 
-    def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
+    def forward(self, logits: np.ndarray, labels: np.ndarray) -> float | np.ndarray:
         logits = _float_logits("logits", logits)
         if logits.ndim != 2:
             raise ValueError(f"logits: expected shape (N, C), got {logits.shape}")
@@ -152,21 +197,18 @@ class CrossEntropyLoss:
             denom = float(self.weight[y].sum())
             if denom == 0 and self.reduction == "mean":
                 raise ValueError("weight: every sample's class has weight 0, so the weighted mean is undefined")
-        if self.reduction == "sum":
-            denom = 1.0
-        loss = -(a * logp).sum(axis=1).sum(dtype=np.float64) / denom
         # d/dz_ij of -sum_c a_ic log p_ic = (sum_c a_ic) p_ij - a_ij; without weights sum_c a_ic = 1
         # exactly in real numbers, so p - a is used (no rounding of eps/C*C + 1 - eps creeps in)
         p = np.exp(logp)
         if self.weight is not None:
             p *= a.sum(axis=1, keepdims=True)
-        self._grad = ((p - a) / denom).astype(logits.dtype, copy=False)
-        return float(loss)
+        self._rows, self._denom, self._dtype = p - a, denom, logits.dtype
+        return _reduce(-(a * logp).sum(axis=1), self.reduction, denom)
 
     __call__ = forward
 
-    def backward(self) -> np.ndarray:
-        """dloss/dlogits, shape (N, C), the dtype of the last logits."""
-        if self._grad is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        return self._grad
+    def backward(self, grad: np.ndarray | float | None = None) -> np.ndarray:
+        """dloss/dlogits, shape (N, C), the dtype of the last logits. ``grad``: the gradient with
+        respect to the loss — required for ``reduction="none"`` (shape (N,)), else an optional
+        number (default 1)."""
+        return _backward("CrossEntropyLoss", self._rows, self._denom, self.reduction, self._dtype, grad)

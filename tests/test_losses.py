@@ -192,8 +192,8 @@ def test_weighted_cross_entropy_gradient_vs_finite_differences(rng, smoothing, r
 
 def test_reduction_and_weight_checks():
     for make in (BCEWithLogitsLoss, CrossEntropyLoss):
-        with pytest.raises(ValueError, match="reduction: expected 'mean' or 'sum', got 'none'"):
-            make(reduction="none")
+        with pytest.raises(ValueError, match="reduction: expected 'mean', 'sum' or 'none', got 'avg'"):
+            make(reduction="avg")
     with pytest.raises(ValueError, match="weight: expected a"):
         CrossEntropyLoss(weight=[1.0, -1.0])
     with pytest.raises(ValueError, match="weight: expected a"):
@@ -240,3 +240,85 @@ def test_weighted_losses_match_torch(rng, smoothing, reduction):
     ours = BCEWithLogitsLoss(pos_weight=0.6, reduction=reduction)
     assert ours(z, t) == pytest.approx(ref.item(), rel=1e-13)
     np.testing.assert_allclose(ours.backward(), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+# ---- reduction="none" and an upstream gradient
+
+
+def _losses(kind, rng, n=6):
+    if kind == "bce":
+        loss = BCEWithLogitsLoss(pos_weight=1.7, reduction="none")
+        return loss, rng.standard_normal((n, 1)) * 2, rng.integers(0, 2, n)
+    loss = CrossEntropyLoss(label_smoothing=0.1, weight=rng.random(3) + 0.2, reduction="none")
+    return loss, rng.standard_normal((n, 3)) * 2, rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_per_sample_losses_are_the_one_sample_losses(rng, kind):
+    loss, z, y = _losses(kind, rng)
+    per = loss(z, y)
+    assert per.dtype == np.float64 and per.shape == ((6, 1) if kind == "bce" else (6,))
+    # each entry is the summed loss of that sample alone
+    total = BCEWithLogitsLoss(pos_weight=1.7, reduction="sum") if kind == "bce" else CrossEntropyLoss(
+        label_smoothing=0.1, weight=loss.weight, reduction="sum")  # fmt: skip
+    for i in range(6):
+        assert per.reshape(6)[i] == pytest.approx(total(z[i : i + 1], y[i : i + 1]), rel=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_per_sample_backward_is_the_gradient_of_a_weighted_sum(rng, kind):
+    loss, z, y = _losses(kind, rng)
+    g = rng.standard_normal(6)
+
+    def weighted() -> float:
+        return float(np.sum(loss(z, y).reshape(6) * g))
+
+    loss(z, y)
+    analytic = loss.backward(g).copy()
+    assert analytic.shape == z.shape
+    np.testing.assert_allclose(analytic, numerical_gradient(weighted, z), rtol=1e-6, atol=1e-9)
+    # the mean is the weighted sum with weights 1 / N (CrossEntropyLoss with class weights: 1 / sum w[y])
+    loss(z, y)
+    if kind == "bce":
+        mean, denom = BCEWithLogitsLoss(pos_weight=1.7), 6
+    else:
+        mean, denom = CrossEntropyLoss(label_smoothing=0.1, weight=loss.weight), loss.weight[y].sum()
+    mean(z, y)
+    np.testing.assert_allclose(loss.backward(np.full(6, 1 / denom)), mean.backward(), rtol=1e-13)
+    # a number scales a reduced loss's gradient
+    np.testing.assert_allclose(mean.backward(3.0), 3 * mean.backward(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_per_sample_backward_needs_its_gradient(rng, kind):
+    loss, z, y = _losses(kind, rng)
+    loss(z, y)
+    with pytest.raises(ValueError, match=r"backward needs their gradient: an array of shape \(6,\)"):
+        loss.backward()
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(6,\), got shape \(5,\)"):
+        loss.backward(np.ones(5))
+    reduced = type(loss)()
+    reduced(z, y)
+    with pytest.raises(ValueError, match="its gradient is one number, got shape"):
+        reduced.backward(np.ones(6))
+
+
+def test_per_sample_losses_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    z, y, w, g = rng.standard_normal((7, 4)) * 2, rng.integers(0, 4, 7), rng.random(4) + 0.1, rng.standard_normal(7)
+    zt = torch.tensor(z, requires_grad=True)
+    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.2, reduction="none")(zt, torch.tensor(y))
+    ref.backward(torch.tensor(g))
+    ours = CrossEntropyLoss(weight=w, label_smoothing=0.2, reduction="none")
+    np.testing.assert_allclose(ours(z, y), ref.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(ours.backward(g), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+    z, t = rng.standard_normal((6, 1)) * 3, rng.integers(0, 2, 6)
+    zt = torch.tensor(z, requires_grad=True)
+    ref = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([0.6], dtype=torch.float64), reduction="none")(
+        zt, torch.tensor(t, dtype=torch.float64).reshape(6, 1)
+    )
+    ref.backward(torch.tensor(g[:6]).reshape(6, 1))
+    ours = BCEWithLogitsLoss(pos_weight=0.6, reduction="none")
+    np.testing.assert_allclose(ours(z, t), ref.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(ours.backward(g[:6]), zt.grad.numpy(), rtol=1e-12, atol=1e-15)
