@@ -801,6 +801,19 @@ def load_image_folder(
 # --------------------------------------------------------------------------------------------
 
 
+def data_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of a data set as training saw it: x (N, ...) as float32 and y (N,) as int64, in
+    order, with their shapes. ``fastconv train`` records it, so that ``evaluate --split
+    train/val`` can tell the very same images (wherever they were moved) from others."""
+    h = hashlib.sha256()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    h.update(repr((x.shape, y.shape)).encode())
+    h.update(memoryview(x).cast("B"))
+    h.update(memoryview(y).cast("B"))
+    return h.hexdigest()
+
+
 def train_val_split(
     x: np.ndarray, y: np.ndarray, val_fraction: float = 0.2, seed: int = 0, stratify: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

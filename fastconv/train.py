@@ -783,16 +783,17 @@ def train_classifier(
     Returns the final model (reloaded from ``model.npz`` when ``out_dir`` is given) and the
     :class:`FitResult` of the validation run (of the only run when there is no validation split).
     """
-    from .data import train_val_split
+    from .data import data_digest, train_val_split
 
     config = _resolved(config, x, classes, dataset)
+    digest = data_digest(x, y)  # what evaluate --split train/val must be given to re-create the split
     if config.val_fraction > 0:
         x_tr, y_tr, x_va, y_va = train_val_split(x, y, val_fraction=config.val_fraction, seed=config.seed)
     else:
         x_tr, y_tr, x_va, y_va = x, y, None, None
     out = Path(out_dir) if out_dir is not None else None
     model, normalizer, metadata = _new_classifier(x_tr, classes, config, dataset)
-    metadata["val_size"] = 0 if x_va is None else len(x_va)
+    metadata.update(val_size=0 if x_va is None else len(x_va), data_sha256=digest)
     kw = dict(progress=progress, log=log)
     result = fit(model, x_tr, y_tr, x_va, y_va, config, transform=normalizer, out_dir=out, metadata=metadata, **kw)
     if not (config.refit and x_va is not None):
@@ -814,6 +815,7 @@ def train_classifier(
     best = result.history[result.best_epoch - 1]
     metadata.update(
         val_size=0,
+        data_sha256=digest,
         refit=True,
         validation_run={"best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"],
                         "val_loss": best["val_loss"], "train_size": len(x_tr), "val_size": len(x_va)},

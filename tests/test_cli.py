@@ -587,16 +587,31 @@ def test_evaluate_split_of_a_model_trained_through_the_python_api(capsys, tmp_pa
     assert "catvnoncat val split, 41 images" in out  # round(0.2 * 209), as the run held out
 
 
-def test_evaluate_split_on_a_moved_copy_works_with_a_note(capsys, tmp_path):
+def test_evaluate_split_knows_a_moved_copy_from_another_folder_of_the_same_size(capsys, tmp_path):
     import shutil
+
+    from fastconv.commands.evaluate import _check_same_training_data
+    from fastconv.train import load_dataset
 
     data, out = tmp_path / "data", tmp_path / "run"
     _write_stripes_folder(data)
     code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(out), *TINY.split())
     assert code == 0, err
-    shutil.copytree(data, tmp_path / "copy")
-    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(tmp_path / "copy"),
-                           "--split", "val")  # fmt: skip
-    assert code == 0 and "note:" in err and "only held out if this is the same folder" in err
-    code, _, err = run_cli(capsys, "evaluate", "--model", str(out / "model.npz"), "--data", str(data), "--split", "val")
-    assert code == 0 and "note:" not in err
+    model = str(out / "model.npz")
+    shutil.copytree(data, tmp_path / "copy")  # the same images elsewhere: the same split
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", str(tmp_path / "copy"), "--split", "val")
+    assert code == 0 and "note:" not in err, err
+    # as many images, but one of them is another picture: not the data it was trained on
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    first = sorted((other / "vertical").glob("*.png"))[0]
+    first.write_bytes(sorted((other / "horizontal").glob("*.png"))[0].read_bytes())
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", str(other), "--split", "val")
+    assert code == 1 and "was trained on other images than" in err and "--split all" in err
+    # a file from before the SHA-256 was recorded: a same-size folder elsewhere gets a note
+    meta = fastconv.model.load_with_metadata(out / "model.npz")[1]
+    del meta["data_sha256"]
+    _check_same_training_data(model, meta, load_dataset(other, 16))
+    assert "only held out if this is the same folder" in capsys.readouterr().err
+    _check_same_training_data(model, meta, load_dataset(data, 16))
+    assert "note:" not in capsys.readouterr().err

@@ -38,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_same_training_data(model_path: object, metadata: dict, data: object) -> None:
     """--split train/val re-create the training run's split: only meaningful on the very data the
-    model was trained on. The file records the dataset and how many images the run split; a
-    different dataset (or a folder of another size) would be split anyway and its 'held-out'
-    images may well have been trained on."""
+    model was trained on. Model files record a SHA-256 of the training images and labels, which
+    must match; older files only the dataset and how many images the run split, so a different
+    dataset (or a folder of another size) is refused and a same-size folder elsewhere gets a
+    note. Otherwise it would be split anyway and its 'held-out' images may well have been
+    trained on."""
     only = "--split train/val re-create its split only on the data it was trained on (use --split all for other images)"
     recorded = metadata.get("dataset") or None  # train_classifier() called without a dataset name records ""
     sizes = (metadata.get("train_size"), metadata.get("val_size"))
@@ -54,6 +56,17 @@ def _check_same_training_data(model_path: object, metadata: dict, data: object) 
             f"{model_path} was trained on {sum(sizes)} images of {recorded or 'its data'}, but {data.name} has "
             f"{len(data.x)}: {only}"
         )
+    digest = metadata.get("data_sha256")
+    if isinstance(digest, str):  # files since this was recorded: the images themselves decide
+        from fastconv.data import data_digest
+
+        if data_digest(data.x, data.y) != digest:
+            raise ValueError(
+                f"{model_path} was trained on other images than {data.name}'s {len(data.x)} (the file records a "
+                "SHA-256 of its training images and labels; another folder, changed files, or images decoded "
+                f"differently by another scikit-image version all differ): {only}"
+            )
+        return
     if recorded and not trained_on_catvnoncat and Path(recorded).resolve() != Path(data.name).resolve():
         # same image count, another path: a moved copy (fine) or another folder (not held out)
         print(
