@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 import math
 import numbers
@@ -305,8 +304,8 @@ class Conv2d(Layer):
     an int, a pair, ``"valid"`` or ``"same"`` (stride 1, odd effective kernel), stored as the pair
     of ints. ``groups`` = g splits the channels into g independent convolutions (PyTorch's
     semantics: output channels [j*K/g, (j+1)*K/g) see only input channels [j*C/g, (j+1)*C/g);
-    g = in_channels is a depthwise convolution). Each group runs through the backend's kernel in
-    turn, so groups cost g kernel calls: correct on every backend, not tuned for depthwise.
+    g = in_channels is a depthwise convolution, which every backend has a kernel for; other
+    groupings run the backend's convolution once per group).
     """
 
     _param_names = ("weight", "bias")
@@ -348,23 +347,12 @@ class Conv2d(Layer):
         self.weight, self.bias = _init_weight_and_bias(shape, bias, init, self.dtype, rng)
         self._x: np.ndarray | None = None
 
-    def _group_slices(self) -> list[tuple[slice, slice]]:
-        """(input channels, output channels) of each group."""
-        ci, co = self.in_channels // self.groups, self.out_channels // self.groups
-        return [(slice(j * ci, (j + 1) * ci), slice(j * co, (j + 1) * co)) for j in range(self.groups)]
-
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, C, H, W) -> (N, K, Ho, Wo). One kernel call per group (one when ungrouped: its
-        slices are the whole arrays, views without copies)."""
+        """x: (N, C, H, W) -> (N, K, Ho, Wo)."""
         self._check_input(x)
         self._x = x
-        w = self.weight.data
         bias = None if self.bias is None else self.bias.data
-        conv = functools.partial(
-            K.conv2d_forward, stride=self.stride, padding=self.padding, dilation=self.dilation, backend=self.backend
-        )
-        parts = [conv(x[:, cs], w[ks], None if bias is None else bias[ks]) for cs, ks in self._group_slices()]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return K.conv2d_forward(x, self.weight.data, bias, *self._args(), backend=self.backend)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """dy: (N, K, Ho, Wo) -> dx (N, C, H, W), or None when ``requires_input_grad`` is False."""
@@ -372,24 +360,16 @@ class Conv2d(Layer):
         if not isinstance(dy, np.ndarray) or dy.ndim != 4 or dy.shape[1] != self.out_channels:
             got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
             raise ValueError(f"Conv2d.backward: expected dy of shape (N, {self.out_channels}, Ho, Wo), got {got}")
-        grad = functools.partial(
-            K.conv2d_backward,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            need_dx=self.requires_input_grad,
-            backend=self.backend,
+        dx, dw, db = K.conv2d_backward(
+            dy, self._x, self.weight.data, *self._args(), need_dx=self.requires_input_grad, backend=self.backend
         )
-        dxs = []
-        for cs, ks in self._group_slices():
-            dx, dw, db = grad(dy[:, ks], self._x[:, cs], self.weight.data[ks])
-            self.weight.grad[ks] += dw
-            if self.bias is not None:
-                self.bias.grad[ks] += db
-            dxs.append(dx)
-        if not self.requires_input_grad:
-            return None
-        return dxs[0] if len(dxs) == 1 else np.concatenate(dxs, axis=1)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def _args(self) -> tuple:
+        return (self.stride, self.padding, self.dilation, self.groups)
 
     def _check_input(self, x: object) -> None:
         # the kernels see channel slices, so a wrong C would surface as a confusing per-group
@@ -400,13 +380,11 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d: expected input of shape (N, {self.in_channels}, H, W), got {x.shape}")
 
     def _geometry(self, input_shape: Sequence[int]) -> K.Conv2dGeometry:
-        """The geometry of one group (all of the layer when groups = 1): C / groups input channels."""
+        """The geometry of one image."""
         c, h, w = _image_shape("Conv2d", input_shape)
         if c != self.in_channels:
             raise ValueError(f"Conv2d: expected {self.in_channels} input channels, got input shape {(c, h, w)}")
-        return conv2d_geometry(
-            (1, c // self.groups, h, w), self.weight.shape, self.stride, self.padding, self.dilation
-        )
+        return conv2d_geometry((1, c, h, w), self.weight.shape, *self._args())
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         g = self._geometry(input_shape)

@@ -7,11 +7,12 @@ and a geometry object. Layout: NCHW.
 =====================  ==========================================  =============================
 op                     inputs                                      returns
 =====================  ==========================================  =============================
-conv2d_forward         x (N,C,H,W), weight (K,C,R,S), bias (K,)    y (N,K,Ho,Wo)
-conv2d_backward        dy (N,K,Ho,Wo), x, weight                   dx (N,C,H,W) | None,
-                                                                   dw (K,C,R,S), db (K,)
+conv2d_forward         x (N,C,H,W), weight (K,C/groups,R,S),       y (N,K,Ho,Wo)
+                       bias (K,), [groups]
+conv2d_backward        dy (N,K,Ho,Wo), x, weight, [groups]         dx (N,C,H,W) | None,
+                                                                   dw (K,C/groups,R,S), db (K,)
 max_pool2d_forward     x, kernel_size, stride, padding,            y (N,C,Ho,Wo), argmax int64
-                       [ceil_mode]
+                       [ceil_mode= (keyword)]
 max_pool2d_backward    dy, argmax, input_shape                     dx (N,C,H,W)
 avg_pool2d_forward     x, kernel_size, stride, padding, [ceil_mode, y
                        count_include_pad, divisor_override]
@@ -25,6 +26,9 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
 =====================  ==========================================  =============================
 
 * ``Ho = floor((H + 2p - d(R-1) - 1) / s) + 1``; stride/padding/dilation are ints or pairs.
+* ``groups``: backends implement groups = 1 (``conv2d_*``) and groups = C, depthwise, weight
+  (K, 1, R, S) (``depthwise_conv2d_*``, same arguments); other groupings run here, one
+  groups = 1 call per group.
 * Pooling padding is at most half the window; padding never wins a max and counts as zeros
   in the average divisor (``count_include_pad=True``). PyTorch's ``ceil_mode``,
   ``count_include_pad=False`` and ``divisor_override`` are applied here, never in a backend:
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import replace
 
 import numpy as np
 
@@ -120,28 +125,41 @@ def conv2d_forward(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
     """2-d cross-correlation (what deep learning calls convolution), NCHW.
 
-    x: (N, C, H, W), weight: (K, C, R, S), bias: (K,) or None, all float32 or all float64.
-    Returns y: (N, K, Ho, Wo) of the same dtype,
+    x: (N, C, H, W), weight: (K, C / groups, R, S), bias: (K,) or None, all float32 or all
+    float64. Returns y: (N, K, Ho, Wo) of the same dtype,
     ``y[n,k,i,j] = bias[k] + sum_{c,r,s} x[n, c, i*sh - ph + r*dh, j*sw - pw + s*dw] * weight[k,c,r,s]``
     with zero padding. ``padding`` also takes ``"valid"`` (0) and ``"same"`` (Ho, Wo = H, W; see
-    :func:`conv_padding`).
+    :func:`conv_padding`). ``groups`` as in PyTorch: output channels [j*K/g, (j+1)*K/g) see only
+    input channels [j*C/g, (j+1)*C/g); ``groups = C`` (depthwise) runs the backend's depthwise
+    kernel, other groupings one backend call per group.
     """
     x = as_float_array("x", x, 4)
     weight = as_float_array("weight", weight, 4)
     if bias is not None:
         bias = as_float_array("bias", bias, 1)
     dtype = same_dtype(x=x, weight=weight, bias=bias)
-    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     if bias is not None:
         require_shape("bias", bias, (g.k,), "one value per output channel K of weight")
     if g.n == 0:
         return np.zeros(g.y_shape, dtype)
-    return backend_module(backend).conv2d_forward(x, weight, bias, g)
+    module = backend_module(backend)
+    if g.groups == 1:
+        return module.conv2d_forward(x, weight, bias, g)
+    if g.groups == g.c:
+        return module.depthwise_conv2d_forward(x, weight, bias, g)
+    one = _one_group(g)
+    parts = [
+        module.conv2d_forward(np.ascontiguousarray(x[:, cs]), weight[ks], None if bias is None else bias[ks], one)
+        for cs, ks in _group_slices(g)
+    ]
+    return np.concatenate(parts, axis=1)
 
 
 def conv2d_backward(
@@ -151,27 +169,51 @@ def conv2d_backward(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     need_dx: bool = True,
     backend: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of conv2d_forward: returns (dx, dweight, dbias).
 
-    dy: (N, K, Ho, Wo), x: (N, C, H, W), weight: (K, C, R, S), one float dtype.
+    dy: (N, K, Ho, Wo), x: (N, C, H, W), weight: (K, C / groups, R, S), one float dtype.
     dx: (N, C, H, W), or None when ``need_dx=False`` (the first layer of a network does not
-    need it, and skipping it saves a third of the work). dweight: (K, C, R, S), dbias: (K,).
+    need it, and skipping it saves a third of the work). dweight: weight's shape, dbias: (K,).
     """
     dy = as_float_array("dy", dy, 4)
     x = as_float_array("x", x, 4)
     weight = as_float_array("weight", weight, 4)
     dtype = same_dtype(dy=dy, x=x, weight=weight)
     need_dx = as_flag("need_dx", need_dx)
-    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     require_shape("dy", dy, g.y_shape, "the conv2d output shape for x and weight")
     if g.n == 0:
         dx = np.zeros(g.x_shape, dtype) if need_dx else None
         return dx, np.zeros(g.w_shape, dtype), np.zeros((g.k,), dtype)
-    return backend_module(backend).conv2d_backward(dy, x, weight, g, need_dx)
+    module = backend_module(backend)
+    if g.groups == 1:
+        return module.conv2d_backward(dy, x, weight, g, need_dx)
+    if g.groups == g.c:
+        return module.depthwise_conv2d_backward(dy, x, weight, g, need_dx)
+    one = _one_group(g)
+    part = np.ascontiguousarray
+    grads = [
+        module.conv2d_backward(part(dy[:, ks]), part(x[:, cs]), weight[ks], one, need_dx)
+        for cs, ks in _group_slices(g)
+    ]
+    dx = np.concatenate([d for d, _, _ in grads], axis=1) if need_dx else None
+    return dx, np.concatenate([w for _, w, _ in grads]), np.concatenate([b for _, _, b in grads])
+
+
+def _group_slices(g: Conv2dGeometry) -> list[tuple[slice, slice]]:
+    """(input channels, output channels) of each of the ``g.groups`` groups."""
+    ci, co = g.c // g.groups, g.k // g.groups
+    return [(slice(j * ci, (j + 1) * ci), slice(j * co, (j + 1) * co)) for j in range(g.groups)]
+
+
+def _one_group(g: Conv2dGeometry) -> Conv2dGeometry:
+    """The geometry of one group of ``g`` as an ungrouped convolution."""
+    return replace(g, c=g.c // g.groups, k=g.k // g.groups, groups=1)
 
 
 def max_pool2d_forward(

@@ -83,9 +83,12 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 class Conv2dGeometry:
     """Every size a conv2d kernel needs, validated and normalised.
 
-    x: (n, c, h, w); weight: (k, c, r, s); y: (n, k, ho, wo).
+    x: (n, c, h, w); weight: (k, c / groups, r, s); y: (n, k, ho, wo).
     stride (sh, sw), padding (ph, pw), dilation (dh, dw); a stride along an axis with one output,
     or a dilation along an axis of kernel size 1, is stored as 1 (it cannot change the result).
+    ``groups`` splits the channels into independent convolutions (output channels
+    [j*k/groups, (j+1)*k/groups) see input channels [j*c/groups, (j+1)*c/groups)); backends'
+    ``conv2d_*`` only ever receive groups = 1, ``depthwise_conv2d_*`` groups = c.
     """
 
     n: int
@@ -103,6 +106,7 @@ class Conv2dGeometry:
     dw: int
     ho: int
     wo: int
+    groups: int = 1
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:
@@ -110,7 +114,7 @@ class Conv2dGeometry:
 
     @property
     def w_shape(self) -> tuple[int, int, int, int]:
-        return (self.k, self.c, self.r, self.s)
+        return (self.k, self.c // self.groups, self.r, self.s)
 
     @property
     def y_shape(self) -> tuple[int, int, int, int]:
@@ -118,8 +122,8 @@ class Conv2dGeometry:
 
     @property
     def flops(self) -> int:
-        """Forward FLOP (multiply + add counted as 2): 2*N*K*Ho*Wo*C*R*S. Backward is twice this."""
-        return 2 * self.n * self.k * self.ho * self.wo * self.c * self.r * self.s
+        """Forward FLOP (multiply + add counted as 2): 2*N*K*Ho*Wo*(C/groups)*R*S. Backward is twice this."""
+        return 2 * self.n * self.k * self.ho * self.wo * (self.c // self.groups) * self.r * self.s
 
 
 def conv2d_geometry(
@@ -128,14 +132,18 @@ def conv2d_geometry(
     stride: IntOrPair = 1,
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
 ) -> Conv2dGeometry:
     """Validate a conv2d problem and compute its output size.
 
-    ``x_shape`` is (N, C, H, W), ``w_shape`` is (K, C, R, S). N may be 0 (an empty batch);
-    every other size must be positive.
+    ``x_shape`` is (N, C, H, W), ``w_shape`` is (K, C / groups, R, S). N may be 0 (an empty
+    batch); every other size must be positive; ``groups`` must divide C and K.
     """
     sh, sw = normalize_pair(stride, "stride", minimum=1)
     dh, dw = normalize_pair(dilation, "dilation", minimum=1)
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    groups = int(groups)
     if len(x_shape) != 4:
         raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
@@ -145,9 +153,15 @@ def conv2d_geometry(
     _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
     _require_positive("weight", (k, cw, r, s), ("K", "C", "R", "S"), w_shape)
     ph, pw = conv_padding(padding, (r, s), (sh, sw), (dh, dw))
-    if cw != c:
+    if c % groups or k % groups:
         raise ValueError(
-            f"weight: expected {c} input channels to match x of shape {tuple(x_shape)}, "
+            f"groups: expected a divisor of the input channels ({c}, x of shape {tuple(x_shape)}) and of the "
+            f"output channels ({k}, weight of shape {tuple(w_shape)}), got {groups}"
+        )
+    if cw * groups != c:
+        per = "" if groups == 1 else f" / groups {groups} = {c // groups}"
+        raise ValueError(
+            f"weight: expected {c // groups} input channels (x of shape {tuple(x_shape)}{per}), "
             f"got weight of shape {tuple(w_shape)} with {cw}"
         )
     eff_r, eff_s = dh * (r - 1) + 1, dw * (s - 1) + 1
@@ -163,7 +177,7 @@ def conv2d_geometry(
     # is stored as 1: same result, and no backend ever sees a huge-but-irrelevant value.
     sh, sw = (1 if ho == 1 else sh), (1 if wo == 1 else sw)
     dh, dw = (1 if r == 1 else dh), (1 if s == 1 else dw)
-    return Conv2dGeometry(n, c, h, w, k, r, s, sh, sw, ph, pw, dh, dw, ho, wo)
+    return Conv2dGeometry(n, c, h, w, k, r, s, sh, sw, ph, pw, dh, dw, ho, wo, groups)
 
 
 @dataclass(frozen=True)
@@ -321,6 +335,8 @@ def check_in_bounds(g: Conv2dGeometry | Pool2dGeometry) -> None:
         raise ValueError(f"geometry: expected n, ph, pw >= 0 and every other field >= 1, got {g}")
     if isinstance(g, Conv2dGeometry):
         span_h, span_w = g.dh * (g.r - 1) + 1, g.dw * (g.s - 1) + 1
+        if g.c % g.groups or g.k % g.groups:
+            raise ValueError(f"geometry: groups must divide c and k: {g}")
     else:
         span_h, span_w = g.kh, g.kw
         if 2 * g.ph > g.kh or 2 * g.pw > g.kw:  # the max kernels start from a real element

@@ -28,6 +28,8 @@ PREFERENCE: tuple[str, ...] = ("cython", "numba", "numpy", "python")
 BACKEND_FUNCTIONS: tuple[str, ...] = (
     "conv2d_forward",
     "conv2d_backward",
+    "depthwise_conv2d_forward",
+    "depthwise_conv2d_backward",
     "max_pool2d_forward",
     "max_pool2d_backward",
     "avg_pool2d_forward",
@@ -151,6 +153,8 @@ def set_default_backend(name: str) -> None:
 _SHAPED = {
     "conv2d_forward": {"x": "x_shape", "weight": "w_shape"},
     "conv2d_backward": {"dy": "y_shape", "x": "x_shape", "weight": "w_shape"},
+    "depthwise_conv2d_forward": {"x": "x_shape", "weight": "w_shape"},
+    "depthwise_conv2d_backward": {"dy": "y_shape", "x": "x_shape", "weight": "w_shape"},
     "max_pool2d_forward": {"x": "x_shape"},
     "max_pool2d_backward": {"dy": "y_shape", "argmax": "y_shape"},
     "avg_pool2d_forward": {"x": "x_shape"},
@@ -201,11 +205,15 @@ def _check_direct_call(op: str, fn, args: tuple, kwargs: dict) -> None:
     if "w" in bound:  # backends call the conv weight w
         bound["weight"] = bound.pop("w")
     g = bound.get("g")
-    if op.startswith(("conv2d", "max_pool2d", "avg_pool2d")):
-        want = Conv2dGeometry if op.startswith("conv2d") else Pool2dGeometry
+    if op.startswith(("conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d")):
+        want = Conv2dGeometry if "conv2d" in op else Pool2dGeometry
         if not isinstance(g, want):
             raise TypeError(f"{op}: g: expected a {want.__name__}, got {type(g).__name__}")
         check_in_bounds(g)
+        # the kernels' own channel arithmetic: one group, or one group per input channel
+        groups = 1 if op.startswith("conv2d") else g.c
+        if want is Conv2dGeometry and g.groups != groups:
+            raise ValueError(f"{op}: g: expected groups = {groups}, got a geometry with groups = {g.groups}")
     # Dispatch converts arrays (as_float_array); here they are passed on as given, so they must
     # already be what the kernel reads: C-contiguous float arrays (statistics: float64).
     data = {n: bound[n] for n in ("x", "dy", "weight", "b", "bias") if bound.get(n) is not None}
@@ -227,7 +235,7 @@ def _check_direct_call(op: str, fn, args: tuple, kwargs: dict) -> None:
                 raise TypeError(f"{op}: argmax: expected a C-contiguous int64 array, got {bound['argmax'].dtype}")
         else:
             require_shape(name, bound[name], getattr(g, attr), why)
-    if op == "conv2d_forward" and "b" in data:
+    if op in ("conv2d_forward", "depthwise_conv2d_forward") and "b" in data:
         require_shape("b", data["b"], (g.k,), "one bias per output channel of the geometry")
     if op in ("relu_backward", "batch_norm_backward"):
         require_shape("dy", bound["dy"], bound["x"].shape, "x's shape")

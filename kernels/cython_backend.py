@@ -10,6 +10,7 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
   AVX2 build is used when the CPU has it (``_simd_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
   also built for AVX2 (bit-identical: compares, selects, exact sums) as ``cython_pool_avx2``;
+* ``cython_depthwise.pyx``  depthwise convolution (groups = C), one OpenMP task per plane;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
 * ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel;
   also built for AVX2 (without FMA: bit-identical) as ``cython_norm_avx2`` (``_simd_module``).
@@ -34,7 +35,7 @@ from functools import partial
 
 import numpy as np
 
-from . import _openmp, cython_conv, cython_norm, cython_pool, cython_relu
+from . import _openmp, cython_conv, cython_depthwise, cython_norm, cython_pool, cython_relu
 from . import _threads as _threads_mod
 from ._geometry import Conv2dGeometry, Pool2dGeometry
 from ._norm import fused_backward, fused_forward
@@ -302,6 +303,37 @@ def conv2d_backward(
     dw = np.ascontiguousarray(dw_part.sum(axis=0, dtype=dtype).reshape(crs, g.k).T).reshape(g.w_shape)
     db = db_part.sum(axis=0).astype(dtype)
     return (dx if need_dx else None), dw, db
+
+
+def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C)."""
+    if (g.ph or g.pw) and not np.isfinite(w).all():
+        # the kernel skips padding taps; an inf or NaN weight must meet the padding's zeros
+        # (0 * inf = NaN, the contract): the numpy kernel multiplies them explicitly
+        from . import numpy_backend
+
+        return numpy_backend.depthwise_conv2d_forward(x, w, b, g)
+    y = np.empty(g.y_shape, x.dtype)
+    bias = np.zeros(g.k, x.dtype) if b is None else b
+    cython_depthwise.depthwise_forward(x, w, bias, y, g, _threads_memory_bound(g.n * g.k, x.size))
+    return y
+
+
+def depthwise_conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C."""
+    if (g.ph or g.pw) and not np.isfinite(dy).all():  # dW must see 0 * inf in the padding, as above
+        from . import numpy_backend
+
+        return numpy_backend.depthwise_conv2d_backward(dy, x, w, g, need_dx)
+    dx = None
+    if need_dx:  # the padding has no gradient to keep: skipping its taps is exact here
+        dx = np.empty(g.x_shape, x.dtype)
+        cython_depthwise.depthwise_backward_dx(dy, w, dx, g, _threads_memory_bound(g.n * g.c, x.size))
+    dw64, db64, lanes = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64), np.empty((g.k, g.wo))
+    cython_depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, _threads_memory_bound(g.k, x.size))
+    return dx, dw64.astype(x.dtype), db64.astype(x.dtype)
 
 
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ import numba
 import numpy as np
 
 from . import _numba_conv as cv
+from . import _numba_depthwise as dwk
 from . import _numba_norm as nl
 from . import _numba_pool as pl
 from . import _threads
@@ -180,6 +181,37 @@ def conv2d_backward(
         dx = np.empty(g.x_shape, dtype)
         cv.flat_correlate(dyb, wt, lead - offs, np.zeros(g.c, dtype), g.ph * wp + g.pw, wp, dx)
     return dx, dw64.reshape(g.w_shape).astype(dtype), db64.astype(dtype)
+
+
+def _meets_padding(values: np.ndarray, g: Conv2dGeometry) -> bool:
+    """Whether skipping padding taps would differ from multiplying their zeros: only when there
+    is padding and ``values`` (the weights forward, dy for dW) hold an inf or NaN (0 * inf = NaN)."""
+    return bool(g.ph or g.pw) and not np.isfinite(values).all()
+
+
+def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C; _numba_depthwise)."""
+    if _meets_padding(w, g):
+        x, g = _explicitly_padded(x, g)
+    _sync_threads(x.size)
+    y = np.empty(g.y_shape, x.dtype)
+    dwk.depthwise_fwd(x, w, _bias(b, g, x.dtype), *_strides(g), y)
+    return y
+
+
+def depthwise_conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C."""
+    _sync_threads(x.size)
+    dx = None
+    if need_dx:  # the padding has no gradient to keep: skipping its taps is exact here
+        dx = np.empty(g.x_shape, x.dtype)
+        dwk.depthwise_bwd_dx(dy, w, *_strides(g), dx)
+    xw, gw = _explicitly_padded(x, g) if _meets_padding(dy, g) else (x, g)
+    dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
+    dwk.depthwise_bwd_w(dy, xw, *_strides(gw), dw64, db64)
+    return dx, dw64.astype(x.dtype), db64.astype(x.dtype)
 
 
 def _dw_generic(dy: np.ndarray, x: np.ndarray, g: Conv2dGeometry, zero, dw64: np.ndarray, db64: np.ndarray) -> None:
@@ -333,6 +365,10 @@ def compile_all(dtypes: tuple = (np.float32, np.float64), *, ladder: bool = Fals
                 for rung in LADDER.values():
                     if rung is not _flat_rung or stride == 1:
                         rung(x, w, b, g)
+        dg = conv2d_geometry(x.shape, (4, 1, 3, 3), 1, 1, 1, groups=2)  # depthwise, 2 filters per channel
+        wd = rng.standard_normal(dg.w_shape).astype(dtype)
+        yd = depthwise_conv2d_forward(x, wd, None, dg)
+        depthwise_conv2d_backward(yd, x, wd, dg, True)
         for padding in (1, 0):  # the general pooling kernels, then the 2x2 / stride-2 ones
             pg = pool2d_geometry(x.shape, 2, 2, padding)
             y, am = max_pool2d_forward(x, pg)

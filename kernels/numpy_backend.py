@@ -124,6 +124,57 @@ def _pool_windows(x: np.ndarray, g: Pool2dGeometry, pad_value: float) -> np.ndar
     return v.transpose(0, 1, 4, 5, 2, 3).reshape(g.n, g.c, g.ho, g.wo, g.kh * g.kw)
 
 
+def _depthwise_taps(xp: np.ndarray, g: Conv2dGeometry):
+    """(r, s, view) for every filter tap: view[n, k, i, j] = xp[n, k, i*sh + r*dh, j*sw + s*dw]."""
+    for r in range(g.r):
+        for s in range(g.s):
+            rows = slice(r * g.dh, r * g.dh + (g.ho - 1) * g.sh + 1, g.sh)
+            cols = slice(s * g.dw, s * g.dw + (g.wo - 1) * g.sw + 1, g.sw)
+            yield r, s, (slice(None), slice(None), rows, cols)
+
+
+def _per_output_channel(xp: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
+    """(N,C,..) -> (N,K,..): output channel k reads input channel k // (K/C)."""
+    m = g.k // g.c
+    return xp if m == 1 else np.repeat(xp, m, axis=1)
+
+
+def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """Depthwise (groups = C): no sum over channels, so no GEMM to hand it to. Instead one
+    whole-array multiply-add per filter tap (R*S of them), each over every image and channel at
+    once. x (N,C,H,W), w (K,1,R,S), b (K,) or None -> y (N,K,Ho,Wo)."""
+    xp = _per_output_channel(_pad(x, g.ph, g.pw), g)
+    y = np.zeros(g.y_shape, x.dtype)
+    with np.errstate(invalid="ignore"):  # 0 * inf in the padding is NaN by contract, not a mistake
+        for r, s, taps in _depthwise_taps(xp, g):
+            y += w[:, 0, r, s][None, :, None, None] * xp[taps]
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def depthwise_conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Per tap: dW[k, 0, r, s] = sum of dy * that tap's view of x; dx gets dy * w added back to
+    the same view of a padded gradient (the adjoint), whose padding is then cut off."""
+    xp = _per_output_channel(_pad(x, g.ph, g.pw), g)
+    dw = np.empty_like(w)
+    dxp = np.zeros(xp.shape, x.dtype) if need_dx else None
+    with np.errstate(invalid="ignore"):  # as in the forward
+        for r, s, taps in _depthwise_taps(xp, g):
+            dw[:, 0, r, s] = np.einsum("nkij,nkij->k", dy, xp[taps])
+            if dxp is not None:
+                dxp[taps] += dy * w[:, 0, r, s][None, :, None, None]
+    db = dy.sum(axis=(0, 2, 3))
+    if dxp is None:
+        return None, dw, db
+    m = g.k // g.c
+    if m > 1:  # the M output channels of one input channel each sent it a gradient
+        dxp = dxp.reshape(g.n, g.c, m, *dxp.shape[2:]).sum(axis=2)
+    return np.ascontiguousarray(dxp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w]), dw, db
+
+
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
     """y (N,C,Ho,Wo) = window max; argmax int64 = flat h*W + w of the first maximum (NaN wins)."""
     win = _pool_windows(x, g, -np.inf)

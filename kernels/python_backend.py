@@ -85,6 +85,58 @@ def conv2d_backward(
     return (None if dx is None else dx.astype(dtype)), dw.astype(dtype), db.astype(dtype)
 
 
+def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
+    """Depthwise convolution (groups = C): conv2d_forward without the sum over input channels.
+
+    x (N,C,H,W), w (K,1,R,S) with K = C*M, b (K,) or None -> y (N,K,Ho,Wo), x's dtype. Output
+    channel k filters input channel k // M alone (M = K / C filters per input channel)."""
+    m = g.k // g.c
+    y = np.zeros(g.y_shape, dtype=x.dtype)
+    for n in range(g.n):
+        for k in range(g.k):
+            c = k // m  # the one input channel this output channel reads
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    acc = 0.0 if b is None else float(b[k])
+                    for r in range(g.r):
+                        h = i * g.sh - g.ph + r * g.dh
+                        for s in range(g.s):
+                            ww = j * g.sw - g.pw + s * g.dw
+                            inside = 0 <= h < g.h and 0 <= ww < g.w
+                            xv = float(x[n, c, h, ww]) if inside else 0.0  # padding: a zero that multiplies
+                            acc += xv * float(w[k, 0, r, s])
+                    y[n, k, i, j] = acc
+    return y
+
+
+def depthwise_conv2d_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The depthwise forward's loops replayed, as conv2d_backward replays conv2d_forward's.
+    Returns dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)."""
+    m = g.k // g.c
+    dx = np.zeros(g.x_shape, dtype=np.float64) if need_dx else None
+    dw = np.zeros(g.w_shape, dtype=np.float64)
+    db = np.zeros((g.k,), dtype=np.float64)
+    for n in range(g.n):
+        for k in range(g.k):
+            c = k // m
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    grad = float(dy[n, k, i, j])
+                    db[k] += grad
+                    for r in range(g.r):
+                        h = i * g.sh - g.ph + r * g.dh
+                        for s in range(g.s):
+                            ww = j * g.sw - g.pw + s * g.dw
+                            inside = 0 <= h < g.h and 0 <= ww < g.w
+                            dw[k, 0, r, s] += grad * (float(x[n, c, h, ww]) if inside else 0.0)
+                            if dx is not None and inside:
+                                dx[n, c, h, ww] += grad * float(w[k, 0, r, s])
+    dtype = x.dtype
+    return (None if dx is None else dx.astype(dtype)), dw.astype(dtype), db.astype(dtype)
+
+
 def max_pool2d_forward(x: np.ndarray, g: Pool2dGeometry) -> tuple[np.ndarray, np.ndarray]:
     """x (N,C,H,W) -> y (N,C,Ho,Wo), x's dtype: the max of each window; argmax (N,C,Ho,Wo) int64:
     flat index h*W + w of the winner.

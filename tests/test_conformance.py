@@ -262,6 +262,125 @@ def test_conv_float32_agrees_with_float64(backend, rng, xs, ws, stride, padding,
         assert_within(a, r, bound, f"float32 {name}")
 
 
+# (x shape, filters per input channel, kernel, stride, padding, dilation): depthwise = groups C
+DEPTHWISE_CASES = [
+    ((2, 3, 7, 9), 1, (3, 3), 1, 1, 1),  # MobileNet's 3x3
+    ((1, 4, 6, 5), 2, (3, 2), (2, 1), (1, 0), (1, 2)),
+    ((3, 2, 5, 5), 3, (1, 1), 1, 0, 1),
+    ((1, 5, 9, 8), 1, (5, 5), 2, 2, 1),
+    ((2, 1, 4, 6), 2, (2, 3), 1, (1, 1), 2),  # C = 1: depthwise and ungrouped at once
+    ((1, 3, 19, 21), 1, (3, 3), 1, 1, 1),  # rows wider than a SIMD vector
+]
+
+
+def _depthwise(rng, xs, m, ks, dtype=np.float64):
+    return _rand(rng, xs, dtype), _rand(rng, (xs[1] * m, 1, *ks), dtype), _rand(rng, (xs[1] * m,), dtype)
+
+
+@pytest.mark.parametrize("xs, m, ks, stride, padding, dilation", DEPTHWISE_CASES)
+def test_depthwise_conv_matches_reference_float64(fast_backend, rng, xs, m, ks, stride, padding, dilation):
+    x, w, b = _depthwise(rng, xs, m, ks)
+    args = (stride, padding, dilation, xs[1])
+    y_ref = K.conv2d_forward(x, w, b, *args, backend="python")
+    dy = _rand(rng, y_ref.shape)
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    bounds = conv_bounds(x, w, b, dy, stride, padding, dilation, np.float64, two_sided=True, groups=xs[1])
+    assert_within(K.conv2d_forward(x, w, b, *args, backend=fast_backend), y_ref, bounds[0], "y")
+    got = K.conv2d_backward(dy, x, w, *args, backend=fast_backend)
+    for name, a, r, bound in zip(("dx", "dw", "db"), got, refs, bounds[1:]):
+        assert a.dtype == np.float64 and a.shape == r.shape
+        assert_within(a, r, bound, name)
+    dx, dw, _ = K.conv2d_backward(dy, x, w, *args, need_dx=False, backend=fast_backend)
+    assert dx is None
+    assert_within(dw, refs[1], bounds[2], "dw without dx")
+
+
+@pytest.mark.parametrize("xs, m, ks, stride, padding, dilation", DEPTHWISE_CASES[:3])
+def test_depthwise_conv_gradients_numerically(backend, rng, xs, m, ks, stride, padding, dilation):
+    x, w, b = _depthwise(rng, xs, m, ks)
+    args = (stride, padding, dilation, xs[1])
+    gy = _rand(rng, K.conv2d_forward(x, w, b, *args, backend=backend).shape)
+
+    def loss() -> float:
+        return float(np.sum(K.conv2d_forward(x, w, b, *args, backend=backend) * gy))
+
+    dx, dw, db = K.conv2d_backward(gy, x, w, *args, backend=backend)
+    assert_gradient(dx, numerical_gradient(loss, x), "dx")
+    assert_gradient(dw, numerical_gradient(loss, w), "dw")
+    assert_gradient(db, numerical_gradient(loss, b), "db")
+
+
+@pytest.mark.parametrize("xs, m, ks, stride, padding, dilation", DEPTHWISE_CASES)
+def test_depthwise_conv_float32_agrees_with_float64(backend, rng, xs, m, ks, stride, padding, dilation):
+    x32, w32, b32 = _depthwise(rng, xs, m, ks, np.float32)
+    x64, w64, b64 = x32.astype(np.float64), w32.astype(np.float64), b32.astype(np.float64)
+    args = (stride, padding, dilation, xs[1])
+    y64 = K.conv2d_forward(x64, w64, b64, *args, backend="python")
+    dy32 = _rand(rng, y64.shape, np.float32)
+    g64 = K.conv2d_backward(dy32.astype(np.float64), x64, w64, *args, backend="python")
+    y32 = K.conv2d_forward(x32, w32, b32, *args, backend=backend)
+    g32 = K.conv2d_backward(dy32, x32, w32, *args, backend=backend)
+    bounds = conv_bounds(x64, w64, b64, dy32, stride, padding, dilation, np.float32, two_sided=False, groups=xs[1])
+    assert y32.dtype == np.float32 and all(a.dtype == np.float32 for a in g32)
+    assert_within(y32, y64, bounds[0], "float32 y")
+    for name, a, r, bound in zip(("dx", "dw", "db"), g32, g64, bounds[1:]):
+        assert_within(a, r, bound, f"float32 {name}")
+
+
+def test_depthwise_padding_meets_inf_and_nan_as_the_contract_says(backend, rng):
+    """An inf weight times a padded zero is NaN (forward), so is an inf dy times one (dW); a
+    NaN in x stays where it is read. The NaN positions must be the reference's."""
+    xs, args = (2, 3, 5, 6), (1, 1, 1, 3)
+    x, w, b = _depthwise(rng, xs, 2, (3, 3))
+    w[1, 0, 0, 0], w[4, 0, 2, 1] = np.inf, -np.inf
+    x[0, 2, 3, 3] = np.nan
+    y_ref = K.conv2d_forward(x, w, b, *args, backend="python")
+    assert np.isnan(y_ref).any() and np.isinf(y_ref).any()
+    assert_within(K.conv2d_forward(x, w, b, *args, backend=backend), y_ref, 1e-9 * (1 + np.abs(y_ref)), "y")
+    x, w, _ = _depthwise(rng, xs, 2, (3, 3))
+    dy = _rand(rng, y_ref.shape)
+    dy[1, 5, 0, 0] = np.inf
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    assert np.isnan(refs[1]).any()
+    for name, a, r in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=backend), refs):
+        assert_within(a, r, 1e-9 * (1 + np.abs(np.nan_to_num(r))), name)
+
+
+_depthwise_problem = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 3),
+        "c": st.integers(1, 4),
+        "m": st.integers(1, 3),
+        "r": st.integers(1, 4),
+        "s": st.integers(1, 4),
+        "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        "padding": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "extra": st.tuples(st.integers(0, 9), st.integers(0, 9)),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=_depthwise_problem)
+def test_property_depthwise_conv_matches_reference(fast_backend, p):
+    rng = np.random.default_rng(p["seed"])
+    (dh, dw), (ph, pw) = p["dilation"], p["padding"]
+    h = max(1, dh * (p["r"] - 1) + 1 - 2 * ph) + p["extra"][0]
+    w_ = max(1, dw * (p["s"] - 1) + 1 - 2 * pw) + p["extra"][1]
+    x, w, b = _depthwise(rng, (p["n"], p["c"], h, w_), p["m"], (p["r"], p["s"]))
+    args = (p["stride"], p["padding"], p["dilation"], p["c"])
+    y_ref = K.conv2d_forward(x, w, b, *args, backend="python")
+    dy = _rand(rng, y_ref.shape)
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    bounds = conv_bounds(x, w, b, dy, *args[:3], np.float64, two_sided=True, groups=p["c"])
+    assert_within(K.conv2d_forward(x, w, b, *args, backend=fast_backend), y_ref, bounds[0], "y")
+    for name, a, r, bound in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=fast_backend),
+                                 refs, bounds[1:]):  # fmt: skip
+        assert_within(a, r, bound, name)
+
+
 @pytest.mark.parametrize("xs, k, s, p", POOL_CASES[:4])
 def test_pool_float32_agrees_with_float64(backend, rng, xs, k, s, p):
     x32 = _rand(rng, xs, np.float32)

@@ -258,6 +258,48 @@ def test_conv2d_backward_any_arguments(path, data):
         _check(K.conv2d_backward, dy, x, w, stride, padding, dilation, need_dx=need_dx)
 
 
+groups_p = st.sampled_from(["depthwise"] * 8 + ["other", "bad"])
+
+
+def _groups(data, c: int):
+    """Mostly C (depthwise); sometimes another int, 0, a negative, a float or a bool."""
+    kind = data.draw(groups_p, label="groups")
+    if kind == "depthwise":
+        return c
+    if kind == "other":
+        return data.draw(st.integers(1, 6), label="groups int")
+    return data.draw(st.sampled_from([0, -1, 2.0, True, None, "2", 2**62]), label="groups bad")
+
+
+@SETTINGS
+@given(st.data())
+def test_depthwise_conv_any_arguments(data):
+    """Depthwise (groups = C) through the cython kernels: with NaN/inf anywhere (the contract's
+    0 * inf = NaN where the padding meets an inf weight or dy must hold too), any shape, channel
+    multiplier and stride/padding/dilation."""
+    dtype = _dtype(data)
+    xs = _shape(data)
+    x = _make(data, xs, dtype)
+    c = xs[1]
+    mult = data.draw(st.integers(1, 3), label="filters per channel")
+    cw = data.draw(size, label="w channels") if _rarely(data, "w channels not 1") else 1
+    ws = (max(c, 1) * mult, cw, data.draw(kernel_size), data.draw(kernel_size))
+    w = _make(data, ws, dtype)
+    bias = _make(data, (ws[0],), dtype) if data.draw(st.booleans(), label="bias") else None
+    stride, padding, dilation = data.draw(stride_p), data.draw(padding_p), data.draw(dilation_p)
+    groups = _groups(data, c)
+    try:
+        ys = K.conv2d_geometry(xs, ws, stride, padding, dilation, groups).y_shape
+    except (ValueError, TypeError):
+        ys = _shape(data)
+    if 10**4 < math.prod(ys) < 2**40:
+        return  # allocatable but too big for the naive reference (see the conv2d test)
+    _check(K.conv2d_forward, x, w, bias, stride, padding, dilation, groups)
+    dy = _make(data, ys, dtype)
+    need_dx = data.draw(st.booleans(), label="need_dx")
+    _check(K.conv2d_backward, dy, x, w, stride, padding, dilation, groups, need_dx=need_dx)
+
+
 @pytest.mark.parametrize("path", CONV_PATHS)
 @settings(max_examples=40, deadline=None)
 @given(st.data())
@@ -771,6 +813,13 @@ def _direct_call_cases():
         ("conv2d_forward", (x, w, np.ones(5, f32), g), ValueError, "b: expected shape (1,)"),
         ("conv2d_forward", (x, w.astype(np.float64), None, g), TypeError, "weight: expected dtype float32 to match x"),
         ("conv2d_forward", (x, w, None, p), TypeError, "expected a Conv2dGeometry"),
+        ("depthwise_conv2d_forward", (x, w, None, dataclasses.replace(g, wo=9)), ValueError, "last window reaches"),
+        ("depthwise_conv2d_forward", (np.ones((1, 2, 4, 4), f32), np.ones((2, 1, 3, 3), f32), None,
+                                      dataclasses.replace(g, c=2, k=2)), ValueError, "expected groups = 2"),
+        ("depthwise_conv2d_backward", (x, x, np.ones((3, 1, 3, 3), f32), dataclasses.replace(g, k=3), True),
+         ValueError, "dy: expected shape (1, 3, 4, 4)"),
+        ("conv2d_forward", (np.ones((1, 2, 4, 4), f32), np.ones((2, 1, 3, 3), f32), None,
+                            dataclasses.replace(g, c=2, k=2, groups=2)), ValueError, "expected groups = 1"),
         ("conv2d_backward", (np.ones((1, 1, 9, 9), f32), x, w, g, True), ValueError, "dy: expected shape (1, 1, 4, 4)"),
         ("max_pool2d_forward", (np.ones((1, 1, 1, 1), f32), p), ValueError, "x: expected shape (1, 1, 2, 2)"),
         ("max_pool2d_backward", (np.ones((1, 1, 1, 1), f32), np.full((1, 1, 1, 1), 10**9), p), ValueError,

@@ -426,6 +426,8 @@ GROUPED_CASES = [
     ((1, 4, 6, 7), 8, 4, (3, 2), 1, (1, 0), 2, True),  # depthwise, channel multiplier 2
     ((2, 3, 5, 5), 3, 3, 1, 1, 0, 1, False),  # depthwise 1x1
     ((1, 6, 5, 6), 9, 3, 2, (1, 2), 1, 1, True),
+    ((2, 5, 9, 8), 5, 5, 3, 1, 1, 1, True),  # depthwise 3x3, the MobileNet block's
+    ((1, 3, 6, 9), 6, 3, (2, 3), (2, 1), (1, 1), (2, 1), False),  # depthwise, strided, dilated, multiplier 2
 ]
 
 
@@ -441,7 +443,9 @@ def test_grouped_conv_is_a_full_conv_with_block_diagonal_weights(backend, rng, c
     full = Conv2d(c, k, ks, stride, pad, dil, bias=bias, dtype=np.float64)
     full.backend = backend
     full.weight.data[:] = 0
-    for cs, kslice in grouped._group_slices():
+    ci, co = c // g, k // g  # block j: output channels [j*co, (j+1)*co) x input channels [j*ci, (j+1)*ci)
+    blocks = [(slice(j * ci, (j + 1) * ci), slice(j * co, (j + 1) * co)) for j in range(g)]
+    for cs, kslice in blocks:
         full.weight.data[kslice, cs] = grouped.weight.data[kslice]
     if bias:
         full.bias.data[:] = grouped.bias.data
@@ -450,7 +454,7 @@ def test_grouped_conv_is_a_full_conv_with_block_diagonal_weights(backend, rng, c
     np.testing.assert_allclose(y, full.forward(x), rtol=1e-12, atol=1e-12)
     dy = rng.standard_normal(y.shape)
     np.testing.assert_allclose(grouped.backward(dy), full.backward(dy), rtol=1e-12, atol=1e-12)
-    for cs, kslice in grouped._group_slices():
+    for cs, kslice in blocks:
         np.testing.assert_allclose(grouped.weight.grad[kslice], full.weight.grad[kslice, cs], rtol=1e-12, atol=1e-12)
     if bias:
         np.testing.assert_allclose(grouped.bias.grad, full.bias.grad, rtol=1e-12, atol=1e-12)

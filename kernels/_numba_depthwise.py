@@ -1,0 +1,132 @@
+"""Numba depthwise convolution kernels (groups = C): each output channel k filters one input
+channel, c = k // M (M = K / C filters per input channel).
+
+There is no sum over channels, so nothing for a matrix product (and only R*S multiply-adds per
+output): ~2*R*S flops per output element, close to memory-bound, like pooling. The kernels are
+built like the rung-2 conv plane (``_numba_conv._fwd_plane``) and the pooling ones:
+
+* one ``prange`` task per plane (forward: an output plane; dx: an input plane, which only its
+  own M output channels touch; dW: an output channel), so threads never write the same element;
+* tap by tap over whole output rows, so the innermost loop runs along a row: with stride 1 it
+  is contiguous and LLVM vectorises it (a literal stride; a runtime one gives scalar code);
+* the valid output columns of a tap computed once (``_valid_cols``), and row views that start
+  at the first valid element, so indices are provably >= 0 and Numba's negative-index test
+  leaves the loop; taps in the padding are skipped (no padded copy of x);
+* dW's sums over N*Ho*Wo products are a reduction: one running sum would wait ~4 cycles per
+  add. A float64 accumulator per output column (``lanes``) makes the inner loop independent
+  across columns, so it vectorises without reassociating anything; the lanes are summed once.
+
+Skipping a padding tap is exact unless the weight (forward) or dy (dW) is inf or NaN, where the
+zero padding would contribute 0 * inf = NaN; numba_backend writes the padding out for those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._numba_conv import _FMA, _valid_cols
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def depthwise_fwd(x, w, b, sh, sw, ph, pw, dh, dw, y):
+    """y (N,K,Ho,Wo) = b[k] + sum over taps (r, s) of w[k, 0, r, s] * x[n, k // M, i*sh - ph + r*dh,
+    j*sw - pw + s*dw], skipping taps in the padding; x (N,C,H,W), w (K,1,R,S), b (K,)."""
+    n_, c_, h_, w_ = x.shape
+    k_, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    r_, s_ = w.shape[2], w.shape[3]
+    m = k_ // c_
+    for t in prange(n_ * k_):
+        n = t // k_
+        k = t - n * k_
+        c = k // m
+        yk = y[n, k]
+        yk[:, :] = b[k]
+        for r in range(r_):
+            for s in range(s_):
+                wv = w[k, 0, r, s]
+                off = s * dw - pw
+                lo, hi = _valid_cols(off, sw, w_, wo)
+                for i in range(ho):
+                    h = i * sh - ph + r * dh
+                    if h < 0 or h >= h_:
+                        continue
+                    yrow = yk[i, lo:hi]
+                    xrow = x[n, c, h, lo * sw + off :]
+                    if sw == 1:
+                        for j in range(hi - lo):
+                            yrow[j] += wv * xrow[j]
+                    else:
+                        for j in range(hi - lo):
+                            yrow[j] += wv * xrow[j * sw]
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def depthwise_bwd_dx(dy, w, sh, sw, ph, pw, dh, dw, dx):
+    """dx (N,C,H,W) = the adjoint of depthwise_fwd: every tap sends dy * w back to the input
+    element it read."""
+    n_, c_, h_, w_ = dx.shape
+    k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    r_, s_ = w.shape[2], w.shape[3]
+    m = k_ // c_
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        dx[n, c, :, :] = 0
+        for q in range(m):
+            k = c * m + q
+            for r in range(r_):
+                for s in range(s_):
+                    wv = w[k, 0, r, s]
+                    off = s * dw - pw
+                    lo, hi = _valid_cols(off, sw, w_, wo)
+                    for i in range(ho):
+                        h = i * sh - ph + r * dh
+                        if h < 0 or h >= h_:
+                            continue
+                        grow = dy[n, k, i, lo:hi]
+                        dst = dx[n, c, h, lo * sw + off :]
+                        if sw == 1:
+                            for j in range(hi - lo):
+                                dst[j] += wv * grow[j]
+                        else:
+                            for j in range(hi - lo):
+                                dst[j * sw] += wv * grow[j]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_bwd_w(dy, x, sh, sw, ph, pw, dh, dw, dwt, db):
+    """dwt (K,1,R,S) and db (K,), float64: dwt[k, 0, r, s] = sum over n, i, j of dy[n, k, i, j]
+    times the input element tap (r, s) read (padding skipped), db[k] = sum of dy[:, k]."""
+    n_, c_, h_, w_ = x.shape
+    k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    r_, s_ = dwt.shape[2], dwt.shape[3]
+    m = k_ // c_
+    for k in prange(k_):
+        c = k // m
+        lanes = np.zeros(wo)  # float64 partial sums, one per output column
+        for n in range(n_):
+            for i in range(ho):
+                grow = dy[n, k, i]
+                for j in range(wo):
+                    lanes[j] += grow[j]
+        db[k] = lanes.sum()
+        for r in range(r_):
+            for s in range(s_):
+                off = s * dw - pw
+                lo, hi = _valid_cols(off, sw, w_, wo)
+                lanes[:] = 0.0
+                for n in range(n_):
+                    for i in range(ho):
+                        h = i * sh - ph + r * dh
+                        if h < 0 or h >= h_:
+                            continue
+                        grow = dy[n, k, i, lo:hi]
+                        xrow = x[n, c, h, lo * sw + off :]
+                        if sw == 1:
+                            for j in range(hi - lo):
+                                lanes[j] += grow[j] * xrow[j]
+                        else:
+                            for j in range(hi - lo):
+                                lanes[j] += grow[j] * xrow[j * sw]
+                dwt[k, 0, r, s] = lanes.sum()
