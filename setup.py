@@ -111,8 +111,14 @@ def build_jobs() -> int:
     """C modules compiled at once (build_ext's threads): one per core, FASTCONV_BUILD_JOBS
     overrides. Each module is one long compiler run, so on 2 cores this about halves a build, and
     CI builds three times (editable install, wheel check, AddressSanitizer copy)."""
-    raw = os.environ.get("FASTCONV_BUILD_JOBS", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)
+    raw = os.environ.get("FASTCONV_BUILD_JOBS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise SystemExit(f"FASTCONV_BUILD_JOBS: expected a positive whole number, got {raw!r}")
+        return int(raw)
+    # the cores this process may run on (a CPU quota or taskset), not every core of the machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
 
 
 class BuildExt(build_ext):

@@ -1,4 +1,5 @@
-"""Loss functions on logits: the loss as a Python float, gradient with respect to the logits.
+"""Loss functions on logits: the loss (a Python float, or per-sample losses with
+``reduction="none"``) and its gradient with respect to the logits.
 
 ``loss = criterion(logits, targets)`` (``__call__`` = ``forward``) caches what ``backward()``
 needs; ``backward()`` returns dloss/dlogits with the shape and dtype of ``logits``.
@@ -11,6 +12,8 @@ no log of 0, so logits of +-1e4 give finite losses and gradients.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -55,22 +58,32 @@ def _backward(
         raise RuntimeError(f"{name}.backward called before forward")
     n = per_sample.shape[0]
     if reduction == "none":
+        # the loss's own shape: (N,) for cross-entropy, the logits' (N,) or (N, 1) for BCE, whose
+        # (N, 1) loss may also be given a gradient of shape (N,)
+        shapes = {(n,), per_sample.shape} if per_sample.ndim == 2 and per_sample.shape[1] == 1 else {(n,)}
+        want = " or ".join(str(s) for s in sorted(shapes, key=len))
         if upstream is None:
             raise ValueError(
                 f"{name}.backward: reduction='none' gives one loss per sample, so backward needs their "
-                f"gradient: an array of shape ({n},), e.g. np.full({n}, 1 / {n}) for the mean"
+                f"gradient: an array of shape {want}, e.g. np.full({n}, 1 / {n}) for the mean"
             )
+        kind = np.asarray(upstream).dtype.kind if isinstance(upstream, (np.ndarray, list, tuple)) else ""
+        if kind not in ("f", "i", "u"):
+            raise TypeError(f"{name}.backward: grad: expected a numeric array of shape {want}, got {upstream!r:.80}")
         g = np.asarray(upstream, dtype=np.float64)
-        if g.shape not in ((n,), per_sample.shape[:1] + (1,) * (per_sample.ndim - 1)):
-            raise ValueError(f"{name}.backward: expected a gradient of shape ({n},), got shape {g.shape}")
+        if g.shape not in shapes:
+            raise ValueError(f"{name}.backward: expected a gradient of shape {want}, got shape {g.shape}")
         return (per_sample * g.reshape((n,) + (1,) * (per_sample.ndim - 1))).astype(dtype, copy=False)
     grad = (per_sample / (denom if reduction == "mean" else 1.0)).astype(dtype, copy=False)
     if upstream is None:
         return grad
-    if np.ndim(upstream) != 0:
-        raise ValueError(
-            f"{name}.backward: the loss is a number (reduction={reduction!r}), so its gradient is one number, "
-            f"got shape {np.shape(upstream)}"
+    if isinstance(upstream, np.ndarray) and upstream.ndim == 0 and upstream.dtype.kind in "fiu":
+        upstream = upstream.item()
+    if isinstance(upstream, bool) or not isinstance(upstream, numbers.Real):
+        shape = f"an array of shape {upstream.shape}" if isinstance(upstream, np.ndarray) else repr(upstream)
+        raise TypeError(
+            f"{name}.backward: grad: the loss is a number (reduction={reduction!r}), so its gradient is one "
+            f"number, got {shape}"
         )
     return (grad * float(upstream)).astype(dtype, copy=False)
 

@@ -275,13 +275,14 @@ def pool2d_geometry(
         raise ValueError(f"x: expected a 4-d array (N, C, H, W), got shape {tuple(x_shape)}")
     n, c, h, w = (int(v) for v in x_shape)
     _require_positive("x", (c, h, w), ("C", "H", "W"), x_shape)
+    given_h, given_w = h, w
     if as_flag("ceil_mode", ceil_mode):
         h += pool_ceil_extension(h, kh, sh, ph)
         w += pool_ceil_extension(w, kw, sw, pw)
-    if kh > h + 2 * ph or kw > w + 2 * pw:
+    if kh > h + 2 * ph or kw > w + 2 * pw:  # (in ceil mode: not even a partial window fits)
         raise ValueError(
             f"kernel_size: window ({kh}, {kw}) is larger than the padded input "
-            f"{h + 2 * ph}x{w + 2 * pw} (x {h}x{w}, padding ({ph}, {pw}))"
+            f"{given_h + 2 * ph}x{given_w + 2 * pw} (x {given_h}x{given_w}, padding ({ph}, {pw}))"
         )
     _require_index_range(h + 2 * ph, w + 2 * pw, (ph, pw))
     ho = conv_output_size(h, kh, sh, ph, 1)

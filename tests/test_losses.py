@@ -295,12 +295,21 @@ def test_per_sample_backward_needs_its_gradient(rng, kind):
     loss(z, y)
     with pytest.raises(ValueError, match=r"backward needs their gradient: an array of shape \(6,\)"):
         loss.backward()
-    with pytest.raises(ValueError, match=r"expected a gradient of shape \(6,\), got shape \(5,\)"):
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(6,\).*, got shape \(5,\)"):
         loss.backward(np.ones(5))
+    with pytest.raises(TypeError, match="grad: expected a numeric array"):
+        loss.backward("x")
+    if kind == "ce":  # its losses have shape (6,) only
+        with pytest.raises(ValueError, match=r"got shape \(6, 1\)"):
+            loss.backward(np.ones((6, 1)))
+    else:  # a (6, 1) loss takes a (6,) or (6, 1) gradient
+        np.testing.assert_array_equal(loss.backward(np.ones((6, 1))), loss.backward(np.ones(6)))
     reduced = type(loss)()
     reduced(z, y)
-    with pytest.raises(ValueError, match="its gradient is one number, got shape"):
-        reduced.backward(np.ones(6))
+    for bad in (np.ones(6), "2", True):
+        with pytest.raises(TypeError, match="its gradient is one number, got"):
+            reduced.backward(bad)
+    np.testing.assert_array_equal(reduced.backward(np.float64(2.0)), reduced.backward(2))
 
 
 def test_per_sample_losses_match_torch(rng):
