@@ -305,34 +305,82 @@ def conv2d_backward(
     return (dx if need_dx else None), dw, db
 
 
+#: Per-thread scratch (in elements) above which the flat stride-1 depthwise kernels give way to
+#: the row kernels: a padded plane, the wide output rows and dW's lanes (R*S wide planes).
+DEPTHWISE_FLAT_MAX_ELEMENTS = 1 << 24
+
+
+def _depthwise_flat(g: Conv2dGeometry) -> tuple[int, int] | None:
+    """(padded plane length, wide plane length) when the flat kernels apply (stride 1, scratch
+    within DEPTHWISE_FLAT_MAX_ELEMENTS), else None."""
+    if g.sh != 1 or g.sw != 1:
+        return None
+    wp = g.w + 2 * g.pw
+    plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
+    return (plane, wide) if plane + (g.r * g.s + 1) * wide <= DEPTHWISE_FLAT_MAX_ELEMENTS else None
+
+
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C)."""
-    if (g.ph or g.pw) and not np.isfinite(w).all():
-        # the kernel skips padding taps; an inf or NaN weight must meet the padding's zeros
-        # (0 * inf = NaN, the contract): the numpy kernel multiplies them explicitly
-        from . import numpy_backend
-
-        return numpy_backend.depthwise_conv2d_forward(x, w, b, g)
     y = np.empty(g.y_shape, x.dtype)
     bias = np.zeros(g.k, x.dtype) if b is None else b
-    cython_depthwise.depthwise_forward(x, w, bias, y, g, _threads_memory_bound(g.n * g.k, x.size))
+    threads = _threads_memory_bound(g.n * g.k, x.size)
+    flat = _depthwise_flat(g)
+    if flat is not None:  # real zeros in the padding: 0 * inf = NaN comes out by itself
+        scratch = np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype)
+        cython_depthwise.depthwise_forward_flat(x, w, bias, y, *scratch, g, threads)
+        return y
+    cython_depthwise.depthwise_forward(x, w, bias, y, g, threads)
+    bad = ~np.isfinite(w[:, 0])
+    if (g.ph or g.pw) and bad.any():
+        # the row kernel skips padding taps, but an inf or NaN weight times a padded zero is NaN
+        # (the contract): every output whose window puts such a weight on the padding is NaN
+        hits = _padding_hits(g)
+        for k in np.flatnonzero(bad.any(axis=(1, 2))):
+            y[:, k][:, np.any(hits[bad[k]], axis=0)] = np.nan
     return y
+
+
+def _padding_hits(g: Conv2dGeometry) -> np.ndarray:
+    """(R, S, Ho, Wo) bool: where tap (r, s) of output (i, j) falls on the zero padding."""
+    rows = np.arange(g.ho)[None, :] * g.sh - g.ph + np.arange(g.r)[:, None] * g.dh  # (R, Ho)
+    cols = np.arange(g.wo)[None, :] * g.sw - g.pw + np.arange(g.s)[:, None] * g.dw  # (S, Wo)
+    row_out, col_out = (rows < 0) | (rows >= g.h), (cols < 0) | (cols >= g.w)
+    return row_out[:, None, :, None] | col_out[None, :, None, :]
 
 
 def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C."""
-    if (g.ph or g.pw) and not np.isfinite(dy).all():  # dW must see 0 * inf in the padding, as above
-        from . import numpy_backend
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C.
 
-        return numpy_backend.depthwise_conv2d_backward(dy, x, w, g, need_dx)
+    The flat kernels (stride 1) compute garbage columns with dy = 0 there: exact unless that zero
+    meets an inf/NaN weight (dx) or x value (dW), so those go to the row kernels."""
+    flat = _depthwise_flat(g)
     dx = None
-    if need_dx:  # the padding has no gradient to keep: skipping its taps is exact here
+    if need_dx:  # the padding has no gradient to keep: the row kernel's skipping is exact here
         dx = np.empty(g.x_shape, x.dtype)
-        cython_depthwise.depthwise_backward_dx(dy, w, dx, g, _threads_memory_bound(g.n * g.c, x.size))
-    dw64, db64, lanes = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64), np.empty((g.k, g.wo))
-    cython_depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, _threads_memory_bound(g.k, x.size))
+        threads = _threads_memory_bound(g.n * g.c, x.size)
+        if flat is not None and np.isfinite(w).all():
+            scratch = np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype)
+            cython_depthwise.depthwise_backward_dx_flat(dy, w, dx, *scratch, g, threads)
+        else:
+            cython_depthwise.depthwise_backward_dx(dy, w, dx, g, threads)
+    dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
+    threads = _threads_memory_bound(g.k, x.size)
+    if flat is not None and np.isfinite(x).all():  # padding: real zeros, dy's NaN/inf meets them
+        scratch = (np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype),
+                   np.empty((threads, g.r * g.s * flat[1])))  # fmt: skip
+        cython_depthwise.depthwise_backward_w_flat(dy, x, dw64, db64, *scratch, g, threads)
+    else:
+        lanes = np.empty((g.k, g.wo))
+        cython_depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, threads)
+        if g.ph or g.pw:
+            bad = ~np.isfinite(dy).all(axis=0)  # (K, Ho, Wo): an inf/NaN dy somewhere in the batch
+            if bad.any():  # it meets a padded zero in every tap that lands on the padding: NaN
+                hits = _padding_hits(g)
+                for k in np.flatnonzero(bad.any(axis=(1, 2))):
+                    dw64[k, 0][np.any(hits & bad[k], axis=(2, 3))] = np.nan
     return dx, dw64.astype(x.dtype), db64.astype(x.dtype)
 
 

@@ -22,7 +22,7 @@ zero padding would contribute 0 * inf = NaN; cython_backend routes those calls e
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 
 cdef struct DGeo:
@@ -191,3 +191,172 @@ def depthwise_backward_w(const floating[:, :, :, ::1] dy, const floating[:, :, :
         raise ValueError(f"lanes: expected shape ({g.k}, {g.wo}), got ({lanes.shape[0]}, {lanes.shape[1]})")
     for k in prange(g.k, nogil=True, schedule="static", num_threads=num_threads):
         _dw_channel(dy, x, dwt, db, &lanes[k, 0], &g, k)
+
+
+# ------------------------------------------------------------ stride 1: flat padded planes
+# Rows of 8-32 outputs make short vector loops whose set-up costs more than their arithmetic.
+# With stride 1 a whole plane can be one loop per tap: copy the input plane into a zero-padded
+# buffer with rows Wp = W + 2*pw wide, compute the output in rows of the same width ("wide":
+# Ho rows of Wp, the last Wp - Wo of each row garbage), and tap (r, s) becomes the constant
+# offset r*dh*Wp + s*dw: wide[q] += w[r, s] * xpad[q + offset] for every q at once. The same
+# layout as the numba backend's rung 5 (docs/ladder.md), per plane. Each thread works in its own
+# row of the scratch arrays (threadid()). Padding is real zeros here, so 0 * inf = NaN comes out
+# as the contract says; the garbage columns are never copied out. Used by cython_backend only for
+# stride 1 and when the scratch is small (_FLAT_MAX_ELEMENTS there).
+
+cdef void _pad_plane(const floating* src, floating* dst, const DGeo* g, Py_ssize_t wp,
+                     Py_ssize_t length) noexcept nogil:
+    # dst[0:length] = zeros with src's H x W plane at row ph, column pw of rows wp wide
+    cdef Py_ssize_t i, h, j, base
+    for i in range(length):
+        dst[i] = 0
+    for h in range(g.h):
+        base = (h + g.ph) * wp + g.pw
+        for j in range(g.w):
+            dst[base + j] = src[h * g.w + j]
+
+
+cdef inline void _axpy(floating* dst, const floating* src, floating a, Py_ssize_t length) noexcept nogil:
+    # dst[q] += a * src[q]; a separate function so that gcc sees two distinct pointers and one
+    # contiguous loop
+    cdef Py_ssize_t q
+    for q in range(length):
+        dst[q] += a * src[q]
+
+
+cdef inline void _lanes_add(double* lane, const floating* a, const floating* b, Py_ssize_t length) noexcept nogil:
+    # lane[q] += a[q] * b[q] in float64: independent across q, so it vectorises
+    cdef Py_ssize_t q
+    for q in range(length):
+        lane[q] += <double>a[q] * b[q]
+
+
+def depthwise_forward_flat(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] wt,
+                           const floating[::1] b, floating[:, :, :, ::1] y, floating[:, ::1] xpad,
+                           floating[:, ::1] wide, object geometry, int num_threads):
+    """y (N,K,Ho,Wo), stride 1; xpad (threads, Hp*Wp + (S-1)*dw) and wide (threads, Ho*Wp):
+    scratch, one row per thread (shapes checked here)."""
+    cdef DGeo g = _dgeo(geometry)
+    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
+    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
+    cdef Py_ssize_t t, n, k, c, tid, r, s, q, i, j, off
+    cdef floating wv
+    cdef floating* out
+    cdef const floating* src
+    if g.sh != 1 or g.sw != 1:
+        raise ValueError("depthwise_forward_flat: stride 1 only")
+    if xpad.shape[0] < num_threads or xpad.shape[1] != plane or wide.shape[0] < num_threads \
+            or wide.shape[1] != q_n:
+        raise ValueError("depthwise_forward_flat: scratch arrays of the wrong shape")
+    for t in prange(g.n * g.k, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        n = t // g.k
+        k = t - n * g.k
+        c = k // g.m
+        # the plane of x[n, c] is padded again for each of its M output channels: M is 1 in
+        # MobileNet-style layers, and a task that owns its input copy needs no synchronisation
+        _pad_plane(&x[n, c, 0, 0], &xpad[tid, 0], &g, wp, plane)
+        out = &wide[tid, 0]
+        for q in range(q_n):
+            out[q] = b[k]
+        for r in range(g.r):
+            for s in range(g.s):
+                wv = wt[k, 0, r, s]
+                src = &xpad[tid, r * g.dh * wp + s * g.dw]
+                for q in range(q_n):
+                    out[q] += wv * src[q]
+        for i in range(g.ho):
+            for j in range(g.wo):
+                y[n, k, i, j] = out[i * wp + j]
+
+
+def depthwise_backward_dx_flat(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] wt,
+                               floating[:, :, :, ::1] dx, floating[:, ::1] dxpad, floating[:, ::1] dywide,
+                               object geometry, int num_threads):
+    """dx (N,C,H,W), stride 1, every weight finite (a garbage column's 0 times an inf weight
+    would land on a real input position); dxpad (threads, Hp*Wp + (S-1)*dw), dywide (threads,
+    Ho*Wp): scratch. The adjoint of the flat forward: dxpad[q + offset] += w * dywide[q], with
+    dy laid out in rows Wp wide and zeros in the garbage columns."""
+    cdef DGeo g = _dgeo(geometry)
+    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
+    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
+    cdef Py_ssize_t t, n, c, k, m_, tid, r, s, q, i, j, h
+    cdef floating wv
+    cdef floating* acc
+    cdef floating* gw
+    if g.sh != 1 or g.sw != 1:
+        raise ValueError("depthwise_backward_dx_flat: stride 1 only")
+    if dxpad.shape[0] < num_threads or dxpad.shape[1] != plane or dywide.shape[0] < num_threads \
+            or dywide.shape[1] != q_n:
+        raise ValueError("depthwise_backward_dx_flat: scratch arrays of the wrong shape")
+    for t in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        n = t // g.c
+        c = t - n * g.c
+        acc = &dxpad[tid, 0]
+        gw = &dywide[tid, 0]
+        for q in range(plane):
+            acc[q] = 0
+        for m_ in range(g.m):
+            k = c * g.m + m_
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    gw[i * wp + j] = dy[n, k, i, j]
+                for j in range(g.wo, wp):
+                    gw[i * wp + j] = 0
+            for r in range(g.r):
+                for s in range(g.s):
+                    wv = wt[k, 0, r, s]
+                    _axpy(acc + r * g.dh * wp + s * g.dw, gw, wv, q_n)
+        for h in range(g.h):
+            for j in range(g.w):
+                dx[n, c, h, j] = acc[(h + g.ph) * wp + g.pw + j]
+
+
+def depthwise_backward_w_flat(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                              double[:, :, :, ::1] dwt, double[::1] db, floating[:, ::1] xpad,
+                              floating[:, ::1] dywide, double[:, ::1] lanes, object geometry, int num_threads):
+    """dwt (K,1,R,S), db (K,), float64, stride 1, x finite (a garbage column's zero dy times an
+    inf in x would be NaN); scratch per thread: xpad (Hp*Wp + (S-1)*dw), dywide (Ho*Wp), lanes
+    (R*S*Ho*Wp float64: one partial sum per tap and wide position, added up at the end)."""
+    cdef DGeo g = _dgeo(geometry)
+    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
+    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
+    cdef Py_ssize_t k, c, n, tid, r, s, q, i, j, tap
+    cdef double total
+    cdef double* lane
+    cdef const floating* src
+    cdef floating* gw
+    if g.sh != 1 or g.sw != 1:
+        raise ValueError("depthwise_backward_w_flat: stride 1 only")
+    if xpad.shape[0] < num_threads or xpad.shape[1] != plane or dywide.shape[0] < num_threads \
+            or dywide.shape[1] != q_n or lanes.shape[0] < num_threads or lanes.shape[1] != g.r * g.s * q_n:
+        raise ValueError("depthwise_backward_w_flat: scratch arrays of the wrong shape")
+    for k in prange(g.k, nogil=True, schedule="static", num_threads=num_threads):
+        tid = threadid()
+        c = k // g.m
+        gw = &dywide[tid, 0]
+        for q in range(g.r * g.s * q_n):
+            lanes[tid, q] = 0
+        total = 0
+        for n in range(g.n):
+            _pad_plane(&x[n, c, 0, 0], &xpad[tid, 0], &g, wp, plane)
+            for i in range(g.ho):
+                for j in range(g.wo):
+                    gw[i * wp + j] = dy[n, k, i, j]
+                    total = total + dy[n, k, i, j]
+                for j in range(g.wo, wp):
+                    gw[i * wp + j] = 0
+            for r in range(g.r):
+                for s in range(g.s):
+                    tap = r * g.s + s
+                    _lanes_add(&lanes[tid, tap * q_n], gw, &xpad[tid, r * g.dh * wp + s * g.dw], q_n)
+        db[k] = total
+        for r in range(g.r):
+            for s in range(g.s):
+                tap = r * g.s + s
+                lane = &lanes[tid, tap * q_n]
+                total = 0
+                for q in range(q_n):
+                    total = total + lane[q]
+                dwt[k, 0, r, s] = total
