@@ -40,20 +40,24 @@ import numpy as np
 
 from . import kernels as K
 from .kernels import IntOrPair, conv2d_geometry, conv_padding, normalize_pair, pool2d_geometry
-from .kernels._validate import as_divisor, as_flag
+from .kernels._validate import as_divisor, as_flag, as_float_array
 
 __all__ = [
     "LAYER_TYPES",
+    "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm2d",
     "Conv2d",
     "Dropout",
     "Flatten",
     "Layer",
+    "LeakyReLU",
     "Linear",
     "MaxPool2d",
     "Parameter",
     "ReLU",
+    "Sigmoid",
+    "Tanh",
     "as_rng",
     "register_layer",
 ]
@@ -431,6 +435,169 @@ class ReLU(Layer):
         return math.prod(int(v) for v in input_shape)
 
 
+class LeakyReLU(Layer):
+    """y = x where x > 0, else negative_slope * x (PyTorch ``nn.LeakyReLU``); any shape, float32
+    or float64, computed with numpy (no kernel: one vectorised expression). NaN stays NaN."""
+
+    _cache_names = ("_x",)
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
+                or not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+        self._x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = as_float_array("x", x)
+        self._x = x
+        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dy * 1 where x > 0, else dy * negative_slope (also at x = 0 and NaN, as PyTorch)."""
+        self._need_cache(self._x)
+        self._check_dy(dy, self._x.shape)
+        dy = as_float_array("dy", dy)
+        return np.where(self._x > 0, dy, dy * dy.dtype.type(self.negative_slope))
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """A comparison and a multiply per element."""
+        return 2 * math.prod(int(v) for v in input_shape)
+
+    def config(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+
+class _Saturating(Layer):
+    """An elementwise activation whose derivative is a function of its output y (cached)."""
+
+    _cache_names = ("_y",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._y = self._f(as_float_array("x", x))
+        return self._y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._need_cache(self._y)
+        self._check_dy(dy, self._y.shape)
+        return (as_float_array("dy", dy) * self._df(self._y)).astype(self._y.dtype, copy=False)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """Counted as one operation per element (the exp / tanh is one library call)."""
+        return math.prod(int(v) for v in input_shape)
+
+
+class Sigmoid(_Saturating):
+    """y = 1 / (1 + exp(-x)) elementwise (PyTorch ``nn.Sigmoid``), without overflow; any shape,
+    float32/float64. dy/dx = y * (1 - y)."""
+
+    @staticmethod
+    def _f(x: np.ndarray) -> np.ndarray:
+        from .losses import sigmoid
+
+        return sigmoid(x)
+
+    @staticmethod
+    def _df(y: np.ndarray) -> np.ndarray:
+        return y * (1 - y)
+
+
+class Tanh(_Saturating):
+    """y = tanh(x) elementwise (PyTorch ``nn.Tanh``); any shape, float32/float64. dy/dx = 1 - y**2."""
+
+    @staticmethod
+    def _f(x: np.ndarray) -> np.ndarray:
+        return np.tanh(x)
+
+    @staticmethod
+    def _df(y: np.ndarray) -> np.ndarray:
+        return 1 - y * y
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed output size (PyTorch ``nn.AdaptiveAvgPool2d``):
+    x (N, C, H, W) -> (N, C, Ho, Wo), float32/float64.
+
+    ``output_size``: an int, or a pair whose entries may be None (keep that input size);
+    ``AdaptiveAvgPool2d(1)`` is global average pooling. Output row i averages input rows
+    [floor(i*H/Ho), ceil((i+1)*H/Ho)), likewise for columns, so the windows can differ by one in
+    size and overlap (PyTorch's rule). Computed with numpy (no kernel): Ho + Wo window means.
+    """
+
+    _cache_names = ("_input_shape",)
+
+    def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
+        super().__init__()
+        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(sizes) != 2 or any(
+            v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1) for v in sizes
+        ):
+            raise ValueError(
+                f"output_size: expected a positive int or a pair of positive ints (or None: keep that size), "
+                f"got {output_size!r}"
+            )
+        self.output_size = tuple(None if v is None else int(v) for v in sizes)
+        self._input_shape: tuple[int, ...] | None = None
+
+    def _sizes(self, h: int, w: int) -> tuple[int, int]:
+        oh, ow = self.output_size
+        return (h if oh is None else oh), (w if ow is None else ow)
+
+    @staticmethod
+    def _windows(size: int, out: int) -> list[tuple[int, int]]:
+        """[start, end) of each of the ``out`` windows along an axis of ``size``."""
+        return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = as_float_array("x", x, 4)
+        n, c, h, w = x.shape
+        if min(c, h, w) < 1:
+            raise ValueError(f"AdaptiveAvgPool2d: expected positive C, H, W, got shape {x.shape}")
+        self._input_shape = x.shape
+        ho, wo = self._sizes(h, w)
+        # rows, then columns: one mean per window (Ho + Wo numpy calls), so a NaN reaches only the
+        # windows that hold it (a product with an averaging matrix would spread it: 0 * NaN = NaN)
+        rows = np.empty((n, c, ho, w), x.dtype)
+        for i, (lo, hi) in enumerate(self._windows(h, ho)):
+            rows[:, :, i] = x[:, :, lo:hi].mean(axis=2)
+        y = np.empty((n, c, ho, wo), x.dtype)
+        for j, (lo, hi) in enumerate(self._windows(w, wo)):
+            y[:, :, :, j] = rows[:, :, :, lo:hi].mean(axis=3)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Each dy value spread evenly over its window (the two steps of forward, reversed)."""
+        self._need_cache(self._input_shape)
+        n, c, h, w = self._input_shape
+        ho, wo = self._sizes(h, w)
+        self._check_dy(dy, (n, c, ho, wo))
+        dy = as_float_array("dy", dy, 4)
+        rows = np.zeros((n, c, ho, w), dy.dtype)
+        for j, (lo, hi) in enumerate(self._windows(w, wo)):
+            rows[:, :, :, lo:hi] += dy[:, :, :, j : j + 1] / dy.dtype.type(hi - lo)
+        dx = np.zeros((n, c, h, w), dy.dtype)
+        for i, (lo, hi) in enumerate(self._windows(h, ho)):
+            dx[:, :, lo:hi] += rows[:, :, i : i + 1] / dy.dtype.type(hi - lo)
+        return dx
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = _image_shape("AdaptiveAvgPool2d", input_shape)
+        return (c, *self._sizes(h, w))
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """About one addition per input element (windows overlap by at most one row/column)."""
+        return math.prod(int(v) for v in input_shape)
+
+    def config(self) -> dict:
+        oh, ow = self.output_size
+        return {"output_size": oh if oh == ow and oh is not None else [oh, ow]}
+
+
 class _Pool2d(Layer):
     def __init__(
         self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0, ceil_mode: bool = False
@@ -789,8 +956,10 @@ class BatchNorm2d(Layer):
 
 #: layer class name -> class; what :func:`fastconv.load` may instantiate from a model file.
 LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear, Dropout, BatchNorm2d)
-}
+    cls.__name__: cls
+    for cls in (Conv2d, ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Linear,
+                Dropout, BatchNorm2d)
+}  # fmt: skip
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:

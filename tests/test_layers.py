@@ -615,3 +615,86 @@ def test_a_model_of_parameter_free_batchnorm_takes_its_dtype_from_the_buffers():
     assert _architecture_difference(theirs, ours) == ""
     theirs[0]["config"]["affine"] = False
     assert "affine=False" in _architecture_difference(theirs, ours)
+
+
+# ---- activations and adaptive pooling computed with numpy (LeakyReLU, Sigmoid, Tanh, AdaptiveAvgPool2d)
+
+
+def _adaptive_oracle(x: np.ndarray, ho: int, wo: int) -> np.ndarray:
+    """PyTorch's definition, window by window: output (i, j) averages rows
+    [floor(i*H/Ho), ceil((i+1)*H/Ho)) and the columns likewise."""
+    h, w = x.shape[2:]
+    y = np.zeros((*x.shape[:2], ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            r0, r1 = math.floor(i * h / ho), math.ceil((i + 1) * h / ho)
+            c0, c1 = math.floor(j * w / wo), math.ceil((j + 1) * w / wo)
+            y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return y
+
+
+@pytest.mark.parametrize(
+    "shape, output_size, want",
+    [((2, 3, 7, 5), 1, (1, 1)), ((1, 2, 7, 5), (3, 2), (3, 2)), ((2, 1, 5, 6), (None, 4), (5, 4)),
+     ((1, 2, 3, 2), (5, 7), (5, 7)), ((1, 1, 6, 6), 3, (3, 3))],
+)  # fmt: skip
+def test_adaptive_avg_pool_is_pytorchs_window_rule(rng, shape, output_size, want):
+    layer = L.AdaptiveAvgPool2d(output_size)
+    x = rng.standard_normal(shape)
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, _adaptive_oracle(x, *want), rtol=1e-13, atol=1e-15)
+    assert layer.output_shape(shape[1:]) == (shape[1], *want)
+    check_layer_gradients(layer, x, rng)
+    assert layer.forward(x.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("layer", [L.LeakyReLU(), L.LeakyReLU(0.2), L.LeakyReLU(-1.5), L.Sigmoid(), L.Tanh()],
+                         ids=repr)  # fmt: skip
+def test_numpy_activations_gradients_and_dtypes(rng, layer):
+    x = distinct_values(rng, (2, 3, 4, 5))  # no value within 1e-3 of LeakyReLU's kink
+    check_layer_gradients(layer, x, rng)
+    x32 = x.astype(np.float32)
+    y = layer.forward(x32)
+    assert y.dtype == np.float32 and layer.backward(np.ones_like(y)).dtype == np.float32
+
+
+def test_numpy_activations_and_adaptive_pool_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 7, 6)) * 30  # saturating tails and huge negatives
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    pairs = [(L.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)), (L.Sigmoid(), torch.nn.Sigmoid()),
+             (L.Tanh(), torch.nn.Tanh()), (L.AdaptiveAvgPool2d((4, 3)), torch.nn.AdaptiveAvgPool2d((4, 3))),
+             (L.AdaptiveAvgPool2d((None, 5)), torch.nn.AdaptiveAvgPool2d((None, 5)))]  # fmt: skip
+    for ours, ref in pairs:
+        xt = torch.tensor(x, requires_grad=True)
+        yt = ref(xt)
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        y = ours.forward(x)
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=repr(ours))
+        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=repr(ours))
+
+
+def test_numpy_layers_save_load_and_refuse_bad_arguments(tmp_path, rng):
+    from fastconv import Sequential, load
+
+    model = Sequential(Conv2d(2, 4, 3, padding=1, rng=0), L.LeakyReLU(0.05), L.AdaptiveAvgPool2d((2, None)),
+                       L.Tanh(), Flatten(), Linear(4 * 2 * 5, 1, rng=1), L.Sigmoid())  # fmt: skip
+    model.save(tmp_path / "m.npz")
+    again = load(tmp_path / "m.npz")
+    x = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    assert again.layers[1].negative_slope == 0.05 and again.layers[2].output_size == (2, None)
+    for make, words in [(lambda: L.LeakyReLU("0.1"), "negative_slope: expected a finite number"),
+                        (lambda: L.LeakyReLU(float("inf")), "negative_slope: expected a finite number"),
+                        (lambda: L.AdaptiveAvgPool2d(0), "output_size: expected a positive int"),
+                        (lambda: L.AdaptiveAvgPool2d((2, 2, 2)), "output_size: expected a positive int"),
+                        (lambda: L.AdaptiveAvgPool2d(2.5), "output_size: expected a positive int")]:  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            make()
+    with pytest.raises(TypeError, match="x: expected"):
+        L.Tanh().forward(np.arange(4))  # integers: not a float array
+    pool = L.AdaptiveAvgPool2d(2)
+    pool.forward(rng.standard_normal((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"expected dy of shape \(1, 1, 2, 2\)"):
+        pool.backward(np.ones((1, 1, 4, 4)))
