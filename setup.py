@@ -72,6 +72,8 @@ def conv_flags() -> dict[str, list[str]]:
         flags["cython_norm_avx2"] = [*keep_loops, "-mavx2", "-ffp-contract=off"]
         # pooling: compares, selects and float64 sums are exact, so likewise bit-identical
         flags["cython_pool_avx2"] = ["-mavx2", "-ffp-contract=off"]
+        # depthwise: multiply then add, rounded as in the baseline build (no FMA): bit-identical
+        flags["cython_depthwise_avx2"] = ["-mavx2", "-ffp-contract=off"]
     return flags
 
 

@@ -130,3 +130,113 @@ def depthwise_bwd_w(dy, x, sh, sw, ph, pw, dh, dw, dwt, db):
                             for j in range(hi - lo):
                                 lanes[j] += grow[j] * xrow[j * sw]
                 dwt[k, 0, r, s] = lanes.sum()
+
+
+# ------------------------------------------------------------ stride 1: flat padded planes
+# As cython_depthwise.pyx explains: a row of 8-32 outputs is too short a loop. At stride 1 each
+# task pads its plane into rows wp = W + 2*pw wide and computes Ho rows of that width (the last
+# wp - Wo columns of each are garbage, never copied out), so that tap (r, s) is the constant
+# offset r*dh*wp + s*dw and one loop runs over the whole plane per tap. Each task allocates its
+# own buffers. The padding is real zeros (0 * inf = NaN comes out as the contract says); the
+# garbage columns' zeros must not meet an inf weight (dx) or inf/NaN in x (dW): numba_backend
+# sends those calls to the row kernels above.
+
+
+@njit(cache=True, inline="always")
+def _pad_into(src, dst, ph, pw, wp):
+    """dst (flat, zeroed by the caller) <- the (H, W) plane src at row ph, column pw, rows wp apart."""
+    h_, w_ = src.shape
+    for h in range(h_):
+        base = (h + ph) * wp + pw
+        dst[base : base + w_] = src[h]
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def depthwise_fwd_flat(x, w, b, ph, pw, dh, dw, y):
+    """y (N,K,Ho,Wo) as depthwise_fwd, stride 1, through flat padded planes."""
+    n_, c_, h_, w_ = x.shape
+    k_, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    r_, s_ = w.shape[2], w.shape[3]
+    m = k_ // c_
+    wp = w_ + 2 * pw
+    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    for t in prange(n_ * k_):
+        n = t // k_
+        k = t - n * k_
+        xp = np.zeros(plane, x.dtype)
+        _pad_into(x[n, k // m], xp, ph, pw, wp)
+        out = np.empty(q_n, x.dtype)
+        out[:] = b[k]
+        for r in range(r_):
+            for s in range(s_):
+                wv = w[k, 0, r, s]
+                src = xp[r * dh * wp + s * dw :]
+                for q in range(q_n):
+                    out[q] += wv * src[q]
+        for i in range(ho):
+            y[n, k, i, :] = out[i * wp : i * wp + wo]
+
+
+@njit(cache=True, parallel=True, fastmath=_FMA)
+def depthwise_bwd_dx_flat(dy, w, ph, pw, dh, dw, dx):
+    """dx (N,C,H,W) as depthwise_bwd_dx, stride 1, every weight finite: dy in wide rows (zeros
+    in the garbage columns), scattered to a padded plane per tap, the padding cut off."""
+    n_, c_, h_, w_ = dx.shape
+    k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    r_, s_ = w.shape[2], w.shape[3]
+    m = k_ // c_
+    wp = w_ + 2 * pw
+    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        acc = np.zeros(plane, dx.dtype)
+        wide = np.zeros(q_n, dx.dtype)
+        for q_m in range(m):
+            k = c * m + q_m
+            for i in range(ho):
+                wide[i * wp : i * wp + wo] = dy[n, k, i]
+            for r in range(r_):
+                for s in range(s_):
+                    wv = w[k, 0, r, s]
+                    dst = acc[r * dh * wp + s * dw :]
+                    for q in range(q_n):
+                        dst[q] += wv * wide[q]
+        for h in range(h_):
+            base = (h + ph) * wp + pw
+            dx[n, c, h, :] = acc[base : base + w_]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_bwd_w_flat(dy, x, ph, pw, dh, dw, dwt, db):
+    """dwt (K,1,R,S), db (K,), float64, as depthwise_bwd_w, stride 1, x finite: one float64 lane
+    per wide position and tap, summed once at the end."""
+    n_, c_, h_, w_ = x.shape
+    k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    r_, s_ = dwt.shape[2], dwt.shape[3]
+    m = k_ // c_
+    wp = w_ + 2 * pw
+    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    for k in prange(k_):
+        c = k // m
+        xp = np.zeros(plane, x.dtype)  # borders stay zero: each image rewrites the interior only
+        wide = np.zeros(q_n, dy.dtype)  # likewise the garbage columns
+        lanes = np.zeros((r_ * s_, q_n))
+        total = 0.0
+        for n in range(n_):
+            _pad_into(x[n, c], xp, ph, pw, wp)
+            for i in range(ho):
+                row = dy[n, k, i]
+                wide[i * wp : i * wp + wo] = row
+                for j in range(wo):
+                    total += row[j]
+            for r in range(r_):
+                for s in range(s_):
+                    lane = lanes[r * s_ + s]
+                    src = xp[r * dh * wp + s * dw :]
+                    for q in range(q_n):
+                        lane[q] += wide[q] * src[q]
+        db[k] = total
+        for r in range(r_):
+            for s in range(s_):
+                dwt[k, 0, r, s] = lanes[r * s_ + s].sum()

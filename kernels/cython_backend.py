@@ -10,7 +10,8 @@ picks the thread count, and calls the compiled kernels. The arithmetic lives in
   AVX2 build is used when the CPU has it (``_simd_module``);
 * ``cython_pool.pyx``  max/avg pooling forward/backward, one OpenMP task per (n, c) plane;
   also built for AVX2 (bit-identical: compares, selects, exact sums) as ``cython_pool_avx2``;
-* ``cython_depthwise.pyx``  depthwise convolution (groups = C), one OpenMP task per plane;
+* ``cython_depthwise.pyx``  depthwise convolution (groups = C), one OpenMP task per plane; also
+  built for AVX2 (without FMA: bit-identical) as ``cython_depthwise_avx2``;
 * ``cython_relu.pyx``  ReLU forward/backward over the flat array.
 * ``cython_norm.pyx``  batch norm: two fused passes each way, float64 lane sums per channel;
   also built for AVX2 (without FMA: bit-identical) as ``cython_norm_avx2`` (``_simd_module``).
@@ -64,6 +65,7 @@ def _simd_module(baseline, avx2_name: str):
 _conv = _simd_module(cython_conv, "cython_conv_avx2")
 _bn = _simd_module(cython_norm, "cython_norm_avx2")
 _pool = _simd_module(cython_pool, "cython_pool_avx2")
+_depthwise = _simd_module(cython_depthwise, "cython_depthwise_avx2")
 
 NAME = "cython"
 DESCRIPTION = (
@@ -328,9 +330,9 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     flat = _depthwise_flat(g)
     if flat is not None:  # real zeros in the padding: 0 * inf = NaN comes out by itself
         scratch = np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype)
-        cython_depthwise.depthwise_forward_flat(x, w, bias, y, *scratch, g, threads)
+        _depthwise.depthwise_forward_flat(x, w, bias, y, *scratch, g, threads)
         return y
-    cython_depthwise.depthwise_forward(x, w, bias, y, g, threads)
+    _depthwise.depthwise_forward(x, w, bias, y, g, threads)
     bad = ~np.isfinite(w[:, 0])
     if (g.ph or g.pw) and bad.any():
         # the row kernel skips padding taps, but an inf or NaN weight times a padded zero is NaN
@@ -363,18 +365,18 @@ def depthwise_conv2d_backward(
         threads = _threads_memory_bound(g.n * g.c, x.size)
         if flat is not None and np.isfinite(w).all():
             scratch = np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype)
-            cython_depthwise.depthwise_backward_dx_flat(dy, w, dx, *scratch, g, threads)
+            _depthwise.depthwise_backward_dx_flat(dy, w, dx, *scratch, g, threads)
         else:
-            cython_depthwise.depthwise_backward_dx(dy, w, dx, g, threads)
+            _depthwise.depthwise_backward_dx(dy, w, dx, g, threads)
     dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
     threads = _threads_memory_bound(g.k, x.size)
     if flat is not None and np.isfinite(x).all():  # padding: real zeros, dy's NaN/inf meets them
         scratch = (np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype),
                    np.empty((threads, g.r * g.s * flat[1])))  # fmt: skip
-        cython_depthwise.depthwise_backward_w_flat(dy, x, dw64, db64, *scratch, g, threads)
+        _depthwise.depthwise_backward_w_flat(dy, x, dw64, db64, *scratch, g, threads)
     else:
         lanes = np.empty((g.k, g.wo))
-        cython_depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, threads)
+        _depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, threads)
         if g.ph or g.pw:
             bad = ~np.isfinite(dy).all(axis=0)  # (K, Ho, Wo): an inf/NaN dy somewhere in the batch
             if bad.any():  # it meets a padded zero in every tap that lands on the padding: NaN

@@ -189,12 +189,29 @@ def _meets_padding(values: np.ndarray, g: Conv2dGeometry) -> bool:
     return bool(g.ph or g.pw) and not np.isfinite(values).all()
 
 
+#: Per-task buffer size (elements) above which the flat stride-1 depthwise kernels give way to the
+#: row kernels (the same rule as the cython backend's).
+DEPTHWISE_FLAT_MAX_ELEMENTS = 1 << 24
+
+
+def _depthwise_flat(g: Conv2dGeometry) -> bool:
+    """Stride 1 and buffers within DEPTHWISE_FLAT_MAX_ELEMENTS: the flat padded-plane kernels."""
+    if g.sh != 1 or g.sw != 1:
+        return False
+    wp = g.w + 2 * g.pw
+    plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
+    return plane + (g.r * g.s + 1) * wide <= DEPTHWISE_FLAT_MAX_ELEMENTS
+
+
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C; _numba_depthwise)."""
-    if _meets_padding(w, g):
-        x, g = _explicitly_padded(x, g)
     _sync_threads(x.size)
     y = np.empty(g.y_shape, x.dtype)
+    if _depthwise_flat(g):  # real zeros in the padding: 0 * inf = NaN comes out by itself
+        dwk.depthwise_fwd_flat(x, w, _bias(b, g, x.dtype), g.ph, g.pw, g.dh, g.dw, y)
+        return y
+    if _meets_padding(w, g):
+        x, g = _explicitly_padded(x, g)
     dwk.depthwise_fwd(x, w, _bias(b, g, x.dtype), *_strides(g), y)
     return y
 
@@ -202,15 +219,24 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C."""
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C. The flat
+    kernels' garbage columns hold dy = 0, exact unless it meets an inf weight (dx) or an inf/NaN
+    in x (dW): those take the row kernels."""
     _sync_threads(x.size)
+    flat = _depthwise_flat(g)
     dx = None
     if need_dx:  # the padding has no gradient to keep: skipping its taps is exact here
         dx = np.empty(g.x_shape, x.dtype)
-        dwk.depthwise_bwd_dx(dy, w, *_strides(g), dx)
-    xw, gw = _explicitly_padded(x, g) if _meets_padding(dy, g) else (x, g)
+        if flat and np.isfinite(w).all():
+            dwk.depthwise_bwd_dx_flat(dy, w, g.ph, g.pw, g.dh, g.dw, dx)
+        else:
+            dwk.depthwise_bwd_dx(dy, w, *_strides(g), dx)
     dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
-    dwk.depthwise_bwd_w(dy, xw, *_strides(gw), dw64, db64)
+    if flat and np.isfinite(x).all():
+        dwk.depthwise_bwd_w_flat(dy, x, g.ph, g.pw, g.dh, g.dw, dw64, db64)
+    else:
+        xw, gw = _explicitly_padded(x, g) if _meets_padding(dy, g) else (x, g)
+        dwk.depthwise_bwd_w(dy, xw, *_strides(gw), dw64, db64)
     return dx, dw64.astype(x.dtype), db64.astype(x.dtype)
 
 
@@ -365,10 +391,11 @@ def compile_all(dtypes: tuple = (np.float32, np.float64), *, ladder: bool = Fals
                 for rung in LADDER.values():
                     if rung is not _flat_rung or stride == 1:
                         rung(x, w, b, g)
-        dg = conv2d_geometry(x.shape, (4, 1, 3, 3), 1, 1, 1, groups=2)  # depthwise, 2 filters per channel
-        wd = rng.standard_normal(dg.w_shape).astype(dtype)
-        yd = depthwise_conv2d_forward(x, wd, None, dg)
-        depthwise_conv2d_backward(yd, x, wd, dg, True)
+        wd = rng.standard_normal((4, 1, 3, 3)).astype(dtype)  # depthwise, 2 filters per channel
+        for stride in (1, 2):  # the flat kernels, then the row ones
+            dg = conv2d_geometry(x.shape, wd.shape, stride, 1, 1, groups=2)
+            yd = depthwise_conv2d_forward(x, wd, None, dg)
+            depthwise_conv2d_backward(yd, x, wd, dg, True)
         for padding in (1, 0):  # the general pooling kernels, then the 2x2 / stride-2 ones
             pg = pool2d_geometry(x.shape, 2, 2, padding)
             y, am = max_pool2d_forward(x, pg)

@@ -685,6 +685,39 @@ def test_cython_pool_builds_agree(dtype, shape, k, s, p):
             np.testing.assert_array_equal(one, other, err_msg=f"{name} differs from sse2")
 
 
+DEPTHWISE_BUILDS = _module_builds("cython_depthwise")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])  # the flat kernels, then the row kernels
+def test_cython_depthwise_builds_agree(monkeypatch, dtype, stride):
+    """Every build of the depthwise kernels gives the same bits (the AVX2 one is compiled without
+    FMA), through the backend's routing, and agrees with the python reference."""
+    from fastconv.kernels import cython_backend as cb
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 13, 37)).astype(dtype)  # rows longer than one AVX2 vector
+    w = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    args = (stride, 1, 1, 4)
+    y_ref = K.conv2d_forward(x, w, b, *args, backend="python")
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    assert DEPTHWISE_BUILDS
+    got = {}
+    for name, mod in DEPTHWISE_BUILDS.items():
+        monkeypatch.setattr(cb, "_depthwise", mod)
+        got[name] = (K.conv2d_forward(x, w, b, *args, backend="cython"),
+                     *K.conv2d_backward(dy, x, w, *args, backend="cython"))  # fmt: skip
+        tol = 64 * np.finfo(dtype).eps
+        for a, r in zip(got[name], (y_ref, *refs)):
+            np.testing.assert_allclose(a, r, rtol=tol, atol=tol * np.abs(r).max(), err_msg=name)
+    first = next(iter(got.values()))
+    for name, arrays in got.items():
+        for one, other in zip(first, arrays):
+            np.testing.assert_array_equal(one, other, err_msg=f"{name} differs from sse2")
+
+
 @pytest.mark.parametrize("build", list(NORM_BUILDS))
 def test_cython_norm_kernels_check_shapes_themselves(build):
     """The kernels are importable, so they check the shapes they index even though dispatch has."""
