@@ -116,7 +116,11 @@ def _float_dtype(dtype: object) -> np.dtype:
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    """TypeError for what is not an int (bools and floats included), ValueError for ints < 1: the
+    same split as the kernels' argument checks (normalize_pair)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {value!r} ({type(value).__name__})")
+    if value <= 0:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
     return int(value)
 
@@ -376,8 +380,7 @@ class Conv2d(Layer):
         return (self.stride, self.padding, self.dilation, self.groups)
 
     def _check_input(self, x: object) -> None:
-        # the kernels see channel slices, so a wrong C would surface as a confusing per-group
-        # error (or be sliced silently): name the layer's expectation here
+        # the layer's own expectation, named before the kernels' more general shape checks
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy.ndarray of float32 or float64, got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -534,13 +537,12 @@ class AdaptiveAvgPool2d(Layer):
     def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
         super().__init__()
         sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-        if len(sizes) != 2 or any(
-            v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1) for v in sizes
-        ):
-            raise ValueError(
-                f"output_size: expected a positive int or a pair of positive ints (or None: keep that size), "
-                f"got {output_size!r}"
-            )
+        what = f"output_size: expected a positive int or a pair of them (None: keep that size), got {output_size!r}"
+        if len(sizes) != 2 or any(v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral))
+                                  for v in sizes):  # fmt: skip
+            raise TypeError(what)
+        if any(v is not None and v < 1 for v in sizes):
+            raise ValueError(what)
         self.output_size = tuple(None if v is None else int(v) for v in sizes)
         self._input_shape: tuple[int, ...] | None = None
 

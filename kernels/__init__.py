@@ -134,10 +134,11 @@ def conv2d_forward(
     x: (N, C, H, W), weight: (K, C / groups, R, S), bias: (K,) or None, all float32 or all
     float64. Returns y: (N, K, Ho, Wo) of the same dtype,
     ``y[n,k,i,j] = bias[k] + sum_{c,r,s} x[n, c, i*sh - ph + r*dh, j*sw - pw + s*dw] * weight[k,c,r,s]``
-    with zero padding. ``padding`` also takes ``"valid"`` (0) and ``"same"`` (Ho, Wo = H, W; see
-    :func:`conv_padding`). ``groups`` as in PyTorch: output channels [j*K/g, (j+1)*K/g) see only
-    input channels [j*C/g, (j+1)*C/g); ``groups = C`` (depthwise) runs the backend's depthwise
-    kernel, other groupings one backend call per group.
+    with zero padding (groups = 1; with groups, c runs over the group's input channels and
+    weight's second index counts from the group's first). ``padding`` also takes ``"valid"``
+    (0) and ``"same"`` (Ho, Wo = H, W; see :func:`conv_padding`). ``groups`` as in PyTorch:
+    output channels [j*K/g, (j+1)*K/g) see only input channels [j*C/g, (j+1)*C/g); ``groups = C``
+    (depthwise) runs the backend's depthwise kernel, other groupings one backend call per group.
     """
     x = as_float_array("x", x, 4)
     weight = as_float_array("weight", weight, 4)

@@ -141,7 +141,9 @@ def conv2d_geometry(
     """
     sh, sw = normalize_pair(stride, "stride", minimum=1)
     dh, dw = normalize_pair(dilation, "dilation", minimum=1)
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups: expected a positive int, got {groups!r} ({type(groups).__name__})")
+    if groups < 1:
         raise ValueError(f"groups: expected a positive int, got {groups!r}")
     groups = int(groups)
     if len(x_shape) != 4:
@@ -159,7 +161,7 @@ def conv2d_geometry(
             f"output channels ({k}, weight of shape {tuple(w_shape)}), got {groups}"
         )
     if cw * groups != c:
-        per = "" if groups == 1 else f" / groups {groups} = {c // groups}"
+        per = "" if groups == 1 else f": its {c} channels / groups {groups}"
         raise ValueError(
             f"weight: expected {c // groups} input channels (x of shape {tuple(x_shape)}{per}), "
             f"got weight of shape {tuple(w_shape)} with {cw}"

@@ -63,8 +63,8 @@ def depthwise_fwd(x, w, b, sh, sw, ph, pw, dh, dw, y):
 
 @njit(cache=True, parallel=True, fastmath=_FMA)
 def depthwise_bwd_dx(dy, w, sh, sw, ph, pw, dh, dw, dx):
-    """dx (N,C,H,W) = the adjoint of depthwise_fwd: every tap sends dy * w back to the input
-    element it read."""
+    """dx (N,C,H,W) = the adjoint of depthwise_fwd for dy (N,K,Ho,Wo) and w (K,1,R,S), one float
+    dtype: every tap sends dy * w back to the input element it read."""
     n_, c_, h_, w_ = dx.shape
     k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     r_, s_ = w.shape[2], w.shape[3]

@@ -13,8 +13,8 @@ import operator
 import os
 from collections.abc import Callable
 
-#: Element count from which the memory-bound kernels (ReLU, pooling, batch norm) of the cython
-#: and numba backends use threads.
+#: Element count from which the memory-bound kernels (ReLU, pooling, batch norm, depthwise
+#: convolution) of the cython and numba backends use threads.
 #: Below it a second thread saves too little (ReLU on 2**19 values: ~0.08 ms on one thread) to
 #: pay for a parallel region. 2**19 is catnet's smallest activation, so all of catnet's are
 #: threaded: the DESIGN catnet step at 2 threads on an idle machine was faster than with ReLU

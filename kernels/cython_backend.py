@@ -307,23 +307,23 @@ def conv2d_backward(
     return (dx if need_dx else None), dw, db
 
 
-#: Per-thread scratch (in elements) above which the flat stride-1 depthwise kernels give way to
-#: the row kernels: a padded plane, the wide output rows and dW's lanes (R*S wide planes).
-DEPTHWISE_FLAT_MAX_ELEMENTS = 1 << 24
+#: Per-thread scratch (bytes) above which the flat stride-1 depthwise kernels give way to the row
+#: kernels: a padded plane, the wide rows of y or dy, and dW's float64 lanes (R*S wide planes).
+DEPTHWISE_FLAT_MAX_BYTES = 1 << 26
 
 
 def _depthwise_flat(g: Conv2dGeometry) -> tuple[int, int] | None:
     """(padded plane length, wide plane length) when the flat kernels apply (stride 1, scratch
-    within DEPTHWISE_FLAT_MAX_ELEMENTS), else None."""
+    within DEPTHWISE_FLAT_MAX_BYTES per thread, counting float64), else None."""
     if g.sh != 1 or g.sw != 1:
         return None
     wp = g.w + 2 * g.pw
     plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
-    return (plane, wide) if plane + (g.r * g.s + 1) * wide <= DEPTHWISE_FLAT_MAX_ELEMENTS else None
+    return (plane, wide) if 8 * (plane + (g.r * g.s + 1) * wide) <= DEPTHWISE_FLAT_MAX_BYTES else None
 
 
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
-    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C)."""
+    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None, one float dtype (groups = C)."""
     y = np.empty(g.y_shape, x.dtype)
     bias = np.zeros(g.k, x.dtype) if b is None else b
     threads = _threads_memory_bound(g.n * g.k, x.size)
@@ -354,7 +354,7 @@ def _padding_hits(g: Conv2dGeometry) -> np.ndarray:
 def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C.
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo), x's dtype; groups = C.
 
     The flat kernels (stride 1) compute garbage columns with dy = 0 there: exact unless that zero
     meets an inf/NaN weight (dx) or x value (dW), so those go to the row kernels."""

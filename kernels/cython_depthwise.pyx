@@ -11,14 +11,19 @@ The twin of kernels/_numba_depthwise.py, read side by side with python_backend's
 
 * one OpenMP task per plane (forward and dW: an output channel; dx: an input plane, which only
   its own M output channels touch), so threads never write the same element;
-* taps outside the input skipped, the valid output columns of a tap computed once per row
-  (``_cols``) instead of a padding test per element, so the innermost loop is a plain
-  multiply-add along a row, contiguous when the stride is 1 (gcc vectorises it);
+* at stride 1, flat padded planes (below): one loop over a whole plane per tap;
+* otherwise rows: taps outside the input skipped, the valid output columns of a tap computed
+  once per tap (``_cols``) instead of a padding test per element, so the innermost loop is a
+  plain multiply-add along a row;
 * the per-plane work in ``cdef ... noexcept nogil`` functions, whose locals are private to the
   thread that runs them.
 
-Skipping a padding tap is exact unless the weight (forward) or dy (dW) is inf or NaN, where the
-zero padding would contribute 0 * inf = NaN; cython_backend routes those calls elsewhere.
+Skipping a padding tap (the row kernels) is exact unless the weight (forward) or dy (dW) is inf
+or NaN, where the zero padding would contribute 0 * inf = NaN: cython_backend then sets those
+outputs to NaN afterwards (``_padding_hits``).
+
+Shapes and dtypes: x (N, C, H, W), w (K, 1, R, S) with K = C*M, b (K,), y and dy (N, K, Ho, Wo),
+all float32 or all float64 (``floating``); dW and db are accumulated and returned in float64.
 """
 
 from cython cimport floating
@@ -83,8 +88,11 @@ cdef void _fwd_plane(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
 
 def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] wt,
                       const floating[::1] b, floating[:, :, :, ::1] y, object geometry, int num_threads):
-    """y (N,K,Ho,Wo) = b[k] + the taps of w[k, 0] over x[n, k // M] (padding taps skipped)."""
+    """y (N,K,Ho,Wo) = b[k] + the taps of w[k, 0] (w: (K,1,R,S)) over x[n, k // M] (x: (N,C,H,W);
+    padding taps skipped), all of one float dtype."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t t, n, k
     for t in prange(g.n * g.k, nogil=True, schedule="static", num_threads=num_threads):
         n = t // g.k
@@ -124,8 +132,11 @@ cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 def depthwise_backward_dx(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] wt,
                           floating[:, :, :, ::1] dx, object geometry, int num_threads):
-    """dx (N,C,H,W): each tap sends dy * w back to the input element it read."""
+    """dx (N,C,H,W) from dy (N,K,Ho,Wo) and w (K,1,R,S), one float dtype: each tap sends dy * w
+    back to the input element it read."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t t, n, c
     for t in prange(g.n * g.c, nogil=True, schedule="static", num_threads=num_threads):
         n = t // g.c
@@ -186,6 +197,8 @@ def depthwise_backward_w(const floating[:, :, :, ::1] dy, const floating[:, :, :
     """dwt (K,1,R,S), db (K,), float64 sums: one task per output channel; lanes (K, Wo) float64
     scratch (its row k belongs to channel k's task)."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t k
     if lanes.shape[0] != g.k or lanes.shape[1] != g.wo:
         raise ValueError(f"lanes: expected shape ({g.k}, {g.wo}), got ({lanes.shape[0]}, {lanes.shape[1]})")
@@ -202,7 +215,7 @@ def depthwise_backward_w(const floating[:, :, :, ::1] dy, const floating[:, :, :
 # layout as the numba backend's rung 5 (docs/ladder.md), per plane. Each thread works in its own
 # row of the scratch arrays (threadid()). Padding is real zeros here, so 0 * inf = NaN comes out
 # as the contract says; the garbage columns are never copied out. Used by cython_backend only for
-# stride 1 and when the scratch is small (_FLAT_MAX_ELEMENTS there).
+# stride 1 and when the scratch is small (DEPTHWISE_FLAT_MAX_BYTES there).
 
 cdef void _pad_plane(const floating* src, floating* dst, const DGeo* g, Py_ssize_t wp,
                      Py_ssize_t length) noexcept nogil:
@@ -237,6 +250,8 @@ def depthwise_forward_flat(const floating[:, :, :, ::1] x, const floating[:, :, 
     """y (N,K,Ho,Wo), stride 1; xpad (threads, Hp*Wp + (S-1)*dw) and wide (threads, Ho*Wp):
     scratch, one row per thread (shapes checked here)."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
     cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
     cdef Py_ssize_t t, n, k, c, tid, r, s, q, i, j, off
@@ -278,6 +293,8 @@ def depthwise_backward_dx_flat(const floating[:, :, :, ::1] dy, const floating[:
     Ho*Wp): scratch. The adjoint of the flat forward: dxpad[q + offset] += w * dywide[q], with
     dy laid out in rows Wp wide and zeros in the garbage columns."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
     cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
     cdef Py_ssize_t t, n, c, k, m_, tid, r, s, q, i, j, h
@@ -320,6 +337,8 @@ def depthwise_backward_w_flat(const floating[:, :, :, ::1] dy, const floating[:,
     inf in x would be NaN); scratch per thread: xpad (Hp*Wp + (S-1)*dw), dywide (Ho*Wp), lanes
     (R*S*Ho*Wp float64: one partial sum per tap and wide position, added up at the end)."""
     cdef DGeo g = _dgeo(geometry)
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
     cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
     cdef Py_ssize_t k, c, n, tid, r, s, q, i, j, tap

@@ -189,22 +189,24 @@ def _meets_padding(values: np.ndarray, g: Conv2dGeometry) -> bool:
     return bool(g.ph or g.pw) and not np.isfinite(values).all()
 
 
-#: Per-task buffer size (elements) above which the flat stride-1 depthwise kernels give way to the
-#: row kernels (the same rule as the cython backend's).
-DEPTHWISE_FLAT_MAX_ELEMENTS = 1 << 24
+#: Per-task buffers (bytes) above which the flat stride-1 depthwise kernels give way to the row
+#: kernels (the same rule as the cython backend's).
+DEPTHWISE_FLAT_MAX_BYTES = 1 << 26
 
 
 def _depthwise_flat(g: Conv2dGeometry) -> bool:
-    """Stride 1 and buffers within DEPTHWISE_FLAT_MAX_ELEMENTS: the flat padded-plane kernels."""
+    """Stride 1 and buffers within DEPTHWISE_FLAT_MAX_BYTES per task (counting float64): the flat
+    padded-plane kernels."""
     if g.sh != 1 or g.sw != 1:
         return False
     wp = g.w + 2 * g.pw
     plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
-    return plane + (g.r * g.s + 1) * wide <= DEPTHWISE_FLAT_MAX_ELEMENTS
+    return 8 * (plane + (g.r * g.s + 1) * wide) <= DEPTHWISE_FLAT_MAX_BYTES
 
 
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
-    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None (groups = C; _numba_depthwise)."""
+    """y (N,K,Ho,Wo) from x (N,C,H,W), w (K,1,R,S), b (K,) or None, one float dtype (groups = C;
+    _numba_depthwise)."""
     _sync_threads(x.size)
     y = np.empty(g.y_shape, x.dtype)
     if _depthwise_flat(g):  # real zeros in the padding: 0 * inf = NaN comes out by itself
@@ -219,7 +221,7 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo); groups = C. The flat
+    """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo), x's dtype; groups = C. The flat
     kernels' garbage columns hold dy = 0, exact unless it meets an inf weight (dx) or an inf/NaN
     in x (dW): those take the row kernels."""
     _sync_threads(x.size)

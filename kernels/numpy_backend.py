@@ -142,7 +142,7 @@ def _per_output_channel(xp: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
 def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Conv2dGeometry) -> np.ndarray:
     """Depthwise (groups = C): no sum over channels, so no GEMM to hand it to. Instead one
     whole-array multiply-add per filter tap (R*S of them), each over every image and channel at
-    once. x (N,C,H,W), w (K,1,R,S), b (K,) or None -> y (N,K,Ho,Wo)."""
+    once. x (N,C,H,W), w (K,1,R,S), b (K,) or None, one float dtype -> y (N,K,Ho,Wo), same dtype."""
     xp = _per_output_channel(_pad(x, g.ph, g.pw), g)
     y = np.zeros(g.y_shape, x.dtype)
     with np.errstate(invalid="ignore"):  # 0 * inf in the padding is NaN by contract, not a mistake
@@ -156,8 +156,10 @@ def depthwise_conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Per tap: dW[k, 0, r, s] = sum of dy * that tap's view of x; dx gets dy * w added back to
-    the same view of a padded gradient (the adjoint), whose padding is then cut off."""
+    """dy (N,K,Ho,Wo), x (N,C,H,W), w (K,1,R,S), one float dtype -> (dx (N,C,H,W) or None,
+    dw (K,1,R,S), db (K,)), same dtype. Per tap: dW[k, 0, r, s] = sum of dy * that tap's view of
+    x; dx gets dy * w added back to the same view of a padded gradient (the adjoint), whose
+    padding is then cut off."""
     xp = _per_output_channel(_pad(x, g.ph, g.pw), g)
     dw = np.empty_like(w)
     dxp = np.zeros(xp.shape, x.dtype) if need_dx else None

@@ -113,7 +113,8 @@ def depthwise_conv2d_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, g: Conv2dGeometry, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The depthwise forward's loops replayed, as conv2d_backward replays conv2d_forward's.
-    Returns dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)."""
+    dy (N,K,Ho,Wo), x (N,C,H,W), w (K,1,R,S), one float dtype. Returns dx (N,C,H,W) or None,
+    dw (K,1,R,S), db (K,) in x's dtype (summed in Python floats)."""
     m = g.k // g.c
     dx = np.zeros(g.x_shape, dtype=np.float64) if need_dx else None
     dw = np.zeros(g.w_shape, dtype=np.float64)

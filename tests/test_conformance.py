@@ -347,6 +347,15 @@ def test_depthwise_padding_meets_inf_and_nan_as_the_contract_says(backend, rng, 
     assert np.isnan(refs[1]).any() and not np.isfinite(refs[0]).all()
     for name, a, r in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=backend), refs):
         assert_within(a, r, 1e-9 * (1 + np.abs(np.nan_to_num(r))), name)
+    # finite x and w, an inf dy in a corner: dW is NaN exactly for the taps that put it on the
+    # padding (the flat kernels at stride 1 and the row kernels' fix-up at 2 must both know)
+    x, w, _ = _depthwise(rng, xs, 2, (3, 3))
+    dy = _rand(rng, y_ref.shape)
+    dy[0, 3, 0, 0] = np.inf
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    assert np.isnan(refs[1][3]).any() and not np.isnan(refs[1][3]).all()
+    for name, a, r in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=backend), refs):
+        assert_within(a, r, 1e-9 * (1 + np.abs(np.nan_to_num(r))), name)
 
 
 _depthwise_problem = st.fixed_dictionaries(

@@ -796,6 +796,41 @@ def test_memory_bound_kernels_on_threads_give_the_serial_bits(monkeypatch):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("backend", [b for b in ("cython", "numba") if b in K.available_backends()])
+def test_depthwise_kernels_on_threads_give_the_serial_bits(monkeypatch, backend):
+    """The depthwise kernels are memory-bound too: threads own whole planes (forward, dx) or
+    channels (dW), each with its own scratch (threadid()). Threaded must be bitwise serial, on the
+    flat (stride 1) and row (stride 2) kernels, with a channel multiplier and NaN/inf about."""
+    from fastconv.kernels import _threads
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 5, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((15, 1, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(15).astype(np.float32)
+
+    def run(x, w):
+        out = []
+        for stride in (1, 2):
+            y = K.conv2d_forward(x, w, b, stride, 1, 1, 5, backend=backend)
+            dy = np.cos(y)  # non-finite where y is
+            out += [y, *K.conv2d_backward(dy, x, w, stride, 1, 1, 5, backend=backend)]
+        return out
+
+    x_bad, w_bad = x.copy(), w.copy()
+    x_bad[1, 2, 4, 4], w_bad[7, 0, 0, 1] = np.nan, np.inf
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(2)
+        monkeypatch.setattr(_threads, "MEMORY_BOUND_PARALLEL_MIN", 64)
+        threaded = run(x, w) + run(x_bad, w_bad)
+        monkeypatch.setattr(_threads, "MEMORY_BOUND_PARALLEL_MIN", 1 << 62)
+        serial = run(x, w) + run(x_bad, w_bad)
+    finally:
+        K.set_num_threads(before)
+    for got, want in zip(threaded, serial, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def _prange_bodies(source: str):
     """(line number, body lines) of every ``for ... in prange(...)`` loop of a .pyx source."""
     lines = source.splitlines()

@@ -473,7 +473,7 @@ def test_grouped_conv_first_layer_and_checks(rng):
     assert sum(p.data.size for p in conv.parameters()) == 6 * 2 * 9 + 6
     with pytest.raises(ValueError, match=r"groups: expected a divisor of in_channels \(4\) and out_ch.* \(6\), got 4"):
         Conv2d(4, 6, 3, groups=4)
-    with pytest.raises(ValueError, match="groups: expected a positive int"):
+    with pytest.raises(TypeError, match="groups: expected a positive int"):
         Conv2d(4, 6, 3, groups=True)
     # PyTorch's positional order: (..., dilation, groups, bias)
     assert Conv2d(4, 6, 3, 1, 1, 1, 2).groups == 2
@@ -685,12 +685,14 @@ def test_numpy_layers_save_load_and_refuse_bad_arguments(tmp_path, rng):
     x = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
     assert again.layers[1].negative_slope == 0.05 and again.layers[2].output_size == (2, None)
-    for make, words in [(lambda: L.LeakyReLU("0.1"), "negative_slope: expected a finite number"),
-                        (lambda: L.LeakyReLU(float("inf")), "negative_slope: expected a finite number"),
-                        (lambda: L.AdaptiveAvgPool2d(0), "output_size: expected a positive int"),
-                        (lambda: L.AdaptiveAvgPool2d((2, 2, 2)), "output_size: expected a positive int"),
-                        (lambda: L.AdaptiveAvgPool2d(2.5), "output_size: expected a positive int")]:  # fmt: skip
-        with pytest.raises(ValueError, match=words):
+    for make, error, words in [
+        (lambda: L.LeakyReLU("0.1"), ValueError, "negative_slope: expected a finite number"),
+        (lambda: L.LeakyReLU(float("inf")), ValueError, "negative_slope: expected a finite number"),
+        (lambda: L.AdaptiveAvgPool2d(0), ValueError, "output_size: expected a positive int"),
+        (lambda: L.AdaptiveAvgPool2d((2, 2, 2)), TypeError, "output_size: expected a positive int"),
+        (lambda: L.AdaptiveAvgPool2d(2.5), TypeError, "output_size: expected a positive int"),
+    ]:
+        with pytest.raises(error, match=words):
             make()
     with pytest.raises(TypeError, match="x: expected"):
         L.Tanh().forward(np.arange(4))  # integers: not a float array
