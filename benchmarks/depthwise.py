@@ -5,8 +5,10 @@ interleaved in one run, beside the pre-kernel way (one ungrouped call per channe
     python benchmarks/depthwise.py 2          # two threads
     python benchmarks/depthwise.py 1 phases   # cython's forward / dW / dx+dW split instead
 
-Prints median milliseconds per forward + backward (12 rounds after 3 warm-up rounds). The
-numbers in docs/cython.md (depthwise section) come from this script.
+Prints median milliseconds per forward + backward (12 rounds after 3 warm-up rounds) and the
+GFLOP/s they make: 2*N*K*Ho*Wo*R*S per forward, twice that for dx + dW, against numpy's float32
+matmul peak measured in the same run (DESIGN.md's yardstick). The numbers in docs/cython.md
+(depthwise section) come from this script.
 """
 
 from __future__ import annotations
@@ -76,9 +78,13 @@ def main(threads: int = 1, phases: bool = False) -> None:
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
+    from fastconv.bench import measure_peak
+
     rng = np.random.default_rng(0)
     backends = [b for b in ("numpy", "numba", "cython") if b in K.available_backends()]
-    print(f"depthwise 3x3, padding 1, batch {BATCH}, float32, {threads} thread(s); median ms of fwd+bwd")
+    peak = measure_peak(np.float32)
+    print(f"depthwise 3x3, padding 1, batch {BATCH}, float32, {threads} thread(s); median ms of "
+          f"{'each phase' if phases else 'fwd+bwd'} (GFLOP/s); float32 matmul peak {peak:.0f} GFLOP/s")
     for c, hw in SHAPES:
         x = rng.standard_normal((BATCH, c, hw, hw), dtype=np.float32)
         w = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
@@ -87,8 +93,13 @@ def main(threads: int = 1, phases: bool = False) -> None:
         for _ in range(ROUNDS):  # interleaved: every case once per round
             for name, fn in cases.items():
                 times[name].append(_timed(fn))
-        row = " | ".join(f"{name} {statistics.median(v[WARMUP:]) * 1e3:.1f}" for name, v in times.items())
-        print(f"C={c} {hw}x{hw}: {row}")
+        fwd = 2 * BATCH * c * hw * hw * 9  # FLOP of one forward (stride 1, padding 1: Ho = H)
+        work = {"forward": fwd, "dW": fwd, "dx+dW": 2 * fwd}
+        cells = []
+        for name, v in times.items():
+            t = statistics.median(v[WARMUP:])
+            cells.append(f"{name} {t * 1e3:.1f} ({work.get(name, 3 * fwd) / t / 1e9:.1f})")
+        print(f"C={c} {hw}x{hw}: {' | '.join(cells)}")
 
 
 if __name__ == "__main__":

@@ -426,7 +426,7 @@ GROUPED_CASES = [
     ((1, 4, 6, 7), 8, 4, (3, 2), 1, (1, 0), 2, True),  # depthwise, channel multiplier 2
     ((2, 3, 5, 5), 3, 3, 1, 1, 0, 1, False),  # depthwise 1x1
     ((1, 6, 5, 6), 9, 3, 2, (1, 2), 1, 1, True),
-    ((2, 5, 9, 8), 5, 5, 3, 1, 1, 1, True),  # depthwise 3x3, the MobileNet block's
+    ((1, 5, 7, 6), 5, 5, 3, 1, 1, 1, True),  # depthwise 3x3, the MobileNet block's
     ((1, 3, 6, 9), 6, 3, (2, 3), (2, 1), (1, 1), (2, 1), False),  # depthwise, strided, dilated, multiplier 2
 ]
 
