@@ -315,6 +315,15 @@ def _require_positive(name: str, sizes: tuple[int, ...], labels: tuple[str, ...]
             )
 
 
+def flat_plane_sizes(g: Conv2dGeometry) -> tuple[int, int, int]:
+    """(wp, plane, wide) of the flat padded-plane layout at stride 1 (the depthwise kernels of
+    numba and cython, docs/cython.md): rows wp = W + 2*pw wide; a padded plane of ``plane``
+    elements, enough for the last tap's offset (R-1)*dh*wp + (S-1)*dw plus a ``wide`` = Ho*wp
+    run; the output (or dy) laid out in Ho rows of wp."""
+    wp = g.w + 2 * g.pw
+    return wp, (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
+
+
 def padding_written_out(g: Conv2dGeometry) -> Conv2dGeometry:
     """The same convolution on its input with the zero padding made part of it (H + 2ph, W + 2pw,
     no padding): what a kernel that pads the array itself must be told."""

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import _openmp, cython_conv, cython_depthwise, cython_norm, cython_pool, cython_relu
 from . import _threads as _threads_mod
-from ._geometry import Conv2dGeometry, Pool2dGeometry
+from ._geometry import Conv2dGeometry, Pool2dGeometry, flat_plane_sizes
 from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads, register_thread_hook
 
@@ -317,8 +317,7 @@ def _depthwise_flat(g: Conv2dGeometry) -> tuple[int, int] | None:
     within DEPTHWISE_FLAT_MAX_BYTES per thread, counting float64), else None."""
     if g.sh != 1 or g.sw != 1:
         return None
-    wp = g.w + 2 * g.pw
-    plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
+    _, plane, wide = flat_plane_sizes(g)
     return (plane, wide) if 8 * (plane + (g.r * g.s + 1) * wide) <= DEPTHWISE_FLAT_MAX_BYTES else None
 
 

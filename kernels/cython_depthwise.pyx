@@ -215,7 +215,9 @@ def depthwise_backward_w(const floating[:, :, :, ::1] dy, const floating[:, :, :
 # layout as the numba backend's rung 5 (docs/ladder.md), per plane. Each thread works in its own
 # row of the scratch arrays (threadid()). Padding is real zeros here, so 0 * inf = NaN comes out
 # as the contract says; the garbage columns are never copied out. Used by cython_backend only for
-# stride 1 and when the scratch is small (DEPTHWISE_FLAT_MAX_BYTES there).
+# stride 1 and when the scratch is small (DEPTHWISE_FLAT_MAX_BYTES there). The sizes are
+# _geometry.flat_plane_sizes', recomputed here from the geometry so that the scratch arrays the
+# caller passes can be checked against them before any index is used.
 
 cdef void _pad_plane(const floating* src, floating* dst, const DGeo* g, Py_ssize_t wp,
                      Py_ssize_t length) noexcept nogil:

@@ -34,7 +34,14 @@ from . import _numba_depthwise as dwk
 from . import _numba_norm as nl
 from . import _numba_pool as pl
 from . import _threads
-from ._geometry import Conv2dGeometry, Pool2dGeometry, conv2d_geometry, padding_written_out, pool2d_geometry
+from ._geometry import (
+    Conv2dGeometry,
+    Pool2dGeometry,
+    conv2d_geometry,
+    flat_plane_sizes,
+    padding_written_out,
+    pool2d_geometry,
+)
 from ._norm import fused_backward, fused_forward
 from ._threads import get_num_threads
 
@@ -199,8 +206,7 @@ def _depthwise_flat(g: Conv2dGeometry) -> bool:
     padded-plane kernels."""
     if g.sh != 1 or g.sw != 1:
         return False
-    wp = g.w + 2 * g.pw
-    plane, wide = (g.h + 2 * g.ph) * wp + (g.s - 1) * g.dw, g.ho * wp
+    _, plane, wide = flat_plane_sizes(g)
     return 8 * (plane + (g.r * g.s + 1) * wide) <= DEPTHWISE_FLAT_MAX_BYTES
 
 
