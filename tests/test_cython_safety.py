@@ -923,3 +923,19 @@ def test_direct_backend_calls_with_valid_arguments_equal_dispatch():
     for backend in K.available_backends():
         y = K.get_backend(backend).conv2d_forward(x, w, None, g)
         np.testing.assert_allclose(y, K.conv2d_forward(x, w, None, (2, 1), 1, backend="python"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("build", list(DEPTHWISE_BUILDS))
+def test_compiled_depthwise_functions_refuse_bad_thread_counts_and_scratch(build):
+    """Importable, so they check what they index themselves: num_threads < 1 (OpenMP would read
+    0 as 'every core', more threads than the scratch has rows) and scratch of the wrong shape."""
+    mod = DEPTHWISE_BUILDS[build]
+    x, w, b = np.ones((1, 2, 4, 4)), np.ones((2, 1, 3, 3)), np.zeros(2)
+    g = K.conv2d_geometry(x.shape, w.shape, 1, 1, 1, 2)
+    y = np.empty(g.y_shape)
+    with pytest.raises(ValueError, match="num_threads: expected a positive int, got 0"):
+        mod.depthwise_forward(x, w, b, y, g, 0)
+    with pytest.raises(ValueError, match="num_threads: expected a positive int, got 0"):
+        mod.depthwise_forward_flat(x, w, b, y, np.empty((1, 100)), np.empty((1, 100)), g, 0)
+    with pytest.raises(ValueError, match="scratch arrays of the wrong shape"):
+        mod.depthwise_forward_flat(x, w, b, y, np.empty((1, 3)), np.empty((1, 24)), g, 1)
