@@ -356,7 +356,8 @@ def depthwise_conv2d_backward(
     """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo), x's dtype; groups = C.
 
     The flat kernels (stride 1) compute garbage columns with dy = 0 there: exact unless that zero
-    meets an inf/NaN weight (dx) or x value (dW), so those go to the row kernels."""
+    meets an inf/NaN weight (dx) or x value (dW), so those go to the row kernels (dW: redone when
+    the flat result is non-finite and x holds an inf/NaN)."""
     flat = _depthwise_flat(g)
     dx = None
     if need_dx:  # the padding has no gradient to keep: the row kernel's skipping is exact here
@@ -369,11 +370,15 @@ def depthwise_conv2d_backward(
             _depthwise.depthwise_backward_dx(dy, w, dx, g, threads)
     dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
     threads = _threads_memory_bound(g.k, x.size)
-    if flat is not None and np.isfinite(x).all():  # padding: real zeros, dy's NaN/inf meets them
+    if flat is not None:  # padding: real zeros, dy's NaN/inf meets them
         scratch = (np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype),
                    np.empty((threads, g.r * g.s * flat[1])))  # fmt: skip
         _depthwise.depthwise_backward_w_flat(dy, x, dw64, db64, *scratch, g, threads)
-    else:
+        # An inf/NaN in x meeting a garbage column's zero dy shows up as a non-finite dW: look at
+        # the small dW on every call and at the whole of x only then.
+        if not np.isfinite(dw64).all() and not np.isfinite(x).all():
+            flat = None
+    if flat is None:
         lanes = np.empty((g.k, g.wo))
         _depthwise.depthwise_backward_w(dy, x, dw64, db64, lanes, g, threads)
         if g.ph or g.pw:

@@ -229,7 +229,8 @@ def depthwise_conv2d_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(dx (N,C,H,W) or None, dw (K,1,R,S), db (K,)) for dy (N,K,Ho,Wo), x's dtype; groups = C. The flat
     kernels' garbage columns hold dy = 0, exact unless it meets an inf weight (dx) or an inf/NaN
-    in x (dW): those take the row kernels."""
+    in x (dW): those take the row kernels (dW: redone when the flat result is non-finite and x
+    holds an inf/NaN)."""
     _sync_threads(x.size)
     flat = _depthwise_flat(g)
     dx = None
@@ -240,9 +241,12 @@ def depthwise_conv2d_backward(
         else:
             dwk.depthwise_bwd_dx(dy, w, *_strides(g), dx)
     dw64, db64 = np.empty(g.w_shape, np.float64), np.empty(g.k, np.float64)
-    if flat and np.isfinite(x).all():
+    if flat:
         dwk.depthwise_bwd_w_flat(dy, x, g.ph, g.pw, g.dh, g.dw, dw64, db64)
-    else:
+        # An inf/NaN in x meeting a garbage column's zero dy shows up as a non-finite dW: look at
+        # the small dW on every call and at the whole of x only then (as the conv's flat dW does).
+        flat = np.isfinite(dw64).all() or np.isfinite(x).all()
+    if not flat:
         xw, gw = _explicitly_padded(x, g) if _meets_padding(dy, g) else (x, g)
         dwk.depthwise_bwd_w(dy, xw, *_strides(gw), dw64, db64)
     return dx, dw64.astype(x.dtype), db64.astype(x.dtype)

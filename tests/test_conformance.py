@@ -356,6 +356,15 @@ def test_depthwise_padding_meets_inf_and_nan_as_the_contract_says(backend, rng, 
     assert np.isnan(refs[1][3]).any() and not np.isnan(refs[1][3]).all()
     for name, a, r in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=backend), refs):
         assert_within(a, r, 1e-9 * (1 + np.abs(np.nan_to_num(r))), name)
+    # finite dy, one inf in x: every tap of that channel reads it through exactly one real pair,
+    # so dW is +-inf there and never NaN (the flat kernels' garbage pairs must not leak a NaN in)
+    x, w, _ = _depthwise(rng, xs, 2, (3, 3))
+    x[1, 2, 2, 5] = np.inf  # the last column: the one the flat layout's wrap-around pairs read
+    dy = _rand(rng, y_ref.shape)
+    refs = K.conv2d_backward(dy, x, w, *args, backend="python")
+    assert np.isinf(refs[1][4:6]).any() and not np.isnan(refs[1]).any()
+    for name, a, r in zip(("dx", "dw", "db"), K.conv2d_backward(dy, x, w, *args, backend=backend), refs):
+        assert_within(a, r, 1e-9 * (1 + np.abs(np.nan_to_num(r))), name)
 
 
 _depthwise_problem = st.fixed_dictionaries(
