@@ -217,6 +217,12 @@ def _one_group(g: Conv2dGeometry) -> Conv2dGeometry:
     return replace(g, c=g.c // g.groups, k=g.k // g.groups, groups=1)
 
 
+def _grown_to(x: np.ndarray, g: Pool2dGeometry, mode: str) -> np.ndarray:
+    """x (N, C, H, W) extended at the bottom and right to the ceil-mode plane (g.h, g.w) that the
+    floor-mode kernels pool: ``mode`` "edge" (max: copies never win) or "constant" (average: zeros)."""
+    return np.pad(x, ((0, 0), (0, 0), (0, g.h - x.shape[2]), (0, g.w - x.shape[3])), mode=mode)
+
+
 def max_pool2d_forward(
     x: np.ndarray,
     kernel_size: IntOrPair,
@@ -242,7 +248,7 @@ def max_pool2d_forward(
     # Ceil mode: the backend pools x with its last row / column repeated into the overhang. A copy
     # never wins (the original is earlier in the window and ties go to the first), so every
     # argmax names a real element; it only has to be re-expressed in x's own plane width.
-    grown = np.pad(x, ((0, 0), (0, 0), (0, g.h - h), (0, g.w - w)), mode="edge")
+    grown = _grown_to(x, g, "edge")
     y, argmax = backend_module(backend).max_pool2d_forward(grown, g)
     rows, cols = np.divmod(argmax, g.w)
     return y, rows * w + cols
@@ -302,7 +308,7 @@ def avg_pool2d_forward(
         return np.zeros(g.y_shape, x.dtype)
     h, w = x.shape[2:]
     if (g.h, g.w) != (h, w):  # ceil mode: zeros in the overhang; the divisor ignores them
-        x = np.pad(x, ((0, 0), (0, 0), (0, g.h - h), (0, g.w - w)))
+        x = _grown_to(x, g, "constant")
     y = backend_module(backend).avg_pool2d_forward(x, g)
     if scale is not None:
         y *= scale.astype(y.dtype)
