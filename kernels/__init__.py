@@ -27,8 +27,9 @@ batch_norm_backward    dy, x, weight, mean, var, eps, training     dx, dweight (
 
 * ``Ho = floor((H + 2p - d(R-1) - 1) / s) + 1``; stride/padding/dilation are ints or pairs.
 * ``groups``: backends implement groups = 1 (``conv2d_*``) and groups = C, depthwise, weight
-  (K, 1, R, S) (``depthwise_conv2d_*``, same arguments); other groupings run here, one
-  groups = 1 call per group.
+  (K, 1, R, S) (``depthwise_conv2d_*``, same arguments; optional for a third-party backend:
+  ``OPTIONAL_FUNCTIONS``); other groupings, and groups = C on a backend without depthwise
+  kernels, run here, one groups = 1 call per group.
 * Pooling padding is at most half the window; padding never wins a max and counts as zeros
   in the average divisor (``count_include_pad=True``). PyTorch's ``ceil_mode``,
   ``count_include_pad=False`` and ``divisor_override`` are applied here, never in a backend:
@@ -74,11 +75,13 @@ from ._geometry import (
 )
 from ._registry import (
     BACKEND_FUNCTIONS,
+    OPTIONAL_FUNCTIONS,
     available_backends,
     backend_errors,
     backend_module,
     get_backend,
     get_default_backend,
+    has_depthwise,
     known_backends,
     register_backend,
     set_default_backend,
@@ -88,6 +91,7 @@ from ._validate import as_argmax, as_divisor, as_flag, as_float_array, as_shape4
 
 __all__ = [
     "BACKEND_FUNCTIONS",
+    "OPTIONAL_FUNCTIONS",
     "Conv2dGeometry",
     "Pool2dGeometry",
     "available_backends",
@@ -153,7 +157,7 @@ def conv2d_forward(
     module = backend_module(backend)
     if g.groups == 1:
         return module.conv2d_forward(x, weight, bias, g)
-    if g.groups == g.c:
+    if g.groups == g.c and has_depthwise(module):
         return module.depthwise_conv2d_forward(x, weight, bias, g)
     one = _one_group(g)
     parts = [
@@ -194,7 +198,7 @@ def conv2d_backward(
     module = backend_module(backend)
     if g.groups == 1:
         return module.conv2d_backward(dy, x, weight, g, need_dx)
-    if g.groups == g.c:
+    if g.groups == g.c and has_depthwise(module):
         return module.depthwise_conv2d_backward(dy, x, weight, g, need_dx)
     one = _one_group(g)
     part = np.ascontiguousarray

@@ -1,10 +1,10 @@
 """Backend registry: which backends exist, which import here, and the process default.
 
 A backend is a module that defines the functions of the kernel contract (see
-``fastconv.kernels.BACKEND_FUNCTIONS``) over already-validated, C-contiguous arrays and a
-geometry object from :mod:`fastconv.kernels._geometry`. Backends are imported lazily, the
-first time they are asked for, so ``import fastconv`` does not pay for Numba's start-up
-unless Numba is used.
+``fastconv.kernels.BACKEND_FUNCTIONS``; those in ``OPTIONAL_FUNCTIONS`` may be left out) over
+already-validated, C-contiguous arrays and a geometry object from
+:mod:`fastconv.kernels._geometry`. Backends are imported lazily, the first time they are asked
+for, so ``import fastconv`` does not pay for Numba's start-up unless Numba is used.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ BACKEND_FUNCTIONS: tuple[str, ...] = (
     "batch_norm_backward",
 )
 
+#: Contract functions a backend may leave out. Without the depthwise pair, groups = C runs as one
+#: groups = 1 conv call per channel (correct, slower: each call is a tiny conv), as other
+#: groupings always do. A backend defines both or neither.
+OPTIONAL_FUNCTIONS: tuple[str, ...] = ("depthwise_conv2d_forward", "depthwise_conv2d_backward")
+
 _loaded: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
 _default: str | None = None
@@ -64,8 +69,19 @@ def register_backend(name: str, module: str | ModuleType) -> None:
 
 def _check_module(name: str, module: ModuleType) -> None:
     missing = [f for f in BACKEND_FUNCTIONS if not callable(getattr(module, f, None))]
-    if missing:
-        raise TypeError(f"backend {name!r} ({module.__name__}) lacks contract functions: {missing}")
+    required = [f for f in missing if f not in OPTIONAL_FUNCTIONS]
+    if required:
+        raise TypeError(f"backend {name!r} ({module.__name__}) lacks contract functions: {required}")
+    if 0 < len(missing) < len(OPTIONAL_FUNCTIONS):
+        raise TypeError(
+            f"backend {name!r} ({module.__name__}) defines {sorted(set(OPTIONAL_FUNCTIONS) - set(missing))} "
+            f"but not {missing}: the optional depthwise functions come as a pair, both or neither"
+        )
+
+
+def has_depthwise(module: ModuleType) -> bool:
+    """Whether a (checked) backend module has its own depthwise kernels (OPTIONAL_FUNCTIONS)."""
+    return callable(getattr(module, OPTIONAL_FUNCTIONS[0], None))
 
 
 def _try_load(name: str) -> ModuleType | None:

@@ -56,6 +56,39 @@ def test_register_backend_is_picked_up_and_validated(monkeypatch):
     np.testing.assert_array_equal(K.relu_forward(-x, backend="alias"), np.zeros_like(x))
 
 
+def test_backend_without_depthwise_kernels_runs_groups_channel_by_channel(monkeypatch):
+    """The depthwise pair is optional (OPTIONAL_FUNCTIONS): without it, groups = C runs as one
+    groups = 1 conv call per channel, with the reference's results; half of the pair is refused."""
+    monkeypatch.setattr(_registry, "_KNOWN", dict(_registry._KNOWN))
+    monkeypatch.setattr(_registry, "_loaded", dict(_registry._loaded))
+    real = K.get_backend("numpy")
+    calls = []
+    plain = types.ModuleType("plain")
+    for f in K.BACKEND_FUNCTIONS:
+        if f not in K.OPTIONAL_FUNCTIONS:
+            setattr(plain, f, getattr(real, f))
+    plain.conv2d_forward = lambda x, w, b, g: calls.append("fwd") or real.conv2d_forward(x, w, b, g)
+    plain.conv2d_backward = lambda dy, x, w, g, nd: calls.append("bwd") or real.conv2d_backward(dy, x, w, g, nd)
+    plain.NAME = "plain"
+    K.register_backend("plain", plain)
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
+    args = (1, 1, 1, 3)  # stride, padding, dilation, groups = C: depthwise with multiplier 2
+    y = K.conv2d_forward(x, w, b, *args, backend="plain")
+    np.testing.assert_allclose(y, K.conv2d_forward(x, w, b, *args, backend="python"), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(K.conv2d_backward(dy, x, w, *args, backend="plain"),
+                         K.conv2d_backward(dy, x, w, *args, backend="python")):  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert calls == ["fwd"] * 3 + ["bwd"] * 3
+    half = types.ModuleType("half")
+    for f in K.BACKEND_FUNCTIONS:
+        if f != "depthwise_conv2d_backward":
+            setattr(half, f, getattr(real, f))
+    with pytest.raises(TypeError, match=r"\['depthwise_conv2d_forward'\] but not \['depthwise_conv2d_backward'\]"):
+        K.register_backend("half", half)
+
+
 def test_unimportable_backend_is_reported_not_fatal(monkeypatch):
     monkeypatch.setattr(_registry, "_KNOWN", dict(_registry._KNOWN))
     monkeypatch.setattr(_registry, "_errors", dict(_registry._errors))
