@@ -40,7 +40,7 @@ import numpy as np
 
 from . import kernels as K
 from .kernels import IntOrPair, conv2d_geometry, conv_padding, normalize_pair, pool2d_geometry
-from .kernels._validate import as_divisor, as_flag, as_float_array
+from .kernels._validate import as_divisor, as_flag, as_float_array, same_dtype
 
 __all__ = [
     "LAYER_TYPES",
@@ -312,7 +312,7 @@ class Conv2d(Layer):
     an int, a pair, ``"valid"`` or ``"same"`` (stride 1, odd effective kernel), stored as the pair
     of ints. ``groups`` = g splits the channels into g independent convolutions (PyTorch's
     semantics: output channels [j*K/g, (j+1)*K/g) see only input channels [j*C/g, (j+1)*C/g);
-    g = in_channels is a depthwise convolution, which every backend has a kernel for; other
+    g = in_channels is a depthwise convolution, which the built-in backends have kernels for; other
     groupings run the backend's convolution once per group).
     """
 
@@ -446,8 +446,9 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
-                or not math.isfinite(negative_slope):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+            raise TypeError(f"negative_slope: expected a finite number, got {type(negative_slope).__name__}")
+        if not math.isfinite(negative_slope):
             raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
         self._x: np.ndarray | None = None
@@ -462,6 +463,7 @@ class LeakyReLU(Layer):
         self._need_cache(self._x)
         self._check_dy(dy, self._x.shape)
         dy = as_float_array("dy", dy)
+        same_dtype(x=self._x, dy=dy)
         return np.where(self._x > 0, dy, dy * dy.dtype.type(self.negative_slope))
 
     def flops(self, input_shape: Sequence[int]) -> int:
@@ -488,7 +490,9 @@ class _Saturating(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._need_cache(self._y)
         self._check_dy(dy, self._y.shape)
-        return (as_float_array("dy", dy) * self._df(self._y)).astype(self._y.dtype, copy=False)
+        dy = as_float_array("dy", dy)
+        same_dtype(y=self._y, dy=dy)
+        return dy * self._df(self._y)
 
     def flops(self, input_shape: Sequence[int]) -> int:
         """Counted as one operation per element (the exp / tanh is one library call)."""
@@ -532,10 +536,12 @@ class AdaptiveAvgPool2d(Layer):
     size and overlap (PyTorch's rule). Computed with numpy (no kernel): Ho + Wo window means.
     """
 
-    _cache_names = ("_input_shape",)
+    _cache_names = ("_input_shape", "_dtype")
 
     def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
         super().__init__()
+        if output_size is None:  # PyTorch refuses it too: a size, or a pair that may hold None
+            raise TypeError("output_size: expected a positive int or a pair of them (None: keep that size), got None")
         sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
         what = f"output_size: expected a positive int or a pair of them (None: keep that size), got {output_size!r}"
         if len(sizes) != 2 or any(v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral))
@@ -545,6 +551,7 @@ class AdaptiveAvgPool2d(Layer):
             raise ValueError(what)
         self.output_size = tuple(None if v is None else int(v) for v in sizes)
         self._input_shape: tuple[int, ...] | None = None
+        self._dtype: np.dtype | None = None
 
     def _sizes(self, h: int, w: int) -> tuple[int, int]:
         oh, ow = self.output_size
@@ -560,7 +567,7 @@ class AdaptiveAvgPool2d(Layer):
         n, c, h, w = x.shape
         if min(c, h, w) < 1:
             raise ValueError(f"AdaptiveAvgPool2d: expected positive C, H, W, got shape {x.shape}")
-        self._input_shape = x.shape
+        self._input_shape, self._dtype = x.shape, x.dtype
         ho, wo = self._sizes(h, w)
         # rows, then columns: one mean per window (Ho + Wo numpy calls), so a NaN reaches only the
         # windows that hold it (a product with an averaging matrix would spread it: 0 * NaN = NaN)
@@ -579,6 +586,7 @@ class AdaptiveAvgPool2d(Layer):
         ho, wo = self._sizes(h, w)
         self._check_dy(dy, (n, c, ho, wo))
         dy = as_float_array("dy", dy, 4)
+        same_dtype(x=np.empty(0, self._dtype), dy=dy)  # x itself is not kept, only its dtype
         rows = np.zeros((n, c, ho, w), dy.dtype)
         for j, (lo, hi) in enumerate(self._windows(w, wo)):
             rows[:, :, :, lo:hi] += dy[:, :, :, j : j + 1] / dy.dtype.type(hi - lo)
@@ -592,8 +600,12 @@ class AdaptiveAvgPool2d(Layer):
         return (c, *self._sizes(h, w))
 
     def flops(self, input_shape: Sequence[int]) -> int:
-        """About one addition per input element (windows overlap by at most one row/column)."""
-        return math.prod(int(v) for v in input_shape)
+        """One addition per element of every window, as for the fixed pools: C * (sum of the row
+        windows' sizes) * (sum of the column windows' sizes). Windows overlap, so an output larger
+        than the input counts more than C*H*W."""
+        c, h, w = _image_shape("AdaptiveAvgPool2d", input_shape)
+        ho, wo = self._sizes(h, w)
+        return c * sum(b - a for a, b in self._windows(h, ho)) * sum(b - a for a, b in self._windows(w, wo))
 
     def config(self) -> dict:
         oh, ow = self.output_size

@@ -686,11 +686,13 @@ def test_numpy_layers_save_load_and_refuse_bad_arguments(tmp_path, rng):
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
     assert again.layers[1].negative_slope == 0.05 and again.layers[2].output_size == (2, None)
     for make, error, words in [
-        (lambda: L.LeakyReLU("0.1"), ValueError, "negative_slope: expected a finite number"),
+        (lambda: L.LeakyReLU("0.1"), TypeError, "negative_slope: expected a finite number, got str"),
+        (lambda: L.LeakyReLU(True), TypeError, "negative_slope: expected a finite number, got bool"),
         (lambda: L.LeakyReLU(float("inf")), ValueError, "negative_slope: expected a finite number"),
         (lambda: L.AdaptiveAvgPool2d(0), ValueError, "output_size: expected a positive int"),
         (lambda: L.AdaptiveAvgPool2d((2, 2, 2)), TypeError, "output_size: expected a positive int"),
         (lambda: L.AdaptiveAvgPool2d(2.5), TypeError, "output_size: expected a positive int"),
+        (lambda: L.AdaptiveAvgPool2d(None), TypeError, "output_size: expected a positive int.*got None"),
     ]:
         with pytest.raises(error, match=words):
             make()
@@ -700,3 +702,23 @@ def test_numpy_layers_save_load_and_refuse_bad_arguments(tmp_path, rng):
     pool.forward(rng.standard_normal((1, 1, 4, 4)))
     with pytest.raises(ValueError, match=r"expected dy of shape \(1, 1, 2, 2\)"):
         pool.backward(np.ones((1, 1, 4, 4)))
+    # float32 forward, float64 dy: refused by name, as ReLU and the kernels do, never cast silently
+    for layer in (L.LeakyReLU(), L.Sigmoid(), L.Tanh(), L.AdaptiveAvgPool2d(2)):
+        y = layer.forward(rng.standard_normal((1, 1, 4, 4)).astype(np.float32))
+        with pytest.raises(TypeError, match=r"dy: expected dtype float32 .* got float64"):
+            layer.backward(np.ones(y.shape))
+
+
+@pytest.mark.parametrize("h, w, output_size", [(7, 5, 3), (3, 3, 5), (6, 6, 3), (4, 9, (None, 2)), (5, 5, 1)])
+def test_adaptive_avg_pool_flops_count_every_window_element(h, w, output_size):
+    """summary()'s FLOPs: one addition per window element, counted window by window (windows
+    overlap, so an output larger than the input costs more than C*H*W)."""
+    layer = L.AdaptiveAvgPool2d(output_size)
+    _, ho, wo = layer.output_shape((2, h, w))
+    count = 0
+    for i in range(ho):
+        for j in range(wo):
+            rows = math.ceil((i + 1) * h / ho) - math.floor(i * h / ho)
+            cols = math.ceil((j + 1) * w / wo) - math.floor(j * w / wo)
+            count += rows * cols
+    assert layer.flops((2, h, w)) == 2 * count
