@@ -13,8 +13,9 @@ built like the rung-2 conv plane (``_numba_conv._fwd_plane``) and the pooling on
   at the first valid element, so indices are provably >= 0 and Numba's negative-index test
   leaves the loop; taps in the padding are skipped (no padded copy of x);
 * dW's sums over N*Ho*Wo products are a reduction: one running sum would wait ~4 cycles per
-  add. A float64 accumulator per output column (``lanes``) makes the inner loop independent
-  across columns, so it vectorises without reassociating anything; the lanes are summed once.
+  add. The row kernels keep a float64 accumulator per output column (``lanes``), so the inner
+  loop is independent across columns and vectorises without reassociating anything; the flat
+  kernel's dot products (``_dot``) let LLVM reassociate in a fixed order instead.
 
 Skipping a padding tap is exact unless the weight (forward) or dy (dW) is inf or NaN, where the
 zero padding would contribute 0 * inf = NaN; numba_backend writes the padding out for those.
@@ -207,10 +208,23 @@ def depthwise_bwd_dx_flat(dy, w, ph, pw, dh, dw, dx):
             dx[n, c, h, :] = acc[base : base + w_]
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(a, b, length):
+    """sum_q a[q] * b[q] (q < length) in float64. One running sum waits ~4 cycles per add;
+    ``reassoc`` lets LLVM keep several vector partial sums instead: a fixed order chosen at
+    compile time (the same bits on every call and thread), not the sequential one."""
+    total = 0.0
+    for q in range(length):
+        total += np.float64(a[q]) * b[q]
+    return total
+
+
 @njit(cache=True, parallel=True)
 def depthwise_bwd_w_flat(dy, x, ph, pw, dh, dw, dwt, db):
-    """dwt (K,1,R,S), db (K,), float64, as depthwise_bwd_w, stride 1, x finite: one float64 lane
-    per wide position and tap, summed once at the end."""
+    """dwt (K,1,R,S), db (K,), float64, as depthwise_bwd_w, stride 1. Per image, tap (r, s)'s
+    share is one dot product of the wide dy plane with the padded x plane shifted by the tap's
+    offset (both small enough for L1, _dot). An inf/NaN in x meets a garbage column's zero dy
+    here (0 * inf = NaN where the reference has none): numba_backend checks dW afterwards."""
     n_, c_, h_, w_ = x.shape
     k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     r_, s_ = dwt.shape[2], dwt.shape[3]
@@ -221,22 +235,18 @@ def depthwise_bwd_w_flat(dy, x, ph, pw, dh, dw, dwt, db):
         c = k // m
         xp = np.zeros(plane, x.dtype)  # borders stay zero: each image rewrites the interior only
         wide = np.zeros(q_n, dy.dtype)  # likewise the garbage columns
-        lanes = np.zeros((r_ * s_, q_n))
+        ones = np.ones(q_n, dy.dtype)  # db = the dy plane's dot product with ones
+        sums = np.zeros(r_ * s_)
         total = 0.0
         for n in range(n_):
             _pad_into(x[n, c], xp, ph, pw, wp)
             for i in range(ho):
-                row = dy[n, k, i]
-                wide[i * wp : i * wp + wo] = row
-                for j in range(wo):
-                    total += row[j]
+                wide[i * wp : i * wp + wo] = dy[n, k, i]
+            total += _dot(wide, ones, q_n)
             for r in range(r_):
                 for s in range(s_):
-                    lane = lanes[r * s_ + s]
-                    src = xp[r * dh * wp + s * dw :]
-                    for q in range(q_n):
-                        lane[q] += wide[q] * src[q]
+                    sums[r * s_ + s] += _dot(wide, xp[r * dh * wp + s * dw :], q_n)
         db[k] = total
         for r in range(r_):
             for s in range(s_):
-                dwt[k, 0, r, s] = lanes[r * s_ + s].sum()
+                dwt[k, 0, r, s] = sums[r * s_ + s]

@@ -372,7 +372,7 @@ def depthwise_conv2d_backward(
     threads = _threads_memory_bound(g.k, x.size)
     if flat is not None:  # padding: real zeros, dy's NaN/inf meets them
         scratch = (np.empty((threads, flat[0]), x.dtype), np.empty((threads, flat[1]), x.dtype),
-                   np.empty((threads, g.r * g.s * flat[1])))  # fmt: skip
+                   np.empty((threads, (g.r * g.s + 1) * 16)))  # fmt: skip
         _depthwise.depthwise_backward_w_flat(dy, x, dw64, db64, *scratch, g, threads)
         # An inf/NaN in x meeting a garbage column's zero dy shows up as a non-finite dW: look at
         # the small dW on every call and at the whole of x only then.

@@ -231,6 +231,15 @@ cdef void _pad_plane(const floating* src, floating* dst, const DGeo* g, Py_ssize
             dst[base + j] = src[h * g.w + j]
 
 
+cdef void _copy_interior(const floating* src, floating* dst, const DGeo* g, Py_ssize_t wp) noexcept nogil:
+    # src's H x W plane into dst at row ph, column pw of rows wp wide; the border is left as is
+    cdef Py_ssize_t h, j, base
+    for h in range(g.h):
+        base = (h + g.ph) * wp + g.pw
+        for j in range(g.w):
+            dst[base + j] = src[h * g.w + j]
+
+
 cdef inline void _axpy(floating* dst, const floating* src, floating a, Py_ssize_t length) noexcept nogil:
     # dst[q] += a * src[q]; a separate function so that gcc sees two distinct pointers and one
     # contiguous loop
@@ -239,11 +248,50 @@ cdef inline void _axpy(floating* dst, const floating* src, floating a, Py_ssize_
         dst[q] += a * src[q]
 
 
-cdef inline void _lanes_add(double* lane, const floating* a, const floating* b, Py_ssize_t length) noexcept nogil:
-    # lane[q] += a[q] * b[q] in float64: independent across q, so it vectorises
-    cdef Py_ssize_t q
-    for q in range(length):
-        lane[q] += <double>a[q] * b[q]
+# A dot product or sum with one running total waits for each addition before the next (~4
+# cycles each). Sixteen partial sums (acc[l] takes the terms q = l mod 16, in order) are sixteen
+# independent chains that gcc keeps in two or four vector registers, without reordering any
+# sum: the same bits with or without AVX2. Each call adds its sixteen partials to sixteen
+# float64 running sums (``out16``, independent too, so that is vector work as well); they are
+# added up once, at the very end. A single total per call would put a 16-add chain in every call
+# and cost more than the products themselves on an 8x8 plane.
+
+cdef inline void _dot16_add(double* out16, const floating* a, const floating* b, Py_ssize_t length) noexcept nogil:
+    # out16[l] += sum over q = l (mod 16) of a[q] * b[q]
+    cdef floating acc[16]
+    cdef Py_ssize_t q, l, blocks = length - length % 16
+    for l in range(16):
+        acc[l] = 0
+    for q in range(0, blocks, 16):
+        for l in range(16):
+            acc[l] += a[q + l] * b[q + l]
+    for q in range(blocks, length):
+        acc[q - blocks] += a[q] * b[q]
+    for l in range(16):
+        out16[l] += acc[l]
+
+
+cdef inline void _sum16_add(double* out16, const floating* a, Py_ssize_t length) noexcept nogil:
+    # out16[l] += sum over q = l (mod 16) of a[q]
+    cdef floating acc[16]
+    cdef Py_ssize_t q, l, blocks = length - length % 16
+    for l in range(16):
+        acc[l] = 0
+    for q in range(0, blocks, 16):
+        for l in range(16):
+            acc[l] += a[q + l]
+    for q in range(blocks, length):
+        acc[q - blocks] += a[q]
+    for l in range(16):
+        out16[l] += acc[l]
+
+
+cdef inline double _total16(const double* sums16) noexcept nogil:
+    cdef double total = 0
+    cdef Py_ssize_t l
+    for l in range(16):
+        total += sums16[l]
+    return total
 
 
 def depthwise_forward_flat(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] wt,
@@ -334,50 +382,51 @@ def depthwise_backward_dx_flat(const floating[:, :, :, ::1] dy, const floating[:
 
 def depthwise_backward_w_flat(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                               double[:, :, :, ::1] dwt, double[::1] db, floating[:, ::1] xpad,
-                              floating[:, ::1] dywide, double[:, ::1] lanes, object geometry, int num_threads):
-    """dwt (K,1,R,S), db (K,), float64, stride 1, x finite (a garbage column's zero dy times an
-    inf in x would be NaN); scratch per thread: xpad (Hp*Wp + (S-1)*dw), dywide (Ho*Wp), lanes
-    (R*S*Ho*Wp float64: one partial sum per tap and wide position, added up at the end)."""
+                              floating[:, ::1] dywide, double[:, ::1] sums, object geometry, int num_threads):
+    """dwt (K,1,R,S), db (K,), float64, stride 1; scratch per thread: xpad (Hp*Wp + (S-1)*dw),
+    dywide (Ho*Wp), sums ((R*S + 1)*16 float64: sixteen running sums per tap and for db). An
+    inf/NaN in x meets a garbage column's zero dy here (0 * inf = NaN where the reference has
+    none): the caller checks dW afterwards.
+
+    Per image, tap (r, s)'s share of dW is one dot product of the wide dy plane with the padded
+    x plane shifted by the tap's offset: both planes stay in L1 and each product is summed as
+    soon as it is made (nothing is written back per position)."""
     cdef DGeo g = _dgeo(geometry)
     if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
         raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
     cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
-    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
-    cdef Py_ssize_t k, c, n, tid, r, s, q, i, j, tap
-    cdef double total
-    cdef double* lane
-    cdef const floating* src
+    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp, taps = g.r * g.s
+    cdef Py_ssize_t k, c, n, tid, r, s, q, i, j
+    cdef double* acc
     cdef floating* gw
     if g.sh != 1 or g.sw != 1:
         raise ValueError("depthwise_backward_w_flat: stride 1 only")
     if xpad.shape[0] < num_threads or xpad.shape[1] != plane or dywide.shape[0] < num_threads \
-            or dywide.shape[1] != q_n or lanes.shape[0] < num_threads or lanes.shape[1] != g.r * g.s * q_n:
+            or dywide.shape[1] != q_n or sums.shape[0] < num_threads or sums.shape[1] != (taps + 1) * 16:
         raise ValueError("depthwise_backward_w_flat: scratch arrays of the wrong shape")
     for k in prange(g.k, nogil=True, schedule="static", num_threads=num_threads):
         tid = threadid()
         c = k // g.m
         gw = &dywide[tid, 0]
-        for q in range(g.r * g.s * q_n):
-            lanes[tid, q] = 0
-        total = 0
+        acc = &sums[tid, 0]  # tap t's sixteen sums at acc + 16*t, db's after the last tap
+        for q in range((taps + 1) * 16):
+            acc[q] = 0
+        # zeros once per channel: every image rewrites only the interior of xpad and the first Wo
+        # columns of each dy row, so the padding and the garbage columns stay zero
+        for q in range(plane):
+            xpad[tid, q] = 0
+        for q in range(q_n):
+            gw[q] = 0
         for n in range(g.n):
-            _pad_plane(&x[n, c, 0, 0], &xpad[tid, 0], &g, wp, plane)
+            _copy_interior(&x[n, c, 0, 0], &xpad[tid, 0], &g, wp)
             for i in range(g.ho):
                 for j in range(g.wo):
                     gw[i * wp + j] = dy[n, k, i, j]
-                    total = total + dy[n, k, i, j]
-                for j in range(g.wo, wp):
-                    gw[i * wp + j] = 0
+            _sum16_add(acc + taps * 16, gw, q_n)  # the garbage columns' zeros add nothing
             for r in range(g.r):
                 for s in range(g.s):
-                    tap = r * g.s + s
-                    _lanes_add(&lanes[tid, tap * q_n], gw, &xpad[tid, r * g.dh * wp + s * g.dw], q_n)
-        db[k] = total
+                    _dot16_add(acc + (r * g.s + s) * 16, gw, &xpad[tid, r * g.dh * wp + s * g.dw], q_n)
+        db[k] = _total16(acc + taps * 16)
         for r in range(g.r):
             for s in range(g.s):
-                tap = r * g.s + s
-                lane = &lanes[tid, tap * q_n]
-                total = 0
-                for q in range(q_n):
-                    total = total + lane[q]
-                dwt[k, 0, r, s] = total
+                dwt[k, 0, r, s] = _total16(acc + (r * g.s + s) * 16)
