@@ -21,8 +21,8 @@ _KNOWN: dict[str, str] = {
     "python": "fastconv.kernels.python_backend",
 }
 # Preference for the default backend, fastest first, as measured by `fastconv bench --full` on
-# the catnet step (docs/ladder.md, 2 threads: cython 47 ms, numba 54 ms, numpy 209 ms per batch
-# of 32). cython also has nothing to compile at run time (numba: ~40 s on a machine's first run).
+# the catnet step (docs/ladder.md, 2 threads: cython 45 ms, numba 61 ms, numpy 197 ms per batch
+# of 32). cython also has nothing to compile at run time (numba: ~1-1.5 min on a machine's first run).
 PREFERENCE: tuple[str, ...] = ("cython", "numba", "numpy", "python")
 
 BACKEND_FUNCTIONS: tuple[str, ...] = (
