@@ -40,6 +40,7 @@ from .layers import (
     MaxPool2d,
     Parameter,
     ReLU,
+    Residual,
     Sigmoid,
     Tanh,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "MaxPool2d",
     "Parameter",
     "ReLU",
+    "Residual",
     "Sequential",
     "Sigmoid",
     "StepSchedule",

@@ -56,6 +56,7 @@ __all__ = [
     "MaxPool2d",
     "Parameter",
     "ReLU",
+    "Residual",
     "Sigmoid",
     "Tanh",
     "as_rng",
@@ -230,6 +231,10 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    def children(self) -> list[Layer]:
+        """The layers inside this one (a :class:`Residual` block's branches); none for a plain layer."""
+        return []
 
     def cache(self) -> dict[str, object]:
         """What the last forward kept for backward (see ``_cache_names``), to hand back to
@@ -968,11 +973,164 @@ class BatchNorm2d(Layer):
         return {**cfg, "dtype": self.dtype.name}
 
 
+#: How deep Residual blocks may nest (a model file is data: its nesting must not exhaust the stack).
+MAX_RESIDUAL_NESTING = 16
+_NESTING = contextvars.ContextVar("fastconv_residual_nesting", default=0)
+
+
+class Residual(Layer):
+    """A skip connection, ResNet's building block (He et al. 2016): ``y = body(x) + shortcut(x)``.
+
+    ``body``: the residual branch, a list of layers (or one layer, or a :class:`~fastconv.Sequential`),
+    e.g. ``[Conv2d(16, 16, 3, padding=1), BatchNorm2d(16), ReLU(), Conv2d(16, 16, 3, padding=1),
+    BatchNorm2d(16)]``. ``shortcut``: None for the identity (the body must then keep x's shape),
+    or layers that bring x to the body's output shape when the body changes it (ResNet's
+    projection: ``[Conv2d(16, 32, 1, stride=2, bias=False), BatchNorm2d(32)]``). The ReLU that
+    follows the sum in ResNet is a separate layer after the block. x: (N, ...) float32/float64,
+    whatever the body accepts; y: the body's output shape and dtype.
+
+    backward: the sum hands dy unchanged to both branches, and dx is the sum of the branches'
+    input gradients (identity shortcut: dy itself) — the short path by which gradients reach
+    early layers of a deep network undiminished. Parameters and buffers are named
+    ``body.<i>.<name>`` / ``shortcut.<i>.<name>`` (state_dict keys ``<block>.body.<i>.<name>``);
+    a model file stores the branches as nested architectures (at most MAX_RESIDUAL_NESTING deep).
+    """
+
+    _cache_names = ("_out_shape",)
+
+    def __init__(self, body: object, shortcut: object = None) -> None:
+        depth = _NESTING.get()
+        if depth >= MAX_RESIDUAL_NESTING:
+            raise ValueError(f"Residual: blocks nest at most {MAX_RESIDUAL_NESTING} deep")
+        token = _NESTING.set(depth + 1)
+        try:  # the branches exist before Layer.__init__, whose backend assignment reaches them
+            self.body = _branch("body", body)
+            self.shortcut = None if shortcut is None else _branch("shortcut", shortcut)
+        finally:
+            _NESTING.reset(token)
+        super().__init__()
+        self._out_shape: tuple[int, ...] | None = None
+
+    def _branches(self) -> list[tuple[str, object]]:
+        return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
+
+    def children(self) -> list[Layer]:
+        return [layer for _, branch in self._branches() for layer in branch.layers]
+
+    # every setting reaches the layers inside: the backend, the mode, the dtype, the seeds
+    @property
+    def backend(self) -> str | None:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str | None) -> None:
+        self._backend = name
+        for layer in self.children():
+            layer.backend = name
+
+    def train(self, mode: bool = True) -> Residual:
+        super().train(mode)
+        for _, branch in self._branches():
+            branch.train(mode)
+        return self
+
+    def astype(self, dtype: object) -> Residual:
+        for _, branch in self._branches():
+            branch.astype(dtype)
+        return self
+
+    def reseed(self, seed: object) -> None:
+        """Restart the branches' stochastic layers (dropout) from ``seed`` (int, None or SeedSequence)."""
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        for (_, branch), child in zip(self._branches(), ss.spawn(2)):
+            branch.reseed(child)
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(f"{name}.{key}", p) for name, branch in self._branches() for key, p in branch.named_parameters()]
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {f"{name}.{i}.{key}": arr for name, branch in self._branches()
+                for i, layer in enumerate(branch.layers) for key, arr in layer.buffers().items()}  # fmt: skip
+
+    def cache(self) -> dict[str, object]:
+        return {"_out_shape": self._out_shape, "layers": [layer.cache() for layer in self.children()]}
+
+    def restore_cache(self, cache: dict[str, object]) -> None:
+        self._out_shape = cache["_out_shape"]
+        for layer, kept in zip(self.children(), cache["layers"]):
+            layer.restore_cache(kept)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = self.body.forward(x)
+        s = np.asarray(x, dtype=y.dtype) if self.shortcut is None else self.shortcut.forward(x)
+        if s.shape != y.shape:
+            raise ValueError(
+                f"Residual: the body maps x of shape {np.shape(x)} to {y.shape} but the "
+                f"{'identity shortcut' if self.shortcut is None else 'shortcut'} gives {s.shape}; "
+                "a body that changes the shape needs a shortcut that changes it the same way"
+            )
+        self._out_shape = y.shape
+        return y + s  # a new array: the body's last layer may keep its output for its backward
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        self._need_cache(self._out_shape)
+        self._check_dy(dy, self._out_shape)
+        need = self.requires_input_grad
+        dx = self.body.backward(dy, need_input_grad=need)
+        ds = dy if self.shortcut is None else self.shortcut.backward(dy, need_input_grad=need)
+        return dx + ds if need else None
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        out = self.body.output_shape(input_shape)
+        short = tuple(int(v) for v in input_shape) if self.shortcut is None else self.shortcut.output_shape(input_shape)
+        if short != out:
+            raise ValueError(f"Residual: the body gives {out} per sample but the shortcut {short}")
+        return out
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """The branches' FLOPs plus one addition per output element."""
+        total = self.body.flops(input_shape) + math.prod(self.output_shape(input_shape))
+        return total + (self.shortcut.flops(input_shape) if self.shortcut is not None else 0)
+
+    def config(self) -> dict:
+        return {"body": self.body.architecture(),
+                "shortcut": None if self.shortcut is None else self.shortcut.architecture()}  # fmt: skip
+
+    def __repr__(self) -> str:
+        body = ", ".join(repr(layer) for layer in self.body.layers)
+        short = "" if self.shortcut is None else f", shortcut=[{', '.join(repr(x) for x in self.shortcut.layers)}]"
+        return f"Residual([{body}]{short})"
+
+
+def _branch(name: str, value: object):
+    """A Residual branch as a Sequential of its own, from layers or from a model file's
+    architecture entries (dicts); its parameters renamed ``<name>.<i>.<param>``."""
+    from .model import Sequential
+
+    if isinstance(value, Sequential):
+        value = list(value.layers)
+    elif isinstance(value, Layer):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError(f"Residual: {name}: expected a non-empty list of layers, got {value!r}")
+    if all(isinstance(v, dict) for v in value):  # from a model file
+        try:
+            branch = Sequential.from_architecture(list(value))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    else:
+        branch = Sequential(*value)  # TypeError names a non-Layer item
+    for key, p in branch.named_parameters():
+        if p.name == key:
+            p.name = f"{name}.{key}"
+    return branch
+
+
 #: layer class name -> class; what :func:`fastconv.load` may instantiate from a model file.
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (Conv2d, ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Linear,
-                Dropout, BatchNorm2d)
+                Dropout, BatchNorm2d, Residual)
 }  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import kernels as K
 from ._io import atomic_savez, atomic_write
-from .layers import LAYER_TYPES, Flatten, Layer, Parameter, deferred_init
+from .layers import LAYER_TYPES, Flatten, Layer, Parameter, Residual, deferred_init
 
 __all__ = [
     "FORMAT_VERSION",
@@ -93,6 +94,15 @@ class Sequential:
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
+
+    def modules(self) -> Iterator[Layer]:
+        """Every layer, depth first, including those inside :class:`~fastconv.layers.Residual` blocks
+        (``model.layers`` / iteration give the top level only)."""
+        stack = list(reversed(self.layers))
+        while stack:
+            layer = stack.pop()
+            yield layer
+            stack.extend(reversed(layer.children()))
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -207,10 +217,12 @@ class Sequential:
             layer.astype(dtype)
         return self
 
-    def reseed(self, seed: int | None) -> Sequential:
-        """Restart the random streams of stochastic layers (dropout) from ``seed``, reproducibly."""
+    def reseed(self, seed: int | np.random.SeedSequence | None) -> Sequential:
+        """Restart the random streams of stochastic layers (dropout, and Residual blocks holding
+        them) from ``seed``, reproducibly."""
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         stochastic = [layer for layer in self.layers if hasattr(layer, "reseed")]
-        for layer, child in zip(stochastic, np.random.SeedSequence(seed).spawn(len(stochastic))):
+        for layer, child in zip(stochastic, ss.spawn(len(stochastic))):
             layer.reseed(child)
         return self
 
@@ -231,16 +243,28 @@ class Sequential:
         """Forward FLOP per sample (see each layer's ``flops``)."""
         return sum(row[3] for row in self._summary_rows(input_shape))
 
-    def _summary_rows(self, input_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...], int, int]]:
-        shape = self._per_sample_shape(input_shape)
+    def _summary_rows(
+        self, input_shape: Sequence[int], prefix: str = ""
+    ) -> list[tuple[str, tuple[int, ...], int, int]]:
+        """(name, output shape, parameters, FLOPs) per layer; a Residual block as its branches'
+        rows (``3.body.0: Conv2d(...)``, indented) and then one row for the sum."""
+        shape = self._per_sample_shape(input_shape) if not prefix else tuple(input_shape)
+        indent = "  " * prefix.count(".")  # two spaces per level of nesting
         rows = []
         for i, layer in enumerate(self.layers):
             try:
                 out = layer.output_shape(shape)
             except ValueError as exc:
-                raise ValueError(f"layer {i} ({layer!r}) cannot take input shape {shape}: {exc}") from exc
-            params = sum(p.size for p in layer.parameters())
-            rows.append((f"{i}: {layer!r}", out, params, layer.flops(shape)))
+                raise ValueError(f"layer {prefix}{i} ({layer!r}) cannot take input shape {shape}: {exc}") from exc
+            if isinstance(layer, Residual):
+                rows += layer.body._summary_rows(shape, f"{prefix}{i}.body.")
+                if layer.shortcut is not None:
+                    rows += layer.shortcut._summary_rows(shape, f"{prefix}{i}.shortcut.")
+                added = "shortcut" if layer.shortcut is not None else "input"
+                rows.append((f"{indent}{prefix}{i}: Residual: body + {added}", out, 0, math.prod(out)))
+            else:
+                params = sum(p.size for p in layer.parameters())
+                rows.append((f"{indent}{prefix}{i}: {layer!r}", out, params, layer.flops(shape)))
             shape = out
         return rows
 
@@ -291,7 +315,8 @@ class Sequential:
             try:
                 layers.append(LAYER_TYPES[kind](**config))
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"architecture: layer {i} ({kind}) has an invalid config {config}: {exc}") from exc
+                shown = repr(config) if len(repr(config)) <= 200 else repr(config)[:200] + " ..."  # nested blocks
+                raise ValueError(f"architecture: layer {i} ({kind}) has an invalid config {shown}: {exc}") from exc
         return cls(*layers)
 
     # --- state ---------------------------------------------------------------------------
@@ -428,15 +453,28 @@ def _describe(entry: dict) -> str:
     return f"{kind}({args})"
 
 
-def _architecture_difference(theirs: object, ours: list[dict]) -> str:
-    """'' when the architectures match (ignoring dtype and seeds), else the first difference in one line."""
+def _architecture_difference(theirs: object, ours: list[dict], where: str = "") -> str:
+    """'' when the architectures match (ignoring dtype and seeds), else the first difference in one
+    line. Residual blocks are compared branch by branch (``where``: the path to the branch)."""
     if not isinstance(theirs, list):
-        return f"the file's architecture is not a list of layers ({type(theirs).__name__})"
+        return f"the file's architecture{where and ' at ' + where} is not a list of layers ({type(theirs).__name__})"
     for i, (a, b) in enumerate(zip(theirs, ours)):
-        if _describe(a) != _describe(b):
-            return f"layer {i} is {_describe(a)} in the file but {_describe(b)} in this model"
+        if b.get("type") == "Residual" and isinstance(a, dict) and a.get("type") == "Residual":
+            mine, other = b["config"], a.get("config")
+            if not isinstance(other, dict):
+                return f"layer {where}{i} is {_describe(a)} in the file but a Residual block in this model"
+            for branch in ("body", "shortcut"):
+                if (mine.get(branch) is None) != (other.get(branch) is None):
+                    has = "has" if other.get(branch) is not None else "has no"
+                    return f"Residual block {where}{i} {has} {branch} in the file, unlike this model's"
+                if mine.get(branch) is not None:
+                    diff = _architecture_difference(other[branch], mine[branch], f"{where}{i}.{branch}.")
+                    if diff:
+                        return diff
+        elif _describe(a) != _describe(b):
+            return f"layer {where}{i} is {_describe(a)} in the file but {_describe(b)} in this model"
     if len(theirs) != len(ours):
-        return f"the file has {len(theirs)} layers, this model has {len(ours)}"
+        return f"the file has {len(theirs)} layers{where and ' at ' + where.rstrip('.')}, this model has {len(ours)}"
     return ""
 
 

@@ -432,7 +432,7 @@ def fit(
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
     # A Dropout built without a seed would draw its masks from OS entropy and make the run
     # unrepeatable; it gets a stream of config.seed. Seeded ones (catnet's) keep their own.
-    unseeded = [layer for layer in model.layers if getattr(layer, "seeded", True) is False]
+    unseeded = [layer for layer in model.modules() if getattr(layer, "seeded", True) is False]
     for layer, child in zip(unseeded, np.random.SeedSequence([config.seed, 2]).spawn(len(unseeded))):
         layer.reseed(child)
         layer.seeded = False  # still the run's to seed: the next fit() seeds it from its own config
@@ -614,7 +614,7 @@ def recompute_batchnorm(
     weighted cumulative average. Leaves the model in eval mode; the layers' momentum is restored."""
     from .layers import BatchNorm2d
 
-    bns = [layer for layer in model.layers if isinstance(layer, BatchNorm2d)]
+    bns = [layer for layer in model.modules() if isinstance(layer, BatchNorm2d)]
     if not bns:
         return
     dtype = model.dtype

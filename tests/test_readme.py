@@ -30,7 +30,7 @@ def _run(code: str) -> dict:
 
 
 def test_every_python_block_is_covered_below():
-    markers = ("import fastconv.kernels as K", "fastconv.catnet(", "load_image_folder(")
+    markers = ("import fastconv.kernels as K", "fastconv.catnet(", "load_image_folder(", "def block(")
     blocks = _blocks()
     assert len(blocks) == len(markers), "a README python block was added: give it a test here"
     for block in blocks:
@@ -58,6 +58,25 @@ def test_model_api_example(tmp_path, monkeypatch):
     loaded = fastconv.load(tmp_path / "my_model.npz")
     for (name, a), (_, b) in zip(ns["model"].state_dict().items(), loaded.state_dict().items(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_resnet_example(capsys):
+    """The ResNet example builds, prints a summary whose totals are the model's own, and runs
+    forward and backward on a batch (3 blocks; the two that change shape have projections)."""
+    from fastconv import Residual
+
+    ns = _run(_block("def block("))
+    model = ns["resnet"]
+    blocks = [layer for layer in model.layers if isinstance(layer, Residual)]
+    assert len(blocks) == 3 and [b.shortcut is None for b in blocks] == [True, False, False]
+    out = capsys.readouterr().out
+    assert f"total parameters: {model.num_parameters():,}" in out and f"{model.flops((3, 64, 64)):,}" in out
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    y = model(x)
+    assert y.shape == (2, 1)
+    model.zero_grad()
+    model.backward(np.ones_like(y))
+    assert all(np.any(p.grad != 0) for p in model.parameters())
 
 
 def _write_colour_folder(root: Path) -> None:

@@ -304,6 +304,24 @@ def test_fit_seeds_a_dropout_built_without_a_seed_from_the_config(data):
     assert [r["train_loss"] for r in own] != [r["train_loss"] for r in runs[0]]
 
 
+def test_fit_seeds_an_unseeded_dropout_inside_a_residual_block(data):
+    """The run's seed reaches a Dropout nested in a Residual block (Sequential.modules), so two
+    runs of one config repeat each other exactly and another seed differs."""
+    from fastconv.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual
+
+    def model() -> Sequential:
+        return Sequential(Conv2d(3, 4, 3, padding=1, rng=0), ReLU(),
+                          Residual([Conv2d(4, 4, 3, padding=1, rng=1), Dropout(0.5)]), MaxPool2d(4), Flatten(),
+                          Linear(4 * 4 * 4, 1, rng=2))  # fmt: skip
+
+    x, y = data
+    cfg = tiny_config(epochs=2)
+    runs = [fit(model(), x, y, config=cfg, progress=False).history for _ in range(2)]
+    assert [r["train_loss"] for r in runs[0]] == [r["train_loss"] for r in runs[1]]
+    other = fit(model(), x, y, config=dataclasses.replace(cfg, seed=1), progress=False).history
+    assert [r["train_loss"] for r in other] != [r["train_loss"] for r in runs[0]]
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
