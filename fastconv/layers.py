@@ -109,6 +109,18 @@ def as_rng(rng: RngLike) -> np.random.Generator:
     return np.random.default_rng(int(rng))
 
 
+def seed_sequence(seed: RngLike) -> np.random.SeedSequence:
+    """A SeedSequence (to spawn independent child streams) from what :func:`as_rng` takes: an int,
+    None (fresh entropy), a SeedSequence (used as is) or a Generator (which advances by one draw)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence(int(seed.integers(2**63)))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed: expected a numpy Generator, an int seed or None, got {type(seed).__name__}")
+    return np.random.SeedSequence(None if seed is None else int(seed))
+
+
 def _float_dtype(dtype: object) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -978,6 +990,21 @@ MAX_RESIDUAL_NESTING = 16
 _NESTING = contextvars.ContextVar("fastconv_residual_nesting", default=0)
 
 
+class ArchitectureError(ValueError):
+    """A model architecture (from a file or :meth:`Sequential.from_architecture`) that cannot be
+    built; ``where`` is the path to the layer at fault ("3", "3.body.0", ...), ``reason`` why."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"architecture: layer {where} {reason}")
+        self.where, self.reason = where, reason
+
+
+def short_repr(value: object, limit: int = 120) -> str:
+    """repr of what a file held, cut to ``limit`` characters: an error message stays a line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class Residual(Layer):
     """A skip connection, ResNet's building block (He et al. 2016): ``y = body(x) + shortcut(x)``.
 
@@ -986,29 +1013,35 @@ class Residual(Layer):
     BatchNorm2d(16)]``. ``shortcut``: None for the identity (the body must then keep x's shape),
     or layers that bring x to the body's output shape when the body changes it (ResNet's
     projection: ``[Conv2d(16, 32, 1, stride=2, bias=False), BatchNorm2d(32)]``). The ReLU that
-    follows the sum in ResNet is a separate layer after the block. x: (N, ...) float32/float64,
-    whatever the body accepts; y: the body's output shape and dtype.
+    follows the sum in ResNet is a separate layer after the block. Blocks may hold blocks, at
+    most MAX_RESIDUAL_NESTING deep; a layer object may appear only once in a model (its forward
+    cache would be overwritten by its second use).
 
-    backward: the sum hands dy unchanged to both branches, and dx is the sum of the branches'
-    input gradients (identity shortcut: dy itself) — the short path by which gradients reach
-    early layers of a deep network undiminished. Parameters and buffers are named
-    ``body.<i>.<name>`` / ``shortcut.<i>.<name>`` (state_dict keys ``<block>.body.<i>.<name>``);
-    a model file stores the branches as nested architectures (at most MAX_RESIDUAL_NESTING deep).
+    Parameters and buffers are named ``body.<i>.<name>`` / ``shortcut.<i>.<name>`` (state_dict keys
+    ``<block>.body.<i>.<name>``); a model file stores the branches as nested architectures.
+    Settings (train/eval, backend, dtype, seeds) given to the block reach every layer inside.
     """
 
     _cache_names = ("_out_shape",)
 
     def __init__(self, body: object, shortcut: object = None) -> None:
         depth = _NESTING.get()
-        if depth >= MAX_RESIDUAL_NESTING:
+        if depth >= MAX_RESIDUAL_NESTING:  # checked on the way down: a file's nesting never recurses further
             raise ValueError(f"Residual: blocks nest at most {MAX_RESIDUAL_NESTING} deep")
         token = _NESTING.set(depth + 1)
-        try:  # the branches exist before Layer.__init__, whose backend assignment reaches them
+        try:
             self.body = _branch("body", body)
             self.shortcut = None if shortcut is None else _branch("shortcut", shortcut)
         finally:
             _NESTING.reset(token)
-        super().__init__()
+        self.depth = 1 + max((c.depth for c in self.children() if isinstance(c, Residual)), default=0)
+        if self.depth > MAX_RESIDUAL_NESTING:  # blocks built one by one in code, then wrapped
+            raise ValueError(f"Residual: blocks nest at most {MAX_RESIDUAL_NESTING} deep, this one {self.depth}")
+        _check_unique(self.children(), "Residual")
+        kept = [layer.backend for layer in self.children()]
+        super().__init__()  # its ``self.backend = None`` would reach the layers inside: put theirs back
+        for layer, backend in zip(self.children(), kept):
+            layer.backend = backend
         self._out_shape: tuple[int, ...] | None = None
 
     def _branches(self) -> list[tuple[str, object]]:
@@ -1017,7 +1050,6 @@ class Residual(Layer):
     def children(self) -> list[Layer]:
         return [layer for _, branch in self._branches() for layer in branch.layers]
 
-    # every setting reaches the layers inside: the backend, the mode, the dtype, the seeds
     @property
     def backend(self) -> str | None:
         return self._backend
@@ -1039,10 +1071,9 @@ class Residual(Layer):
             branch.astype(dtype)
         return self
 
-    def reseed(self, seed: object) -> None:
-        """Restart the branches' stochastic layers (dropout) from ``seed`` (int, None or SeedSequence)."""
-        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-        for (_, branch), child in zip(self._branches(), ss.spawn(2)):
+    def reseed(self, seed: RngLike) -> None:
+        """Restart the branches' stochastic layers (dropout) from ``seed`` (see :meth:`Sequential.reseed`)."""
+        for (_, branch), child in zip(self._branches(), seed_sequence(seed).spawn(2)):
             branch.reseed(child)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
@@ -1061,18 +1092,25 @@ class Residual(Layer):
             layer.restore_cache(kept)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = self.body.forward(x)
-        s = np.asarray(x, dtype=y.dtype) if self.shortcut is None else self.shortcut.forward(x)
-        if s.shape != y.shape:
+        """x: (N, ...) -> y = body(x) + shortcut(x), the body's output shape; every array one dtype
+        (as for a bare layer: no branch casts x)."""
+        y = _run(self.body, x)
+        s = x if self.shortcut is None else _run(self.shortcut, x)
+        if np.shape(s) != y.shape:
             raise ValueError(
                 f"Residual: the body maps x of shape {np.shape(x)} to {y.shape} but the "
-                f"{'identity shortcut' if self.shortcut is None else 'shortcut'} gives {s.shape}; "
+                f"{'identity shortcut' if self.shortcut is None else 'shortcut'} gives {np.shape(s)}; "
                 "a body that changes the shape needs a shortcut that changes it the same way"
             )
+        same_dtype(body_output=y, shortcut_output=s)
         self._out_shape = y.shape
         return y + s  # a new array: the body's last layer may keep its output for its backward
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """dy: the last forward's output shape -> dx, x's shape (None when the block is a model's
+        first layer and its input gradient is not wanted). The sum hands dy unchanged to both
+        branches, and dx is the sum of their input gradients (identity: dy itself) — the short
+        path by which gradients reach the early layers of a deep network undiminished."""
         self._need_cache(self._out_shape)
         self._check_dy(dy, self._out_shape)
         need = self.requires_input_grad
@@ -1102,28 +1140,55 @@ class Residual(Layer):
         return f"Residual([{body}]{short})"
 
 
+def _run(branch, x: np.ndarray) -> np.ndarray:
+    """A branch's forward, layer by layer (Sequential.forward would cast x to the branch's dtype,
+    float32 for a branch without parameters)."""
+    for layer in branch.layers:
+        x = layer.forward(x)
+    return x
+
+
 def _branch(name: str, value: object):
     """A Residual branch as a Sequential of its own, from layers or from a model file's
-    architecture entries (dicts); its parameters renamed ``<name>.<i>.<param>``."""
+    architecture entries (dicts). Parameters that had no model name yet are named
+    ``<name>.<i>.<param>``; a layer taken from another model keeps its first name."""
     from .model import Sequential
 
     if isinstance(value, Sequential):
         value = list(value.layers)
     elif isinstance(value, Layer):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise TypeError(f"Residual: {name}: expected a non-empty list of layers, got {value!r}")
-    if all(isinstance(v, dict) for v in value):  # from a model file
-        try:
-            branch = Sequential.from_architecture(list(value))
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-    else:
-        branch = Sequential(*value)  # TypeError names a non-Layer item
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"Residual: {name}: expected a list of layers, got {short_repr(value)}")
+    if not value:
+        raise ValueError(f"Residual: {name}: expected at least one layer, got an empty list")
+    for i, v in enumerate(value):
+        if not isinstance(v, (Layer, dict)):
+            raise TypeError(f"Residual: {name}: item {i} is a {type(v).__name__}, expected a fastconv Layer")
+    if all(isinstance(v, dict) for v in value):  # from a model file; an error names its path
+        return Sequential.from_architecture(list(value), where=f"{name}.")
+    if any(isinstance(v, dict) for v in value):
+        raise TypeError(f"Residual: {name}: expected layers or architecture entries (dicts), not a mixture")
+    fresh = {id(p) for layer in value for key, p in layer.named_parameters() if p.name == key}
+    branch = Sequential(*value)
     for key, p in branch.named_parameters():
-        if p.name == key:
+        if id(p) in fresh:
             p.name = f"{name}.{key}"
     return branch
+
+
+def _check_unique(layers: Sequence[Layer], where: str) -> None:
+    """A layer object may appear once: its second forward would overwrite what the first kept for
+    backward, and its gradients would be wrong without any error."""
+    seen: set[int] = set()
+    stack = list(layers)
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            raise ValueError(f"{where}: the layer object {layer!r} appears twice (its forward cache would be "
+                             "overwritten); build a new layer for each place")  # fmt: skip
+        seen.add(id(layer))
+        stack.extend(layer.children())
 
 
 #: layer class name -> class; what :func:`fastconv.load` may instantiate from a model file.

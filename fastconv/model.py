@@ -33,7 +33,18 @@ import numpy as np
 
 from . import kernels as K
 from ._io import atomic_savez, atomic_write
-from .layers import LAYER_TYPES, Flatten, Layer, Parameter, Residual, deferred_init
+from .layers import (
+    LAYER_TYPES,
+    ArchitectureError,
+    Flatten,
+    Layer,
+    Parameter,
+    Residual,
+    _check_unique,
+    deferred_init,
+    seed_sequence,
+    short_repr,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -68,6 +79,7 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, expected a fastconv Layer")
+        _check_unique(layers, "Sequential")
         self.layers: list[Layer] = list(layers)
         for i, layer in enumerate(self.layers):
             for name, p in layer.named_parameters():
@@ -147,15 +159,17 @@ class Sequential:
         ``model(xb); model.predict(xv); model.backward(dy)`` still gives xb's gradients. For
         gradients of an evaluation-mode forward (saliency), call ``model.eval(); model(x)`` instead."""
         was_training = self.training
-        modes = [layer.training for layer in self.layers]
+        everything = list(self.modules())  # parents before children: a block's train() sets its
+        modes = [layer.training for layer in everything]  # inner layers, then each gets its own back
         kept = [layer.cache() for layer in self.layers]
         self.eval()
         try:
             yield self
         finally:
             self.training = was_training
-            for layer, mode, cache in zip(self.layers, modes, kept):
+            for layer, mode in zip(everything, modes):
                 layer.train(mode)
+            for layer, cache in zip(self.layers, kept):
                 layer.restore_cache(cache)
 
     def backward(self, dlogits: np.ndarray, *, need_input_grad: bool = False) -> np.ndarray | None:
@@ -217,10 +231,10 @@ class Sequential:
             layer.astype(dtype)
         return self
 
-    def reseed(self, seed: int | np.random.SeedSequence | None) -> Sequential:
+    def reseed(self, seed: int | np.random.SeedSequence | np.random.Generator | None) -> Sequential:
         """Restart the random streams of stochastic layers (dropout, and Residual blocks holding
         them) from ``seed``, reproducibly."""
-        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        ss = seed_sequence(seed)
         stochastic = [layer for layer in self.layers if hasattr(layer, "reseed")]
         for layer, child in zip(stochastic, ss.spawn(len(stochastic))):
             layer.reseed(child)
@@ -249,17 +263,18 @@ class Sequential:
         """(name, output shape, parameters, FLOPs) per layer; a Residual block as its branches'
         rows (``3.body.0: Conv2d(...)``, indented) and then one row for the sum."""
         shape = self._per_sample_shape(input_shape) if not prefix else tuple(input_shape)
-        indent = "  " * prefix.count(".")  # two spaces per level of nesting
+        indent = "  " * (prefix.count(".") // 2)  # two spaces per level of nesting ("3.body.")
         rows = []
         for i, layer in enumerate(self.layers):
+            if isinstance(layer, Residual):  # the branches first: a shape error names the inner layer
+                rows += layer.body._summary_rows(shape, f"{prefix}{i}.body.")
+                if layer.shortcut is not None:
+                    rows += layer.shortcut._summary_rows(shape, f"{prefix}{i}.shortcut.")
             try:
                 out = layer.output_shape(shape)
             except ValueError as exc:
                 raise ValueError(f"layer {prefix}{i} ({layer!r}) cannot take input shape {shape}: {exc}") from exc
             if isinstance(layer, Residual):
-                rows += layer.body._summary_rows(shape, f"{prefix}{i}.body.")
-                if layer.shortcut is not None:
-                    rows += layer.shortcut._summary_rows(shape, f"{prefix}{i}.shortcut.")
                 added = "shortcut" if layer.shortcut is not None else "input"
                 rows.append((f"{indent}{prefix}{i}: Residual: body + {added}", out, 0, math.prod(out)))
             else:
@@ -298,25 +313,31 @@ class Sequential:
         return [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers]
 
     @classmethod
-    def from_architecture(cls, architecture: object) -> Sequential:
-        """Build a model (freshly initialised) from :meth:`architecture` output; ValueError on anything unknown."""
+    def from_architecture(cls, architecture: object, where: str = "") -> Sequential:
+        """Build a model (freshly initialised) from :meth:`architecture` output. ValueError
+        (:class:`~fastconv.layers.ArchitectureError`, naming the layer by its path, e.g.
+        ``3.body.0``) on anything unknown; what the file held is shown cut to a line. ``where``:
+        the path of the branch being built (Residual blocks)."""
         if not isinstance(architecture, list):
-            raise ValueError(f"architecture: expected a list of layers, got {type(architecture).__name__}")
+            raise ValueError(f"architecture{where and ' at ' + where.rstrip('.')}: expected a list of layers, "
+                             f"got {type(architecture).__name__}")  # fmt: skip
         layers = []
         for i, entry in enumerate(architecture):
+            at = f"{where}{i}"
             if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-                raise ValueError(f"architecture: layer {i} is not a {{'type': ..., 'config': ...}} object: {entry!r}")
+                raise ArchitectureError(at, f"is not a {{'type': ..., 'config': ...}} object: {short_repr(entry)}")
             kind = entry["type"]
             if kind not in LAYER_TYPES:
-                raise ValueError(f"architecture: layer {i} has unknown type {kind!r}; known: {sorted(LAYER_TYPES)}")
+                raise ArchitectureError(at, f"has unknown type {short_repr(kind)}; known: {sorted(LAYER_TYPES)}")
             config = entry.get("config", {})
             if not isinstance(config, dict):
-                raise ValueError(f"architecture: layer {i} ({kind}) config is not an object: {config!r}")
+                raise ArchitectureError(at, f"({kind}) config is not an object: {short_repr(config)}")
             try:
                 layers.append(LAYER_TYPES[kind](**config))
+            except ArchitectureError as exc:  # from inside a Residual block: prefix this layer's path
+                raise ArchitectureError(f"{at}.{exc.where}", exc.reason) from None
             except (TypeError, ValueError) as exc:
-                shown = repr(config) if len(repr(config)) <= 200 else repr(config)[:200] + " ..."  # nested blocks
-                raise ValueError(f"architecture: layer {i} ({kind}) has an invalid config {shown}: {exc}") from exc
+                raise ArchitectureError(at, f"({kind}) has an invalid config {short_repr(config)}: {exc}") from exc
         return cls(*layers)
 
     # --- state ---------------------------------------------------------------------------
@@ -437,8 +458,13 @@ _RUNTIME_KEYS = ("dtype", "seed")
 def _describe(entry: dict) -> str:
     config = entry.get("config", {}) if isinstance(entry, dict) else {}
     if not isinstance(config, dict):  # a malformed file: shown as it is, so the comparison fails
-        return repr(entry)
-    kind = entry.get("type") if isinstance(entry, dict) else repr(entry)
+        return short_repr(entry)
+    kind = entry.get("type") if isinstance(entry, dict) else short_repr(entry)
+    if kind == "Residual":  # its branches are compared layer by layer (_architecture_difference)
+        body, short = config.get("body"), config.get("shortcut")
+        count = len(short) if isinstance(short, list) else short_repr(short)
+        return f"Residual(body: {len(body) if isinstance(body, list) else short_repr(body)} layers, " + (
+            "identity shortcut)" if short is None else f"shortcut: {count} layers)")
     # an argument written out at its default (affine=True, groups=1) is the same architecture as
     # one left out: configs only record options that differ, other writers may not
     defaults = {}
@@ -463,6 +489,9 @@ def _architecture_difference(theirs: object, ours: list[dict], where: str = "") 
             mine, other = b["config"], a.get("config")
             if not isinstance(other, dict):
                 return f"layer {where}{i} is {_describe(a)} in the file but a Residual block in this model"
+            extra = sorted(set(other) - set(mine))
+            if extra:
+                return f"Residual block {where}{i} has unknown settings {short_repr(extra)} in the file"
             for branch in ("body", "shortcut"):
                 if (mine.get(branch) is None) != (other.get(branch) is None):
                     has = "has" if other.get(branch) is not None else "has no"

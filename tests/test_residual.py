@@ -135,6 +135,20 @@ def test_model_with_residual_blocks_saves_and_loads_nested_architectures(tmp_pat
     Sequential(*extra.layers).save(tmp_path / "extra.npz")
     with pytest.raises(ValueError, match=r"Residual block 3 has shortcut in the file, unlike this model's"):
         model.load_weights(tmp_path / "extra.npz")
+    # settings this model's block lacks, and a plain layer where a block stands: short, exact messages
+    arch = model.architecture()
+    arch[3]["config"]["gate"] = 0.5
+    arch[6] = {"type": "ReLU", "config": {}}
+    np.savez(tmp_path / "odd.npz", format_version=np.array(1), architecture=np.array(json.dumps(arch)),
+             metadata=np.array("{}"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"Residual block 3 has unknown settings \['gate'\] in the file"):
+        model.load_weights(tmp_path / "odd.npz")
+    del arch[3]["config"]["gate"]
+    np.savez(tmp_path / "odd.npz", format_version=np.array(1), architecture=np.array(json.dumps(arch)),
+             metadata=np.array("{}"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"layer 6 is ReLU\(\) in the file but Residual\(body: 5 layers, "
+                                         r"shortcut: 2 layers\) in this model$"):  # fmt: skip
+        model.load_weights(tmp_path / "odd.npz")
 
 
 def test_a_model_file_cannot_nest_residual_blocks_without_limit(tmp_path):
@@ -143,16 +157,26 @@ def test_a_model_file_cannot_nest_residual_blocks_without_limit(tmp_path):
     entry: dict = {"type": "ReLU", "config": {}}
     for _ in range(MAX_RESIDUAL_NESTING + 1):
         entry = {"type": "Residual", "config": {"body": [entry], "shortcut": None}}
-    path = tmp_path / "deep.npz"
+    path = tmp_path / "path.npz"
     np.savez(path, format_version=np.array(1), architecture=np.array(json.dumps([entry])),
              metadata=np.array("{}"))  # fmt: skip
-    with pytest.raises(ValueError, match=rf"deep\.npz: .*blocks nest at most {MAX_RESIDUAL_NESTING} deep"):
+    with pytest.raises(ValueError, match=rf"path\.npz: .*blocks nest at most {MAX_RESIDUAL_NESTING} deep"):
         fastconv.load(path)
     entry = {"type": "Residual", "config": {"body": [{"type": "Nope", "config": {}}], "shortcut": None}}
     np.savez(path, format_version=np.array(1), architecture=np.array(json.dumps([entry])),
              metadata=np.array("{}"))  # fmt: skip
-    with pytest.raises(ValueError, match=r"body: architecture: layer 0 has unknown type 'Nope'"):
+    with pytest.raises(ValueError, match=r"path\.npz: architecture: layer 0\.body\.0 has unknown type 'Nope'; known"):
         fastconv.load(path)
+    # what a hostile file holds is shown cut to a line, however large, and nested errors name a path
+    entry = {"type": "Residual", "config": {"body": "A" * 5_000_000, "shortcut": None}}
+    for _ in range(3):
+        entry = {"type": "Residual", "config": {"body": [{"type": "ReLU"}, entry], "shortcut": None}}
+    np.savez(path, format_version=np.array(1), architecture=np.array(json.dumps([entry])),
+             metadata=np.array("{}"))  # fmt: skip
+    nested = r"layer 0\.body\.1\.body\.1\.body\.1 \(Residual\) has an invalid config "
+    with pytest.raises(ValueError, match=nested) as err:
+        fastconv.load(path)
+    assert len(str(err.value)) < 1000 and "expected a list of layers, got 'AAAA" in str(err.value)
 
 
 def test_residual_refuses_what_cannot_be_added(rng):
@@ -162,12 +186,69 @@ def test_residual_refuses_what_cannot_be_added(rng):
         block.forward(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
     with pytest.raises(ValueError, match=r"layer 0 .*the body gives \(5, 4, 4\) per sample but the shortcut \(3, 4,"):
         Sequential(block).summary((3, 4, 4))
-    with pytest.raises(TypeError, match="body: expected a non-empty list of layers"):
+    with pytest.raises(ValueError, match="Residual: body: expected at least one layer, got an empty list"):
         Residual([])
-    with pytest.raises(TypeError, match="layer 1 is a str"):
+    with pytest.raises(TypeError, match="Residual: shortcut: expected a list of layers, got 'conv'"):
+        Residual([ReLU()], "conv")
+    with pytest.raises(TypeError, match="Residual: body: item 1 is a str, expected a fastconv Layer"):
         Residual([ReLU(), "conv"])
+    with pytest.raises(TypeError, match="Residual: body: item 1 is a int"):
+        Residual([{"type": "ReLU"}, 5])
+    with pytest.raises(ValueError, match=r"layer 1\.body\.0 \(Conv2d\(4, 4, 1\)\) cannot take input shape \(3, 4, 4\)"):
+        Sequential(ReLU(), Residual([Conv2d(4, 4, 1, rng=0)])).summary((3, 4, 4))
+    with pytest.raises(TypeError, match="Residual: body: expected layers or architecture entries"):
+        Residual([{"type": "ReLU"}, ReLU()])
+    # blocks built one by one in code nest no deeper than a file may: what is saved loads
+    deep = Residual([ReLU()])
+    for _ in range(MAX_RESIDUAL_NESTING - 1):
+        deep = Residual([deep])
+    with pytest.raises(ValueError, match=f"blocks nest at most {MAX_RESIDUAL_NESTING} deep, this one 17"):
+        Residual([deep])
+    Sequential.from_architecture(Sequential(deep).architecture())  # 16 deep: fine
+    # one layer object in two places would overwrite its own forward cache: refused
+    relu, conv = ReLU(), Conv2d(3, 3, 1, rng=0)
+    with pytest.raises(ValueError, match=r"Sequential: the layer object ReLU\(\) appears twice"):
+        Sequential(conv, relu, Residual([Conv2d(3, 3, 1, rng=1), relu]))
+    with pytest.raises(ValueError, match=r"Residual: the layer object Conv2d\(3, 3, 1\) appears twice"):
+        Residual([conv], [conv])
+    block = Residual([conv])
+    with pytest.raises(ValueError, match=r"appears twice"):
+        Sequential(block, block)
     with pytest.raises(RuntimeError, match="backward called before forward"):
         Residual([ReLU()]).backward(np.ones((1, 1)))
+
+
+def test_a_block_runs_in_its_inputs_dtype_and_keeps_its_layers_backends(rng):
+    """A branch without parameters computes in x's dtype (no cast to float32), a float32 layer
+    given float64 is refused as when bare, and wrapping a layer keeps the backend set on it."""
+    model = Sequential(Conv2d(3, 3, 1, dtype=np.float64, rng=0), Residual([ReLU()]),
+                       Residual([Conv2d(3, 3, 1, dtype=np.float64, rng=1)], [fastconv.AvgPool2d(1)]))  # fmt: skip
+    x = rng.standard_normal((2, 3, 4, 4))
+    h = model.layers[0].forward(x)
+    r = np.maximum(h, 0) + h  # block 1: relu(h) + h; block 2: conv(r) + avgpool1(r) = conv(r) + r
+    want = model.layers[2].body.layers[0].forward(r) + r
+    y = model.forward(x)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-13)
+    model.backward(np.ones_like(y))  # no float32 anywhere to clash with
+    with pytest.raises(TypeError, match="expected dtype float64 to match x, got float32"):
+        Residual([Conv2d(3, 3, 1, rng=0)]).forward(x)
+    conv = Conv2d(3, 3, 3, backend="python", rng=0)
+    block = Residual([conv])
+    assert conv.backend == "python" and block.backend is None
+    block.backend = "numpy"
+    assert conv.backend == "numpy"
+
+
+def test_evaluation_gives_back_each_inner_layers_own_mode(rng):
+    """A frozen BatchNorm inside a block (eval mode in a training model) is still frozen after
+    predict(), which runs everything in eval mode and then restores the modes layer by layer."""
+    frozen = BatchNorm2d(3)
+    model = Sequential(Conv2d(3, 3, 1, rng=0), Residual([Conv2d(3, 3, 1, rng=1), frozen]), BatchNorm2d(3))
+    model.train()
+    frozen.eval()
+    model.predict(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    assert model.layers[1].training and not frozen.training and model.layers[2].training
 
 
 def test_every_setting_reaches_the_layers_inside(rng):
