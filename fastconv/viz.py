@@ -98,30 +98,37 @@ def conv_feature_maps(model, x: np.ndarray) -> list[tuple[str, np.ndarray, bool]
     """Run ``model`` (a fastconv Sequential) in eval mode on one image x (1, C, H, W) and return,
     for every Conv2d layer in order, ``("conv<i>", maps (K, Ho, Wo), after_relu)``: when a ReLU
     follows the conv, directly or behind a BatchNorm2d (catnet's conv -> BN -> ReLU), the maps after
-    that ReLU (what the next layer sees; after_relu True), else the raw conv output."""
-    from fastconv.layers import BatchNorm2d, Conv2d, ReLU
-
+    that ReLU (what the next layer sees; after_relu True), else the raw conv output. Convs inside
+    Residual blocks count too, body before shortcut, in the order they run."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image (1, C, H, W), got shape {x.shape}")
-    layers = list(model.layers)
-    was_training = model.training
-    model.eval()
     out: list[tuple[str, np.ndarray, bool]] = []
-    try:
-        open_block = False  # True between a Conv2d and its ReLU (only BatchNorm2d may sit between)
-        for layer in layers:
-            x = layer.forward(x)
-            if isinstance(layer, Conv2d):
-                out.append((f"conv{len(out) + 1}", x[0], False))
-                open_block = True
-            elif isinstance(layer, ReLU) and open_block:
-                out[-1] = (out[-1][0], x[0], True)
-                open_block = False
-            elif not isinstance(layer, BatchNorm2d):
-                open_block = False
-    finally:
-        model.train(was_training)
+    with model.evaluating():
+        _collect_maps(model.layers, x, out)
     return out
+
+
+def _collect_maps(layers, x: np.ndarray, out: list[tuple[str, np.ndarray, bool]]) -> np.ndarray:
+    """Forward ``layers`` on x, appending each conv's maps to ``out``; returns the output."""
+    from fastconv.layers import BatchNorm2d, Conv2d, ReLU, Residual
+
+    open_block = False  # True between a Conv2d and its ReLU (only BatchNorm2d may sit between)
+    for layer in layers:
+        if isinstance(layer, Residual):  # the block's own sum, from its branches as they run
+            y = _collect_maps(layer.body.layers, x, out)
+            x = y + (x if layer.shortcut is None else _collect_maps(layer.shortcut.layers, x, out))
+            open_block = False
+            continue
+        x = layer.forward(x)
+        if isinstance(layer, Conv2d):
+            out.append((f"conv{len(out) + 1}", x[0], False))
+            open_block = True
+        elif isinstance(layer, ReLU) and open_block:
+            out[-1] = (out[-1][0], x[0], True)
+            open_block = False
+        elif not isinstance(layer, BatchNorm2d):
+            open_block = False
+    return x
 
 
 def write_pictures(model, image: np.ndarray, out_dir: str | os.PathLike) -> list[Path]:
@@ -130,7 +137,7 @@ def write_pictures(model, image: np.ndarray, out_dir: str | os.PathLike) -> list
     from fastconv.layers import Conv2d
 
     out = Path(out_dir)
-    convs = [layer for layer in model.layers if isinstance(layer, Conv2d)]
+    convs = [layer for layer in model.modules() if isinstance(layer, Conv2d)]
     if not convs:
         raise ValueError("model: has no Conv2d layer to draw")
     paths = [save_figure(filters_figure(convs[0].weight.data, "conv1"), out / "filters_conv1.png")]

@@ -111,6 +111,26 @@ def test_feature_maps_look_past_batchnorm_to_the_relu():
     assert maps[0][1].min() >= 0
 
 
+def test_feature_maps_reach_the_convs_inside_residual_blocks():
+    """A ResNet-style model: every conv, top level or inside a block (body, then shortcut), gets
+    its maps, computed from what reaches it (the shortcut's conv sees the block's input)."""
+    from fastconv import BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Residual, Sequential
+
+    model = Sequential(Conv2d(3, 4, 3, padding=1, rng=0), ReLU(),
+                       Residual([Conv2d(4, 4, 3, padding=1, rng=1), BatchNorm2d(4), ReLU(), Conv2d(4, 6, 1, rng=2)],
+                                [Conv2d(4, 6, 1, rng=3)]),
+                       ReLU(), Flatten(), Linear(6 * 8 * 8, 1, rng=4))  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    maps = viz.conv_feature_maps(model, x)
+    assert [(name, m.shape, relu) for name, m, relu in maps] == [
+        ("conv1", (4, 8, 8), True), ("conv2", (4, 8, 8), True),
+        ("conv3", (6, 8, 8), False), ("conv4", (6, 8, 8), False)]  # fmt: skip
+    block = model.layers[2]
+    h = np.maximum(model.layers[0].forward(x), 0)
+    np.testing.assert_allclose(maps[3][1], block.shortcut.layers[0].forward(h)[0], rtol=1e-6)
+    assert model.training and block.body.layers[1].training  # modes restored
+
+
 def test_filter_grid_colours_and_grey(tmp_path):
     """RGB filters are drawn in colour; other channel counts as grey; the size follows the rule."""
     rng = np.random.default_rng(3)
