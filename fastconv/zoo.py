@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU
+from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU, Residual
 from .model import Sequential
 
-__all__ = ["catnet"]
+__all__ = ["catnet", "resnet"]
 
 
 def catnet(
@@ -61,3 +61,48 @@ def catnet(
     head.append(Linear(flat, num_outputs, dtype=dtype, rng=rng))
     model = Sequential(*features, *head)
     return model.set_backend(backend)
+
+
+def resnet(
+    in_channels: int = 3,
+    num_outputs: int = 1,
+    widths: tuple[int, ...] = (16, 32, 64),
+    blocks_per_stage: int = 1,
+    seed: int | None = 0,
+    backend: str | None = None,
+    dtype: object = np.float32,
+) -> Sequential:
+    """A small ResNet, the CIFAR design of He et al. 2016 (section 4.2), built from :class:`Residual`
+    blocks: (N, in_channels, H, W) -> (N, num_outputs) logits, any H, W >= 1.
+
+    conv3x3(in -> widths[0]) BN ReLU; then one stage per width, each ``blocks_per_stage`` basic
+    blocks (conv3x3 BN ReLU conv3x3 BN, plus the shortcut, then ReLU); every stage after the first
+    starts with stride 2, halving H and W, and its first block's shortcut is a projection (1x1
+    conv with that stride, BN: the paper's option B) because the shape changes; then global
+    average pooling and a linear layer. Weighted layers: 2 + 2 * blocks_per_stage * len(widths)
+    (the paper's ResNet-20 is ``blocks_per_stage=3``; the default, 1, is a ResNet-8). Convs
+    before a BatchNorm have no bias. ``seed`` fixes the initial weights (None: fresh entropy).
+    """
+    if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
+        raise ValueError(f"blocks_per_stage: expected a positive int, got {blocks_per_stage!r}")
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths: expected positive ints, one per stage, got {widths!r}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+
+    def conv(cin: int, cout: int, k: int, stride: int = 1) -> Conv2d:
+        return Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False, dtype=dtype, rng=rng)
+
+    def block(cin: int, cout: int, stride: int) -> list[Layer]:
+        body = [conv(cin, cout, 3, stride), BatchNorm2d(cout, dtype=dtype), ReLU(),
+                conv(cout, cout, 3), BatchNorm2d(cout, dtype=dtype)]  # fmt: skip
+        shortcut = None if (stride, cin) == (1, cout) else [conv(cin, cout, 1, stride), BatchNorm2d(cout, dtype=dtype)]
+        return [Residual(body, shortcut), ReLU()]
+
+    layers: list[Layer] = [conv(in_channels, widths[0], 3), BatchNorm2d(widths[0], dtype=dtype), ReLU()]
+    cin = widths[0]
+    for stage, width in enumerate(widths):
+        for b in range(blocks_per_stage):
+            layers += block(cin, width, 2 if stage > 0 and b == 0 else 1)
+            cin = width
+    layers += [AdaptiveAvgPool2d(1), Flatten(), Linear(cin, num_outputs, dtype=dtype, rng=rng)]
+    return Sequential(*layers).set_backend(backend)

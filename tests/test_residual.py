@@ -342,3 +342,33 @@ def test_summary_expands_blocks_and_counts_every_flop():
     assert block.flops((4, 8, 8)) == sum(layer.flops((4, 8, 8)) for layer in block.body.layers) + 4 * 8 * 8
     total = sum(p.size for p in model.parameters())
     assert f"total parameters: {total:,}" in text
+
+
+@pytest.mark.parametrize("widths, n", [((16, 32, 64), 3), ((8, 16), 1), ((4,), 2)])
+def test_zoo_resnet_is_the_papers_cifar_design(widths, n):
+    """zoo.resnet: 2 + 2*n*stages weighted layers, a projection exactly where a stage starts, the
+    parameter count of the design worked out layer by layer, and one logit per output."""
+    model = fastconv.zoo.resnet(num_outputs=10, widths=widths, blocks_per_stage=n, seed=0)
+    blocks = [layer for layer in model.layers if isinstance(layer, Residual)]
+    assert len(blocks) == n * len(widths)
+    assert [b.shortcut is not None for b in blocks] == [s > 0 and i == 0 for s in range(len(widths)) for i in range(n)]
+    weighted = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
+    assert len(weighted) - sum(b.shortcut is not None for b in blocks) == 2 + 2 * n * len(widths)
+    params = 3 * widths[0] * 9 + 2 * widths[0]  # stem conv (no bias) + BN
+    cin = widths[0]
+    for w in widths:
+        for _ in range(n):
+            params += cin * w * 9 + w * w * 9 + 4 * w  # two convs, two BNs
+            if cin != w:
+                params += cin * w + 2 * w  # the 1x1 projection and its BN
+            cin = w
+    params += widths[-1] * 10 + 10
+    assert model.num_parameters() == params
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    assert model.forward(x).shape == (2, 10)
+    np.testing.assert_array_equal(fastconv.zoo.resnet(num_outputs=10, widths=widths, blocks_per_stage=n).forward(x),
+                                  model.forward(x))  # the seed fixes the weights  # fmt: skip
+    with pytest.raises(ValueError, match="blocks_per_stage: expected a positive int, got 0"):
+        fastconv.zoo.resnet(blocks_per_stage=0)
+    with pytest.raises(ValueError, match=r"widths: expected positive ints, one per stage, got \(16, 0\)"):
+        fastconv.zoo.resnet(widths=(16, 0))
