@@ -62,6 +62,9 @@ PRETRAINED_BACKBONE = Path(__file__).resolve().parent / "weights" / "catnet_cifa
 LR_SCRATCH = 2e-3
 LR_FINETUNE = 5e-4
 
+#: the networks ``TrainConfig.arch`` (``fastconv train --arch``) names: builders in fastconv.zoo
+ARCHITECTURES = ("catnet", "resnet")
+
 MODEL_FILE = "model.npz"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
@@ -103,7 +106,11 @@ class TrainConfig:
     positives of the labels :func:`fit` trains on; None = 1. ``average_epochs``: 0 = off; N > 0 =
     the model :func:`fit` returns and saves is the uniform average of the weights after every
     optimizer step of the last N epochs, its BatchNorm statistics recomputed on the training images
-    (stochastic weight averaging, Izmailov et al. 2018); needs ``patience`` 0.
+    (stochastic weight averaging, Izmailov et al. 2018); needs ``patience`` 0. ``arch``: the
+    network, ``"catnet"`` (DESIGN.md's, ``width`` channels in its first conv, BatchNorm when
+    ``batchnorm``) or ``"resnet"`` (:func:`fastconv.zoo.resnet`, a ResNet-8 with stage widths
+    ``width`` x (1, 2, 4); no bundled backbone, so ``init`` "auto" means random for it); both
+    put ``dropout`` before their linear layer.
     """
 
     epochs: int = 60
@@ -132,6 +139,7 @@ class TrainConfig:
     init: str | None = "auto"
     backend: str | None = None
     average_epochs: int = 0
+    arch: str = "catnet"  # catnet | resnet (zoo.resnet: residual blocks, always BatchNorm)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -166,6 +174,10 @@ class TrainConfig:
             raise ValueError(f"optimizer: expected 'adamw', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.init is not None and not isinstance(self.init, (str, os.PathLike)):
             raise ValueError(f"init: expected 'auto', 'pretrained', a model file path or None, got {self.init!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch: expected one of {list(ARCHITECTURES)}, got {self.arch!r}")
+        if self.arch == "resnet" and not self.batchnorm:
+            raise ValueError("arch 'resnet' always has BatchNorm (its blocks need it); batchnorm=False is for catnet")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise ValueError(f"monitor: expected 'val_accuracy' or 'val_loss', got {self.monitor!r}")
 
@@ -851,7 +863,7 @@ def train_classifier(
 def _resolved(config: TrainConfig | None, x: np.ndarray, classes: Sequence[str], dataset: str) -> TrainConfig:
     """A copy of ``config`` with ``init`` and ``lr`` resolved for ``dataset``, after checking the images."""
     config = dataclasses.replace(config or TrainConfig())
-    config.init = resolve_init(config.init, dataset, width=config.width, batchnorm=config.batchnorm)
+    config.init = resolve_init(config.init, dataset, width=config.width, batchnorm=config.batchnorm, arch=config.arch)
     config.lr = resolve_lr(config.lr, config.init)
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x: expected square images (N, C, S, S), got shape {x.shape}")
@@ -1045,7 +1057,12 @@ BACKBONE_WIDTH, BACKBONE_BATCHNORM = 16, True
 
 
 def resolve_init(
-    init: str | os.PathLike | None, dataset: str, *, width: int = BACKBONE_WIDTH, batchnorm: bool = BACKBONE_BATCHNORM
+    init: str | os.PathLike | None,
+    dataset: str,
+    *,
+    width: int = BACKBONE_WIDTH,
+    batchnorm: bool = BACKBONE_BATCHNORM,
+    arch: str = "catnet",
 ) -> str | None:
     """The model file whose feature layers start a run (``TrainConfig.init``), or None for random.
 
@@ -1054,14 +1071,18 @@ def resolve_init(
     user's own folder may hold CIFAR images themselves, whose validation split the backbone
     has seen). ``"pretrained"``: the bundled backbone (a catnet of another width or without
     BatchNorm is then refused when its layers are compared). ``"none"``/None: random. Anything
-    else is a path, which must exist.
+    else is a path, which must exist. The backbone is a catnet's: with ``arch`` "resnet", "auto"
+    is random and "pretrained" is refused.
     """
     if init is None or str(init).lower() == "none":
         return None
     if init == "auto":
-        fits = width == BACKBONE_WIDTH and bool(batchnorm) == BACKBONE_BATCHNORM
+        fits = arch == "catnet" and width == BACKBONE_WIDTH and bool(batchnorm) == BACKBONE_BATCHNORM
         return str(PRETRAINED_BACKBONE) if dataset == "catvnoncat" and fits else None
     if init == "pretrained":
+        if arch != "catnet":
+            raise ValueError(f"init 'pretrained': the bundled backbone is a catnet's, not a {arch}'s; "
+                             "use 'none' or a model file of this architecture")  # fmt: skip
         return str(PRETRAINED_BACKBONE)
     if not Path(init).is_file():
         raise FileNotFoundError(
@@ -1088,16 +1109,22 @@ def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConf
     from . import zoo
     from .data import Normalizer
 
-    model = zoo.catnet(
-        in_channels=x_fit.shape[1],
-        image_size=x_fit.shape[2],
-        num_outputs=1 if len(classes) == 2 else len(classes),
-        dropout=config.dropout,
-        width=config.width,
-        batchnorm=config.batchnorm,
-        seed=config.seed,
-        backend=config.backend,
-    )
+    outputs = 1 if len(classes) == 2 else len(classes)
+    if config.arch == "resnet":
+        w = config.width
+        model = zoo.resnet(in_channels=x_fit.shape[1], num_outputs=outputs, widths=(w, 2 * w, 4 * w),
+                           dropout=config.dropout, seed=config.seed, backend=config.backend)  # fmt: skip
+    else:
+        model = zoo.catnet(
+            in_channels=x_fit.shape[1],
+            image_size=x_fit.shape[2],
+            num_outputs=outputs,
+            dropout=config.dropout,
+            width=config.width,
+            batchnorm=config.batchnorm,
+            seed=config.seed,
+            backend=config.backend,
+        )
     normalizer = None
     init = None
     if config.init is not None:
@@ -1109,7 +1136,7 @@ def _new_classifier(x_fit: np.ndarray, classes: Sequence[str], config: TrainConf
         normalizer = Normalizer().fit(x_fit)
     metadata = {
         "kind": "fastconv-classifier",
-        "architecture": "catnet",
+        "architecture": config.arch,
         "classes": [str(c) for c in classes],
         "image_size": int(x_fit.shape[2]),
         "normalizer": normalizer.to_dict(),

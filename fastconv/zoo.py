@@ -68,6 +68,7 @@ def resnet(
     num_outputs: int = 1,
     widths: tuple[int, ...] = (16, 32, 64),
     blocks_per_stage: int = 1,
+    dropout: float = 0.0,
     seed: int | None = 0,
     backend: str | None = None,
     dtype: object = np.float32,
@@ -81,13 +82,18 @@ def resnet(
     conv with that stride, BN: the paper's option B) because the shape changes; then global
     average pooling and a linear layer. Weighted layers: 2 + 2 * blocks_per_stage * len(widths)
     (the paper's ResNet-20 is ``blocks_per_stage=3``; the default, 1, is a ResNet-8). Convs
-    before a BatchNorm have no bias. ``seed`` fixes the initial weights (None: fresh entropy).
+    before a BatchNorm have no bias. ``dropout`` > 0 puts a Dropout before the linear layer (as in
+    catnet; the paper has none). ``seed`` fixes the initial weights and the dropout masks (None:
+    fresh entropy).
     """
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
         raise ValueError(f"blocks_per_stage: expected a positive int, got {blocks_per_stage!r}")
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths: expected positive ints, one per stage, got {widths!r}")
-    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(init_seq)
 
     def conv(cin: int, cout: int, k: int, stride: int = 1) -> Conv2d:
         return Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False, dtype=dtype, rng=rng)
@@ -104,5 +110,7 @@ def resnet(
         for b in range(blocks_per_stage):
             layers += block(cin, width, 2 if stage > 0 and b == 0 else 1)
             cin = width
-    layers += [AdaptiveAvgPool2d(1), Flatten(), Linear(cin, num_outputs, dtype=dtype, rng=rng)]
+    layers += [AdaptiveAvgPool2d(1), Flatten()]
+    layers += [Dropout(dropout, seed=dropout_seq)] if dropout > 0 else []
+    layers += [Linear(cin, num_outputs, dtype=dtype, rng=rng)]
     return Sequential(*layers).set_backend(backend)

@@ -476,6 +476,28 @@ def test_design_catnet_trains_on_catvnoncat_from_random_weights(capsys, data_dir
     assert meta["init"] is None
 
 
+def test_train_arch_resnet_trains_loads_and_evaluates(capsys, data_dir, tmp_path):
+    """--arch resnet: the same recipe on zoo.resnet (residual blocks, width --width), from random
+    weights ('auto' has no backbone for it); the file loads as that network and evaluates."""
+    args = ("train", "--data", str(data_dir / "catvnoncat"), "--epochs", "1", "--no-refit", "--arch", "resnet",
+            "--width", "4", "--out", str(tmp_path / "run"))  # fmt: skip
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "training resnet" in err and "conv layers from random initialisation" in err
+    model, meta = fastconv.model.load_with_metadata(tmp_path / "run" / "model.npz")
+    assert meta["architecture"] == "resnet" and meta["init"] is None and meta["config"]["arch"] == "resnet"
+    want = fastconv.zoo.resnet(widths=(4, 8, 16), dropout=0.5).architecture()
+    assert model.architecture() == want
+    code, out, err = run_cli(capsys, "evaluate", "--model", str(tmp_path / "run" / "model.npz"),
+                             "--data", str(data_dir / "catvnoncat"), "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["images"] == 50
+    for extra, words in [(("--no-batchnorm",), "arch 'resnet' always has BatchNorm"),
+                         (("--init", "pretrained"), "the bundled backbone is a catnet's, not a resnet's")]:  # fmt: skip
+        code, _, err = run_cli(capsys, *args, *extra)
+        assert code == 1 and words in err
+
+
 BAD_ENVIRONMENT = [
     ("FASTCONV_BACKEND", "nonsense", "FASTCONV_BACKEND='nonsense'"),
     ("FASTCONV_NUM_THREADS", "0", "FASTCONV_NUM_THREADS"),

@@ -372,3 +372,7 @@ def test_zoo_resnet_is_the_papers_cifar_design(widths, n):
         fastconv.zoo.resnet(blocks_per_stage=0)
     with pytest.raises(ValueError, match=r"widths: expected positive ints, one per stage, got \(16, 0\)"):
         fastconv.zoo.resnet(widths=(16, 0))
+    with pytest.raises(ValueError, match=r"dropout: expected a number in \[0, 1\), got 1.0"):
+        fastconv.zoo.resnet(dropout=1.0)
+    with_dropout = fastconv.zoo.resnet(dropout=0.3)
+    assert [type(m).__name__ for m in with_dropout.layers[-3:]] == ["Flatten", "Dropout", "Linear"]

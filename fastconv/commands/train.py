@@ -20,12 +20,13 @@ DESCRIPTION = (
     "test-time flip averaging. The test "
     "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
     "With --data pointing at a folder with one subfolder per class (e.g. cat/ and not-cat/) the same "
-    "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs and no refit."
+    "recipe trains on those images; datasets larger than 2,000 images default to fewer epochs and no refit. "
+    "--arch resnet trains a ResNet-8 of residual blocks (fastconv.zoo.resnet) with the same recipe instead."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastconv.train import LARGE_DATASET, LARGE_DATASET_EPOCHS, LR_FINETUNE, LR_SCRATCH, TrainConfig
+    from fastconv.train import ARCHITECTURES, LARGE_DATASET, LARGE_DATASET_EPOCHS, LR_FINETUNE, LR_SCRATCH, TrainConfig
 
     d = TrainConfig()
     parser.add_argument(
@@ -93,8 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation score (0 = never)",
     )
     parser.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability before the linear layer")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=d.arch,
+                        help="the network: 'catnet' (DESIGN.md's, the default) or 'resnet' (fastconv.zoo.resnet: a "
+                        "ResNet-8 of residual blocks, stage widths --width x 1, 2, 4, always BatchNorm, global average "
+                        "pooling; no bundled backbone, so it starts from random weights)")
     parser.add_argument("--width", type=positive_int, default=d.width,
-                        help="channels of catnet's first conv (16 in DESIGN.md)")
+                        help="channels of catnet's first conv (16 in DESIGN.md), or resnet's first stage")
     parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=d.batchnorm,
                         help="BatchNorm2d after every conv (DESIGN.md's catnet has none; see docs/training.md)")
     parser.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation, pixels")
@@ -216,13 +221,14 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         backend=backend,
         average_epochs=args.average_epochs,
+        arch=args.arch,
     )
     # fails early on a missing file
-    init = resolve_init(config.init, data.name, width=config.width, batchnorm=config.batchnorm)
+    init = resolve_init(config.init, data.name, width=config.width, batchnorm=config.batchnorm, arch=config.arch)
     config.lr = resolve_lr(config.lr, init)
     config.warmup_epochs = min(config.warmup_epochs, max(1, config.epochs // 5)) if config.warmup_epochs else 0
     say(
-        f"training catnet: {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, "
+        f"training {config.arch}: {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, "
         f"{config.optimizer} lr {config.lr:g}, "
         f"backend {backend}, {fastconv.get_num_threads()} threads, seed {config.seed}, "
         f"conv layers from {Path(init).name if init else 'random initialisation'} -> {args.out}"
