@@ -6,8 +6,8 @@
   mini-batches, augmentation per batch, normalisation, AdamW (or SGD/Adam), a cosine learning
   rate with warm-up, validation every epoch, the best checkpoint saved atomically, early stopping,
   history as JSON and CSV, curves as PNG, and a clean stop on a non-finite loss.
-* :func:`train_classifier` is what ``fastconv train`` runs: split, fit normaliser, build catnet,
-  :func:`fit`.
+* :func:`train_classifier` is what ``fastconv train`` runs: split, fit normaliser, build the
+  network (catnet or a ResNet), :func:`fit`.
 * :class:`Classifier` loads a model file written here (weights + normalisation + class names +
   image size + test-time-augmentation flag) and predicts probabilities.
 
@@ -177,7 +177,8 @@ class TrainConfig:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch: expected one of {list(ARCHITECTURES)}, got {self.arch!r}")
         if self.arch == "resnet" and not self.batchnorm:
-            raise ValueError("arch 'resnet' always has BatchNorm (its blocks need it); batchnorm=False is for catnet")
+            raise ValueError("arch 'resnet' always has BatchNorm (its blocks need it): --no-batchnorm "
+                             "(batchnorm=False) applies to catnet only")
         if self.monitor not in ("val_accuracy", "val_loss"):
             raise ValueError(f"monitor: expected 'val_accuracy' or 'val_loss', got {self.monitor!r}")
 
@@ -677,7 +678,7 @@ def _kept_message(result: FitResult, out: Path | None) -> str:
 
 #: TrainConfig fields that fit() does not use: they say how ``fastconv train`` built the model and
 #: split the data, which fit() receives ready-made.
-_RECIPE_ONLY_FIELDS = ("val_fraction", "dropout", "width", "batchnorm", "refit", "init")
+_RECIPE_ONLY_FIELDS = ("val_fraction", "dropout", "width", "batchnorm", "refit", "init", "arch")
 
 
 def _non_finite_state(model) -> str:
@@ -779,13 +780,13 @@ def train_classifier(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[object, FitResult]:
-    """Split (stratified, seeded), fit the normaliser on the training part, build catnet and :func:`fit`.
+    """Split (stratified, seeded), fit the normaliser on the training part, build ``config.arch`` and :func:`fit`.
 
     x: float32 (N, 3, S, S) in [0, 1]; y: int64 (N,) indices into ``classes``. Two classes give
     one output logit (binary cross-entropy), more give one logit per class.
 
     With ``config.refit`` (and a validation split) a second run follows the validation run: a
-    fresh catnet, same seed and recipe, trained on *all* N images for as many epochs as the
+    fresh network, same seed and recipe, trained on *all* N images for as many epochs as the
     validation run trained (``config.epochs``, or fewer when early stopping ended it; the schedule
     is then fitted to that count), normaliser refitted on all images; its last epoch
     becomes ``model.npz``. The validation run's best checkpoint is kept as ``model_val.npz`` and
@@ -821,7 +822,7 @@ def train_classifier(
     if ran < config.epochs:
         config = dataclasses.replace(config, epochs=ran, patience=0, warmup_epochs=min(config.warmup_epochs, ran))
     if log is not None:
-        log(f"refit: training a fresh catnet on all {len(x)} images for {config.epochs} epoch"
+        log(f"refit: training a fresh {config.arch} on all {len(x)} images for {config.epochs} epoch"
             f"{'s' if config.epochs != 1 else ''}")
     model, normalizer, metadata = _new_classifier(x, classes, config, dataset)
     best = result.history[result.best_epoch - 1]
@@ -998,7 +999,7 @@ def cross_validate(
 
     x: float32 (N, 3, S, S) in [0, 1]; y: int64 (N,). Repetition r (0 <= r < ``repeats``) uses
     seed s = config.seed + r: folds from :func:`~fastconv.data.stratified_folds` with seed
-    s + CV_FOLD_SEED_OFFSET, and fold f trains a fresh catnet (same init rule, normaliser and
+    s + CV_FOLD_SEED_OFFSET, and fold f trains a fresh network (same init rule, normaliser and
     recipe as :func:`train_classifier`, no validation split, no refit) with run seed 10*s + f on
     the other folds for ``config.epochs`` epochs, then predicts the held-out fold with its
     last-epoch weights. So ``repeats=2`` at seed 0 is the union of ``repeats=1`` at seeds 0 and 1.

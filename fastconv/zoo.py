@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+
 import numpy as np
 
 from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU, Residual
@@ -66,31 +69,42 @@ def catnet(
 def resnet(
     in_channels: int = 3,
     num_outputs: int = 1,
-    widths: tuple[int, ...] = (16, 32, 64),
+    widths: Iterable[int] = (16, 32, 64),
     blocks_per_stage: int = 1,
     dropout: float = 0.0,
     seed: int | None = 0,
     backend: str | None = None,
     dtype: object = np.float32,
 ) -> Sequential:
-    """A small ResNet, the CIFAR design of He et al. 2016 (section 4.2), built from :class:`Residual`
-    blocks: (N, in_channels, H, W) -> (N, num_outputs) logits, any H, W >= 1.
+    """A small ResNet in the layout of He et al. 2016's CIFAR networks (section 4.2), built from
+    :class:`Residual` blocks: (N, in_channels, H, W) -> (N, num_outputs) logits, any H, W >= 1.
 
     conv3x3(in -> widths[0]) BN ReLU; then one stage per width, each ``blocks_per_stage`` basic
     blocks (conv3x3 BN ReLU conv3x3 BN, plus the shortcut, then ReLU); every stage after the first
     starts with stride 2, halving H and W, and its first block's shortcut is a projection (1x1
-    conv with that stride, BN: the paper's option B) because the shape changes; then global
-    average pooling and a linear layer. Weighted layers: 2 + 2 * blocks_per_stage * len(widths)
-    (the paper's ResNet-20 is ``blocks_per_stage=3``; the default, 1, is a ResNet-8). Convs
+    conv with that stride, BN: the paper's option B; its CIFAR experiments used option A, zero-padded
+    identities) because the shape changes; then global average pooling and a linear layer.
+    Weighted layers: 2 + 2 * blocks_per_stage * len(widths) (``blocks_per_stage=3`` is a ResNet-20,
+    with option-B shortcuts; the default, 1, is a ResNet-8). Convs
     before a BatchNorm have no bias. ``dropout`` > 0 puts a Dropout before the linear layer (as in
     catnet; the paper has none). ``seed`` fixes the initial weights and the dropout masks (None:
     fresh entropy).
     """
-    if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
-        raise ValueError(f"blocks_per_stage: expected a positive int, got {blocks_per_stage!r}")
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"widths: expected positive ints, one per stage, got {widths!r}")
-    if not 0.0 <= dropout < 1.0:
+    def positive(name: str, v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}: expected a positive int, got {v!r} ({type(v).__name__})")
+        if v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        return int(v)
+
+    in_channels, num_outputs = positive("in_channels", in_channels), positive("num_outputs", num_outputs)
+    blocks_per_stage = positive("blocks_per_stage", blocks_per_stage)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Iterable):
+        raise TypeError(f"widths: expected positive ints, one per stage, got {widths!r}")
+    widths = tuple(positive("widths", w) for w in widths)
+    if not widths:
+        raise ValueError("widths: expected positive ints, one per stage, got none")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
     init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(init_seq)

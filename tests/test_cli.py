@@ -492,7 +492,9 @@ def test_train_arch_resnet_trains_loads_and_evaluates(capsys, data_dir, tmp_path
                              "--data", str(data_dir / "catvnoncat"), "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["images"] == 50
-    for extra, words in [(("--no-batchnorm",), "arch 'resnet' always has BatchNorm"),
+    code, out, err = run_cli(capsys, *args[:-2], "--refit", "--out", str(tmp_path / "refit"))
+    assert code == 0 and "refit: training a fresh resnet on all 209 images" in out + err
+    for extra, words in [(("--no-batchnorm",), "--no-batchnorm (batchnorm=False) applies to catnet only"),
                          (("--init", "pretrained"), "the bundled backbone is a catnet's, not a resnet's")]:  # fmt: skip
         code, _, err = run_cli(capsys, *args, *extra)
         assert code == 1 and words in err

@@ -370,8 +370,18 @@ def test_zoo_resnet_is_the_papers_cifar_design(widths, n):
                                   model.forward(x))  # the seed fixes the weights  # fmt: skip
     with pytest.raises(ValueError, match="blocks_per_stage: expected a positive int, got 0"):
         fastconv.zoo.resnet(blocks_per_stage=0)
-    with pytest.raises(ValueError, match=r"widths: expected positive ints, one per stage, got \(16, 0\)"):
+    with pytest.raises(ValueError, match=r"widths: expected a positive int, got 0"):
         fastconv.zoo.resnet(widths=(16, 0))
+    with pytest.raises(TypeError, match=r"widths: expected positive ints, one per stage, got 16"):
+        fastconv.zoo.resnet(widths=16)
+    with pytest.raises(TypeError, match=r"blocks_per_stage: expected a positive int, got True \(bool\)"):
+        fastconv.zoo.resnet(blocks_per_stage=True)
+    with pytest.raises(ValueError, match="num_outputs: expected a positive int, got 0"):
+        fastconv.zoo.resnet(num_outputs=0)
+    with pytest.raises(ValueError, match="dropout: expected a number in"):
+        fastconv.zoo.resnet(dropout="0.5")
+    numpy_ints = fastconv.zoo.resnet(widths=np.array([4, 8]), blocks_per_stage=np.int64(1), num_outputs=np.int64(2))
+    assert numpy_ints.architecture() == fastconv.zoo.resnet(widths=[4, 8], num_outputs=2).architecture()
     with pytest.raises(ValueError, match=r"dropout: expected a number in \[0, 1\), got 1.0"):
         fastconv.zoo.resnet(dropout=1.0)
     with_dropout = fastconv.zoo.resnet(dropout=0.3)

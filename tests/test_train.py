@@ -322,6 +322,18 @@ def test_fit_seeds_an_unseeded_dropout_inside_a_residual_block(data):
     assert [r["train_loss"] for r in other] != [r["train_loss"] for r in runs[0]]
 
 
+def test_a_direct_fit_records_no_network_setting_it_did_not_use(data, tmp_path):
+    """fit() trains the model it is given: its checkpoint's fit_config leaves out the settings
+    that only choose a network (arch, width, batchnorm, dropout), so a ResNet's file never
+    claims arch 'catnet'."""
+    x, y = data
+    model = zoo.resnet(widths=(4, 8), seed=0)
+    fit(model, x, y, x[:10], y[:10], tiny_config(epochs=1), out_dir=tmp_path, progress=False)
+    meta = load_with_metadata(tmp_path / "model.npz")[1]
+    assert not {"arch", "width", "batchnorm", "dropout"} & set(meta["fit_config"])
+    assert meta["fit_config"]["epochs"] == 1
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)

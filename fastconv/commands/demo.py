@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or BUNDLED_MODEL
     clf = Classifier.load(model_path, backend=args.backend)
     meta = clf.metadata
-    print(f"fastconv demo: catnet from {model_path}")
+    print(f"fastconv demo: {meta.get('architecture') or 'model'} from {model_path}")
     trained = meta.get("dataset") or "?"
     print(f"  trained on {trained}, epoch {meta.get('epoch', '?')}, classes {list(clf.classes)}, "
           f"input {clf.image_size}x{clf.image_size}, test-time flip {'on' if clf.tta else 'off'}")

@@ -1,4 +1,5 @@
-"""``fastconv train``: train catnet on catvnoncat (default) or on a class-folder tree."""
+"""``fastconv train``: train catnet (or, with --arch resnet, a ResNet-8) on catvnoncat (default) or on
+a class-folder tree."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from pathlib import Path
 from fastconv.commands import positive_int, thread_count
 
 NAME = "train"
-HELP = "train catnet on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
+HELP = "train catnet (or a ResNet) on catvnoncat (default) or on an image folder; writes model.npz, history and curves"
 DESCRIPTION = (
     "Train catnet (DESIGN.md, with BatchNorm after each conv) with the recipe of docs/training.md: AdamW, "
     "cosine learning rate with warm-up, flip/shift/rotation/zoom augmentation, dropout, a stratified "
     "validation split evaluated every epoch "
     "(the checkpoint with the best validation accuracy is kept as model_val.npz), then a refit of a fresh "
-    "catnet on all training images for as many epochs as the validation run trained (model.npz), "
+    "network on all training images for as many epochs as the validation run trained (model.npz), "
     "test-time flip averaging. The test "
     "split is never used here: run 'fastconv evaluate --model OUT/model.npz' afterwards. "
     "With --data pointing at a folder with one subfolder per class (e.g. cat/ and not-cat/) the same "
@@ -45,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        default="runs/catnet",
+        default=None,
         metavar="DIR",
-        help="output folder for model.npz, history.json, history.csv, curves.png",
+        help="output folder for model.npz, history.json, history.csv, curves.png; default runs/catnet "
+        "(runs/resnet with --arch resnet)",
     )
     parser.add_argument(
         "--epochs",
@@ -97,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=ARCHITECTURES, default=d.arch,
                         help="the network: 'catnet' (DESIGN.md's, the default) or 'resnet' (fastconv.zoo.resnet: a "
                         "ResNet-8 of residual blocks, stage widths --width x 1, 2, 4, always BatchNorm, global average "
-                        "pooling; no bundled backbone, so it starts from random weights)")
+                        "pooling; no bundled backbone, so it starts from random weights unless --init names a "
+                        "resnet model file)")
     parser.add_argument("--width", type=positive_int, default=d.width,
                         help="channels of catnet's first conv (16 in DESIGN.md), or resnet's first stage")
     parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=d.batchnorm,
@@ -137,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(fastconv/weights/catnet_cifar_backbone.npz; needs --width 16 and BatchNorm), "
         "'none' = random initialisation, or a model file whose layers before Flatten match; the classifier "
         "head always starts fresh; 'auto' = pretrained for catvnoncat at --width 16 with BatchNorm, none otherwise "
-        "(other widths, --no-batchnorm, image folders)",
+        "(other widths, --no-batchnorm, --arch resnet, image folders)",
     )
     parser.add_argument(
         "--cv", type=int, default=0, metavar="K",
@@ -180,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     require_split_file(args.data, "train", "train never reads the test split; pass the folder holding both files")
+    if args.out is None:
+        args.out = f"runs/{args.arch}"
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: expected a folder (created if missing), got an existing file")
     other = _read_compare(args) if args.compare else None  # fail before minutes of training, not after
