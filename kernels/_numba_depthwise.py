@@ -152,6 +152,14 @@ def _pad_into(src, dst, ph, pw, wp):
         dst[base : base + w_] = src[h]
 
 
+@njit(cache=True, inline="always")
+def _flat_sizes(h_, w_, s_, ho, ph, pw, dw):
+    """(wp, plane, q_n) of the flat layout, as _geometry.flat_plane_sizes: rows wp wide, the padded
+    plane (+ (S-1)*dw so that the last tap's reads stay inside), Ho wide output rows."""
+    wp = w_ + 2 * pw
+    return wp, (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+
+
 @njit(cache=True, parallel=True, fastmath=_FMA)
 def depthwise_fwd_flat(x, w, b, ph, pw, dh, dw, y):
     """y (N,K,Ho,Wo) as depthwise_fwd, stride 1, through flat padded planes."""
@@ -159,8 +167,7 @@ def depthwise_fwd_flat(x, w, b, ph, pw, dh, dw, y):
     k_, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     r_, s_ = w.shape[2], w.shape[3]
     m = k_ // c_
-    wp = w_ + 2 * pw
-    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    wp, plane, q_n = _flat_sizes(h_, w_, s_, ho, ph, pw, dw)
     for t in prange(n_ * k_):
         n = t // k_
         k = t - n * k_
@@ -186,8 +193,7 @@ def depthwise_bwd_dx_flat(dy, w, ph, pw, dh, dw, dx):
     k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     r_, s_ = w.shape[2], w.shape[3]
     m = k_ // c_
-    wp = w_ + 2 * pw
-    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    wp, plane, q_n = _flat_sizes(h_, w_, s_, ho, ph, pw, dw)
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
@@ -219,6 +225,15 @@ def _dot(a, b, length):
     return total
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _sum(a, length):
+    """sum_q a[q] (q < length) in float64, reassociated as _dot is."""
+    total = 0.0
+    for q in range(length):
+        total += np.float64(a[q])
+    return total
+
+
 @njit(cache=True, parallel=True)
 def depthwise_bwd_w_flat(dy, x, ph, pw, dh, dw, dwt, db):
     """dwt (K,1,R,S), db (K,), float64, as depthwise_bwd_w, stride 1. Per image, tap (r, s)'s
@@ -229,20 +244,18 @@ def depthwise_bwd_w_flat(dy, x, ph, pw, dh, dw, dwt, db):
     k_, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     r_, s_ = dwt.shape[2], dwt.shape[3]
     m = k_ // c_
-    wp = w_ + 2 * pw
-    plane, q_n = (h_ + 2 * ph) * wp + (s_ - 1) * dw, ho * wp
+    wp, plane, q_n = _flat_sizes(h_, w_, s_, ho, ph, pw, dw)
     for k in prange(k_):
         c = k // m
         xp = np.zeros(plane, x.dtype)  # borders stay zero: each image rewrites the interior only
         wide = np.zeros(q_n, dy.dtype)  # likewise the garbage columns
-        ones = np.ones(q_n, dy.dtype)  # db = the dy plane's dot product with ones
         sums = np.zeros(r_ * s_)
         total = 0.0
         for n in range(n_):
             _pad_into(x[n, c], xp, ph, pw, wp)
             for i in range(ho):
                 wide[i * wp : i * wp + wo] = dy[n, k, i]
-            total += _dot(wide, ones, q_n)
+            total += _sum(wide, q_n)  # the garbage columns' zeros add nothing
             for r in range(r_):
                 for s in range(s_):
                     sums[r * s_ + s] += _dot(wide, xp[r * dh * wp + s * dw :], q_n)

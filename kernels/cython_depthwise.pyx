@@ -294,22 +294,32 @@ cdef inline double _total16(const double* sums16) noexcept nogil:
     return total
 
 
+cdef int _flat_sizes(const DGeo* g, int num_threads, str name, Py_ssize_t* wp, Py_ssize_t* plane,
+                     Py_ssize_t* q_n) except -1:
+    # What every flat kernel checks first, and the layout's sizes (see above): rows wp wide, the
+    # padded plane (+ (S-1)*dw so that the last tap's reads stay inside), Ho wide output rows.
+    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
+        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
+    if g.sh != 1 or g.sw != 1:
+        raise ValueError(f"{name}: stride 1 only")
+    wp[0] = g.w + 2 * g.pw
+    plane[0] = (g.h + 2 * g.ph) * wp[0] + (g.s - 1) * g.dw
+    q_n[0] = g.ho * wp[0]
+    return 0
+
+
 def depthwise_forward_flat(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] wt,
                            const floating[::1] b, floating[:, :, :, ::1] y, floating[:, ::1] xpad,
                            floating[:, ::1] wide, object geometry, int num_threads):
     """y (N,K,Ho,Wo), stride 1; xpad (threads, Hp*Wp + (S-1)*dw) and wide (threads, Ho*Wp):
     scratch, one row per thread (shapes checked here)."""
     cdef DGeo g = _dgeo(geometry)
-    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
-        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
-    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
-    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
+    cdef Py_ssize_t wp, plane, q_n
     cdef Py_ssize_t t, n, k, c, tid, r, s, q, i, j, off
     cdef floating wv
     cdef floating* out
     cdef const floating* src
-    if g.sh != 1 or g.sw != 1:
-        raise ValueError("depthwise_forward_flat: stride 1 only")
+    _flat_sizes(&g, num_threads, "depthwise_forward_flat", &wp, &plane, &q_n)
     if xpad.shape[0] < num_threads or xpad.shape[1] != plane or wide.shape[0] < num_threads \
             or wide.shape[1] != q_n:
         raise ValueError("depthwise_forward_flat: scratch arrays of the wrong shape")
@@ -343,16 +353,12 @@ def depthwise_backward_dx_flat(const floating[:, :, :, ::1] dy, const floating[:
     Ho*Wp): scratch. The adjoint of the flat forward: dxpad[q + offset] += w * dywide[q], with
     dy laid out in rows Wp wide and zeros in the garbage columns."""
     cdef DGeo g = _dgeo(geometry)
-    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
-        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
-    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
-    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp
+    cdef Py_ssize_t wp, plane, q_n
     cdef Py_ssize_t t, n, c, k, m_, tid, r, s, q, i, j, h
     cdef floating wv
     cdef floating* acc
     cdef floating* gw
-    if g.sh != 1 or g.sw != 1:
-        raise ValueError("depthwise_backward_dx_flat: stride 1 only")
+    _flat_sizes(&g, num_threads, "depthwise_backward_dx_flat", &wp, &plane, &q_n)
     if dxpad.shape[0] < num_threads or dxpad.shape[1] != plane or dywide.shape[0] < num_threads \
             or dywide.shape[1] != q_n:
         raise ValueError("depthwise_backward_dx_flat: scratch arrays of the wrong shape")
@@ -392,15 +398,12 @@ def depthwise_backward_w_flat(const floating[:, :, :, ::1] dy, const floating[:,
     x plane shifted by the tap's offset: both planes stay in L1 and each product is summed as
     soon as it is made (nothing is written back per position)."""
     cdef DGeo g = _dgeo(geometry)
-    if num_threads < 1:  # 0 would mean "all" to OpenMP, more threads than scratch rows
-        raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
-    cdef Py_ssize_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph
-    cdef Py_ssize_t plane = hp * wp + (g.s - 1) * g.dw, q_n = g.ho * wp, taps = g.r * g.s
+    cdef Py_ssize_t wp, plane, q_n
+    cdef Py_ssize_t taps = g.r * g.s
     cdef Py_ssize_t k, c, n, tid, r, s, q, i, j
     cdef double* acc
     cdef floating* gw
-    if g.sh != 1 or g.sw != 1:
-        raise ValueError("depthwise_backward_w_flat: stride 1 only")
+    _flat_sizes(&g, num_threads, "depthwise_backward_w_flat", &wp, &plane, &q_n)
     if xpad.shape[0] < num_threads or xpad.shape[1] != plane or dywide.shape[0] < num_threads \
             or dywide.shape[1] != q_n or sums.shape[0] < num_threads or sums.shape[1] != (taps + 1) * 16:
         raise ValueError("depthwise_backward_w_flat: scratch arrays of the wrong shape")
